@@ -1,1 +1,731 @@
-//! placeholder
+//! The per-stream packet ring (R-IN-7): one writer (the ingest task), many readers (one
+//! per recording), bounded by duration and by bytes, always holding whole GOPs so that a
+//! reader can start at a keyframe with the codec configuration in force there, including
+//! from the past for pre-roll (R-TK-6).
+//!
+//! # Shape
+//!
+//! All events live once, in one `VecDeque` under a `std::sync::Mutex`, numbered by a
+//! sequence number. A [`Reader`] is only a cursor (a sequence number) into it, so the
+//! writer keeps no per-reader queue and a slow reader never holds evicted data: when it
+//! falls behind the oldest held event it is told how many events it lost
+//! ([`Item::Lagged`]) and moved to the oldest join point still held.
+//!
+//! The writer never waits for readers: a push is one short critical section (append,
+//! maybe evict whole GOPs, take the registered wakers) followed by waking, outside the
+//! lock, each reader that is waiting, once.
+//!
+//! # Join points and GOPs
+//!
+//! * A stream with video (a video `Config` or video `Packet` has been seen) joins at video
+//!   keyframes, and a GOP (the unit of eviction) starts at each video keyframe.
+//! * An audio-only stream joins at every audio packet; for eviction its audio packets are
+//!   grouped in GOPs of about [`AUDIO_GROUP_MS`].
+//! * Events pushed before the first GOP starts are not stored: no reader could ever read
+//!   them (readers start at join points), and the configs and metadata among them are
+//!   remembered as the state in force (see below).
+//!
+//! A reader starting at a join point first receives the state in force there, as
+//! [`Item::Event`]s in the order `Metadata`, video `Config`, audio `Config` (each only if
+//! one was seen), then the events from the join point on. Config and metadata changes
+//! mid-stream are ordinary events in the ring, so readers see them in order.
+//!
+//! # Eviction
+//!
+//! After each push the oldest whole GOPs are dropped while the ring holds more than one
+//! GOP and either the held bytes exceed `max_bytes`, or the held duration exceeds
+//! `max_duration_ms` and no reader still needs the GOP. So with readers keeping up, the
+//! ring holds between `max_duration_ms - one GOP` and `max_duration_ms` of media.
+//!
+//! The duration bound is the history kept for joining and pre-roll; the byte bound is the
+//! memory bound. A reader that is behind (a publisher pushing faster than real time, a
+//! recorder waiting on its disk) keeps its unread GOPs up to the byte bound, so a burst
+//! does not cost a recording its frames; past the byte bound it lags — the writer never
+//! waits. The newest GOP is never dropped: a single GOP larger than
+//! the byte cap (or longer than the duration cap) is kept whole until the next GOP starts,
+//! so a stream with a very long keyframe interval can exceed the caps by up to one GOP.
+//! Bytes are payload bytes: the FLV tag body length of packets and configs, and the
+//! metadata length.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use media::{MediaEvent, Millis, TrackConfig, TrackKind};
+
+/// Audio-only streams have a join point at every audio packet; for eviction their packets
+/// are grouped in GOPs of this length so the bookkeeping stays small.
+pub const AUDIO_GROUP_MS: Millis = 1000;
+
+/// Bounds of one ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Evict old GOPs while the held media is longer than this (newest dts minus the dts
+    /// of the oldest GOP start).
+    pub max_duration_ms: Millis,
+    /// Evict old GOPs while the held payload bytes exceed this.
+    pub max_bytes: usize,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            max_duration_ms: 4000,
+            max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A snapshot of what a ring holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Events held.
+    pub events: usize,
+    /// Payload bytes held.
+    pub bytes: usize,
+    /// GOPs held (for an audio-only stream: ~1 s audio groups).
+    pub gops: usize,
+    /// Newest dts minus the dts of the oldest GOP start; 0 when empty.
+    pub duration_ms: Millis,
+    /// Live readers.
+    pub readers: usize,
+    /// Events ever stored (the sequence number of the next one).
+    pub pushed: u64,
+    /// The writer has closed the ring (end of stream).
+    pub closed: bool,
+}
+
+/// What a reader receives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Event(MediaEvent),
+    /// The reader fell behind what the ring still holds and lost `skipped` events; it
+    /// continues at the oldest join point held, starting with the state in force there.
+    Lagged {
+        skipped: u64,
+    },
+}
+
+/// Create a ring: the writer for the ingest task and a handle for everyone else.
+pub fn ring(config: RingConfig) -> (Writer, RingHandle) {
+    let writer = Writer::new(config);
+    let handle = writer.handle();
+    (writer, handle)
+}
+
+/// The configs and metadata in force at a point of the stream, shared by all join points
+/// until one of them changes (so marking a join point costs one reference count).
+#[derive(Debug, Default, Clone)]
+struct Preamble {
+    metadata: Option<Bytes>,
+    video: Option<TrackConfig>,
+    audio: Option<TrackConfig>,
+}
+
+impl Preamble {
+    /// The items a reader receives before the join point, stored in reverse so the
+    /// reader can `pop` them in order.
+    fn push_reversed(&self, out: &mut Vec<Item>) {
+        if let Some(a) = &self.audio {
+            out.push(Item::Event(MediaEvent::Config(a.clone())));
+        }
+        if let Some(v) = &self.video {
+            out.push(Item::Event(MediaEvent::Config(v.clone())));
+        }
+        if let Some(m) = &self.metadata {
+            out.push(Item::Event(MediaEvent::Metadata(m.clone())));
+        }
+    }
+}
+
+/// A place a reader may start at.
+#[derive(Debug)]
+struct Join {
+    seq: u64,
+    dts: Millis,
+    preamble: Arc<Preamble>,
+}
+
+/// The unit of eviction.
+#[derive(Debug)]
+struct Gop {
+    start_seq: u64,
+    start_dts: Millis,
+    /// Largest dts inside the GOP: dts is not monotonic across tracks.
+    max_dts: Millis,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: RingConfig,
+    /// Held events; `entries[i]` has sequence number `base_seq + i`.
+    entries: VecDeque<MediaEvent>,
+    base_seq: u64,
+    /// Always `base_seq + entries.len()`.
+    next_seq: u64,
+    gops: VecDeque<Gop>,
+    /// Held join points, oldest first. All of the current mode (see `has_video`).
+    joins: VecDeque<Join>,
+    bytes: usize,
+    /// State in force at the head of the stream.
+    current: Arc<Preamble>,
+    /// A video config or packet has been seen: from then on only video keyframes are join
+    /// points (once a stream has video, joining on audio would start files without it).
+    has_video: bool,
+    /// Sequence number of the first join point since the mode (audio-only or video) was
+    /// set; lets a reader that was waiting for it find out it has been evicted since.
+    first_join_in_mode: Option<u64>,
+    closed: bool,
+    readers: usize,
+    /// Per reader slot: the oldest sequence number the reader may still read (None =
+    /// free slot). Eviction by duration never drops what a reader still needs.
+    cursors: Vec<Option<u64>>,
+    /// Wakers of readers waiting for the next push; the writer takes them all each push.
+    wakers: Vec<Waker>,
+    /// Incremented each time `wakers` is taken, so a reader knows whether its slot is
+    /// still there (it then replaces its waker instead of adding another).
+    wake_gen: u64,
+}
+
+fn event_bytes(ev: &MediaEvent) -> usize {
+    match ev {
+        MediaEvent::Packet(p) => p.flv.len(),
+        MediaEvent::Config(c) => c.flv.len(),
+        MediaEvent::Metadata(m) => m.len(),
+    }
+}
+
+impl Inner {
+    fn new(config: RingConfig) -> Self {
+        Inner {
+            config,
+            entries: VecDeque::new(),
+            base_seq: 0,
+            next_seq: 0,
+            gops: VecDeque::new(),
+            joins: VecDeque::new(),
+            bytes: 0,
+            current: Arc::new(Preamble::default()),
+            has_video: false,
+            first_join_in_mode: None,
+            closed: false,
+            readers: 0,
+            cursors: Vec::new(),
+            wakers: Vec::new(),
+            wake_gen: 0,
+        }
+    }
+
+    fn push(&mut self, ev: MediaEvent) {
+        // Classify the event: does it start a GOP, is it a join point?
+        let (starts_gop, is_join) = match &ev {
+            MediaEvent::Packet(p) if p.kind() == TrackKind::Video => {
+                self.enter_video_mode();
+                (p.key, p.key)
+            }
+            MediaEvent::Packet(p) => {
+                // Audio groups are used while there is no keyframe to cut on: always for
+                // audio-only streams, and for a stream whose video appeared late until its
+                // first keyframe (so that tail stays bounded too).
+                let grouping = !self.has_video || self.first_join_in_mode.is_none();
+                let starts = grouping
+                    && match self.gops.back() {
+                        None => !self.has_video,
+                        Some(g) => p.dts.abs_diff(g.start_dts) >= AUDIO_GROUP_MS.unsigned_abs(),
+                    };
+                (starts, !self.has_video)
+            }
+            MediaEvent::Config(c) => {
+                if c.kind() == TrackKind::Video {
+                    self.enter_video_mode();
+                }
+                (false, false)
+            }
+            MediaEvent::Metadata(_) => (false, false),
+        };
+
+        if is_join {
+            let seq = self.next_seq;
+            self.joins.push_back(Join {
+                seq,
+                dts: ev.dts().unwrap_or_default(),
+                preamble: Arc::clone(&self.current),
+            });
+            self.first_join_in_mode.get_or_insert(seq);
+        }
+
+        // The state in force changes after the join point is marked: the preamble of a
+        // join point is what was in force just before it.
+        match &ev {
+            MediaEvent::Config(c) => {
+                let p = Arc::make_mut(&mut self.current);
+                match c.kind() {
+                    TrackKind::Video => p.video = Some(c.clone()),
+                    TrackKind::Audio => p.audio = Some(c.clone()),
+                }
+            }
+            MediaEvent::Metadata(m) => Arc::make_mut(&mut self.current).metadata = Some(m.clone()),
+            MediaEvent::Packet(_) => {}
+        }
+
+        let dts = ev.dts();
+        if starts_gop {
+            let d = dts.unwrap_or_default();
+            self.gops.push_back(Gop {
+                start_seq: self.next_seq,
+                start_dts: d,
+                max_dts: d,
+                bytes: 0,
+            });
+        }
+        let Some(gop) = self.gops.back_mut() else {
+            // Before the first GOP nothing is readable; the configs and metadata are
+            // already remembered in `current`.
+            return;
+        };
+        let size = event_bytes(&ev);
+        gop.bytes += size;
+        if let Some(d) = dts {
+            gop.max_dts = gop.max_dts.max(d);
+        }
+        self.bytes += size;
+        self.entries.push_back(ev);
+        self.next_seq += 1;
+        self.evict();
+    }
+
+    fn enter_video_mode(&mut self) {
+        if !self.has_video {
+            self.has_video = true;
+            // Audio join points are no longer places a reader may start at.
+            self.joins.clear();
+            self.first_join_in_mode = None;
+        }
+    }
+
+    fn newest_dts(&self) -> Option<Millis> {
+        self.gops.back().map(|g| g.max_dts)
+    }
+
+    fn held_duration(&self) -> u64 {
+        match (self.gops.front(), self.newest_dts()) {
+            // abs_diff: after a backwards timestamp jump, old GOPs count as far away too.
+            (Some(front), Some(newest)) => front.start_dts.abs_diff(newest),
+            _ => 0,
+        }
+    }
+
+    fn evict(&mut self) {
+        let max_duration = self.config.max_duration_ms.max(0).unsigned_abs();
+        let min_cursor = self.cursors.iter().flatten().copied().min();
+        while self.gops.len() > 1
+            && (self.bytes > self.config.max_bytes
+                || (self.held_duration() > max_duration
+                    && self
+                        .gops
+                        .get(1)
+                        .is_some_and(|next| min_cursor.is_none_or(|c| c >= next.start_seq))))
+        {
+            let (Some(front), Some(next)) = (self.gops.pop_front(), self.gops.front()) else {
+                break;
+            };
+            let new_base = next.start_seq;
+            let count = usize::try_from(new_base - self.base_seq).unwrap_or(usize::MAX);
+            self.entries.drain(..count.min(self.entries.len()));
+            self.bytes -= front.bytes;
+            self.base_seq = new_base;
+            while self.joins.front().is_some_and(|j| j.seq < new_base) {
+                self.joins.pop_front();
+            }
+        }
+    }
+
+    fn stats(&self) -> RingStats {
+        RingStats {
+            events: self.entries.len(),
+            bytes: self.bytes,
+            gops: self.gops.len(),
+            duration_ms: Millis::try_from(self.held_duration()).unwrap_or(Millis::MAX),
+            readers: self.readers,
+            pushed: self.next_seq,
+            closed: self.closed,
+        }
+    }
+
+    /// A reader positioned at `join` (with its preamble pending), or waiting for the
+    /// next join point when there is none.
+    fn reader_state(&self, join: Option<&Join>) -> (State, Vec<Item>) {
+        match join {
+            Some(j) => {
+                let mut pending = Vec::with_capacity(4);
+                j.preamble.push_reversed(&mut pending);
+                (State::Active { cursor: j.seq }, pending)
+            }
+            None => (
+                State::Waiting {
+                    from: self.next_seq,
+                },
+                Vec::new(),
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing under the lock panics halfway through a change, so the state behind a
+        // poisoned lock is consistent and the stream can go on.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn subscribe_at(self: &Arc<Self>, pick: impl FnOnce(&Inner) -> Option<&Join>) -> Reader {
+        let mut inner = self.lock();
+        inner.readers += 1;
+        let (state, pending) = {
+            let join = pick(&inner);
+            inner.reader_state(join)
+        };
+        let pos = Position { state, pending };
+        let slot = match inner.cursors.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                inner.cursors.push(None);
+                inner.cursors.len() - 1
+            }
+        };
+        inner.cursors[slot] = Some(pos.needs_from());
+        drop(inner);
+        Reader {
+            shared: Arc::clone(self),
+            pos,
+            slot,
+            registered: None,
+        }
+    }
+
+    fn subscribe(self: &Arc<Self>) -> Reader {
+        self.subscribe_at(|inner| inner.joins.back())
+    }
+
+    fn subscribe_preroll(self: &Arc<Self>, ms: Millis) -> Reader {
+        self.subscribe_at(|inner| {
+            let target = inner.newest_dts()?.saturating_sub(ms.max(0));
+            inner
+                .joins
+                .iter()
+                .rev()
+                .find(|j| j.dts <= target)
+                .or_else(|| inner.joins.front())
+        })
+    }
+}
+
+/// Move the registered wakers into `to_wake` (swapped, not taken, so both vectors keep
+/// their capacity and pushing does not allocate).
+fn take_wakers(inner: &mut Inner, to_wake: &mut Vec<Waker>) {
+    if !inner.wakers.is_empty() {
+        std::mem::swap(&mut inner.wakers, to_wake);
+        inner.wake_gen += 1;
+    }
+}
+
+/// The single producer of a ring. Closes the ring when dropped.
+#[derive(Debug)]
+pub struct Writer {
+    shared: Arc<Shared>,
+    /// Reused buffer for the wakers taken out of the lock, so pushing does not allocate.
+    to_wake: Vec<Waker>,
+    closed: bool,
+}
+
+impl Writer {
+    pub fn new(config: RingConfig) -> Self {
+        Writer {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner::new(config)),
+            }),
+            to_wake: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Append one event, evict what is over the bounds and wake waiting readers. Never
+    /// waits for readers. Events pushed after [`close`](Self::close) are ignored.
+    pub fn push(&mut self, ev: MediaEvent) {
+        if self.closed {
+            return;
+        }
+        let mut inner = self.shared.lock();
+        inner.push(ev);
+        take_wakers(&mut inner, &mut self.to_wake);
+        drop(inner);
+        self.wake();
+    }
+
+    /// End of stream: readers drain what is held, then get `None`.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let mut inner = self.shared.lock();
+        inner.closed = true;
+        take_wakers(&mut inner, &mut self.to_wake);
+        drop(inner);
+        self.wake();
+    }
+
+    /// Wake outside the lock: a woken reader on another thread would otherwise block on it.
+    fn wake(&mut self) {
+        for w in self.to_wake.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// A cloneable handle for subscribing from elsewhere (the daemon's stream registry).
+    pub fn handle(&self) -> RingHandle {
+        RingHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// A reader starting at the newest join point held; see [`RingHandle::subscribe`].
+    pub fn subscribe(&self) -> Reader {
+        self.shared.subscribe()
+    }
+
+    /// A reader starting `ms` back; see [`RingHandle::subscribe_preroll`].
+    pub fn subscribe_preroll(&self, ms: Millis) -> Reader {
+        self.shared.subscribe_preroll(ms)
+    }
+
+    pub fn stats(&self) -> RingStats {
+        self.shared.lock().stats()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Subscribe to and inspect a ring from any thread.
+#[derive(Clone, Debug)]
+pub struct RingHandle {
+    shared: Arc<Shared>,
+}
+
+impl RingHandle {
+    /// A reader starting at the newest join point held (the live edge, at most one GOP
+    /// back). With no join point held yet it waits for the next one; events before it are
+    /// not delivered.
+    pub fn subscribe(&self) -> Reader {
+        self.shared.subscribe()
+    }
+
+    /// A reader starting at the newest join point whose dts is at most `newest dts - ms`,
+    /// or at the oldest one held when the ring is not that deep (R-TK-6 pre-roll).
+    pub fn subscribe_preroll(&self, ms: Millis) -> Reader {
+        self.shared.subscribe_preroll(ms)
+    }
+
+    pub fn stats(&self) -> RingStats {
+        self.shared.lock().stats()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No join point chosen yet: waiting for the first one at or after `from`.
+    Waiting { from: u64 },
+    /// The next event to read is `cursor`.
+    Active { cursor: u64 },
+}
+
+/// One consumer of a ring: a cursor, not a queue.
+#[derive(Debug)]
+pub struct Reader {
+    shared: Arc<Shared>,
+    pos: Position,
+    /// This reader's index in `Inner::cursors`.
+    slot: usize,
+    /// `(wake_gen, index)` of this reader's slot in `Inner::wakers`, if any.
+    registered: Option<(u64, usize)>,
+}
+
+impl Reader {
+    /// The next item without waiting, or `None` when there is nothing new right now
+    /// (use [`poll_next`](Self::poll_next) or [`is_finished`](Self::is_finished) to tell
+    /// the end of the stream apart).
+    pub fn try_next(&mut self) -> Option<Item> {
+        let mut inner = self.shared.lock();
+        let item = self.pos.next(&inner);
+        if let Some(c) = inner.cursors.get_mut(self.slot) {
+            *c = Some(self.pos.needs_from());
+        }
+        item
+    }
+
+    /// The next item; registers the waker when nothing is ready. `Ready(None)` means the
+    /// writer closed the ring and this reader has read everything.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let mut inner = self.shared.lock();
+        if let Some(item) = self.pos.next(&inner) {
+            if let Some(c) = inner.cursors.get_mut(self.slot) {
+                *c = Some(self.pos.needs_from());
+            }
+            return Poll::Ready(Some(item));
+        }
+        if inner.closed {
+            return Poll::Ready(None);
+        }
+        match self.registered {
+            Some((gen, idx)) if gen == inner.wake_gen && idx < inner.wakers.len() => {
+                if !inner.wakers[idx].will_wake(cx.waker()) {
+                    inner.wakers[idx].clone_from(cx.waker());
+                }
+            }
+            _ => {
+                self.registered = Some((inner.wake_gen, inner.wakers.len()));
+                inner.wakers.push(cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The writer has closed the ring and this reader has read everything.
+    pub fn is_finished(&self) -> bool {
+        let inner = self.shared.lock();
+        inner.closed
+            && self.pos.pending.is_empty()
+            && match self.pos.state {
+                State::Active { cursor } => cursor >= inner.next_seq,
+                // A waiting reader may still find a join point among the held events.
+                State::Waiting { from } => inner.joins.back().is_none_or(|j| j.seq < from),
+            }
+    }
+
+    /// The next item; `None` once the ring is closed and drained.
+    pub async fn next(&mut self) -> Option<Item> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
+
+/// Where a reader is: its cursor plus what it must deliver before reading the ring. Kept
+/// apart from the `Arc` so it can be updated while the lock guard borrows the `Arc`.
+#[derive(Debug)]
+struct Position {
+    state: State,
+    /// Items to deliver before reading from the ring (lag notice, preamble), reversed.
+    pending: Vec<Item>,
+}
+
+impl Position {
+    /// The oldest sequence number this reader may still read.
+    fn needs_from(&self) -> u64 {
+        match self.state {
+            State::Waiting { from } => from,
+            State::Active { cursor } => cursor,
+        }
+    }
+
+    fn next(&mut self, inner: &Inner) -> Option<Item> {
+        if let Some(item) = self.pending.pop() {
+            return Some(item);
+        }
+        if let State::Waiting { from } = self.state {
+            self.join_waiting(inner, from);
+            if let Some(item) = self.pending.pop() {
+                return Some(item);
+            }
+            // Joined with nothing to announce (no configs yet), or still waiting.
+        }
+        match self.state {
+            State::Waiting { .. } => None,
+            State::Active { cursor } => {
+                if cursor < inner.base_seq {
+                    self.lagged(inner, cursor);
+                    return self.pending.pop();
+                }
+                let idx = usize::try_from(cursor - inner.base_seq).ok()?;
+                let ev = inner.entries.get(idx)?.clone();
+                self.state = State::Active { cursor: cursor + 1 };
+                Some(Item::Event(ev))
+            }
+        }
+    }
+
+    /// The events from `cursor` on are gone: report the loss and move to the oldest join
+    /// point held (or wait for the next one when none is held).
+    fn lagged(&mut self, inner: &Inner, cursor: u64) {
+        let (resume, join) = match inner.joins.front() {
+            Some(j) => (j.seq, Some(j)),
+            None => (inner.base_seq, None),
+        };
+        let (state, mut pending) = inner.reader_state(join);
+        self.state = match join {
+            Some(_) => state,
+            // Wait from the oldest event held, not from the head: a join point among the
+            // held events has not been pushed yet, but anything after `base_seq` counts.
+            None => State::Waiting { from: resume },
+        };
+        pending.push(Item::Lagged {
+            skipped: resume - cursor,
+        });
+        self.pending = pending;
+    }
+
+    /// Start at the first join point at or after `from`, if there is one.
+    fn join_waiting(&mut self, inner: &Inner, from: u64) {
+        if from < inner.base_seq {
+            if let Some(first) = inner.first_join_in_mode.filter(|&f| f >= from) {
+                if first < inner.base_seq {
+                    // The join point this reader was waiting for has been evicted before
+                    // it read anything: it lost everything from there on.
+                    if let Some(j) = inner.joins.front() {
+                        let (state, mut pending) = inner.reader_state(Some(j));
+                        pending.push(Item::Lagged {
+                            skipped: j.seq - first,
+                        });
+                        self.state = state;
+                        self.pending = pending;
+                    }
+                    return;
+                }
+            }
+        }
+        // Joins are sorted by seq.
+        let idx = inner.joins.partition_point(|j| j.seq < from);
+        if let Some(j) = inner.joins.get(idx) {
+            let (state, pending) = inner.reader_state(Some(j));
+            self.state = state;
+            self.pending = pending;
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        inner.readers = inner.readers.saturating_sub(1);
+        if let Some(c) = inner.cursors.get_mut(self.slot) {
+            *c = None;
+        }
+        // Don't leave a waker (and whatever task it keeps alive) behind until next push.
+        if let Some((gen, idx)) = self.registered {
+            if gen == inner.wake_gen {
+                if let Some(w) = inner.wakers.get_mut(idx) {
+                    *w = Waker::noop().clone();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! FLV recording of one stream: files cut by `CutPolicy`, each starting with the
+//! `onMetaData` tag, the sequence headers and a keyframe (R-FM-1), finalized with the
+//! real `duration` and `filesize`.
+
+use bytes::Bytes;
+use flv::mux::{FlvMuxer, MetaInfo, Patch};
+use media::{MediaEvent, Millis, Packet, TrackConfig, TrackKind};
+
+use crate::cut::{CutDecision, CutPolicy};
+
+/// What the daemon must do, in order.
+#[derive(Debug)]
+pub enum Output {
+    /// Start a new file (`seq` counts files of this recording from 0).
+    Open { seq: u64, start_dts: Millis },
+    /// Append these buffers, in order, to file `seq`.
+    Data { seq: u64, bufs: Vec<Bytes> },
+    /// File `seq` is complete: overwrite `patches` in place, then publish it.
+    Close {
+        seq: u64,
+        summary: FileSummary,
+        patches: Vec<Patch>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSummary {
+    pub start_dts: Millis,
+    /// Media duration: from the first DTS to the end of the last frame.
+    pub duration_ms: Millis,
+    pub bytes: u64,
+    pub video_frames: u64,
+    pub audio_frames: u64,
+    /// Cut by the hard cap rather than on a keyframe (R-SG-2).
+    pub hard_cut: bool,
+}
+
+struct OpenFile {
+    seq: u64,
+    muxer: FlvMuxer,
+    start: Millis,
+    video_frames: u64,
+    audio_frames: u64,
+    /// Per track: (last dts, last frame duration, max pts end), to measure duration.
+    video: TrackTiming,
+    audio: TrackTiming,
+    hard_cut: bool,
+}
+
+#[derive(Default, Clone, Copy)]
+struct TrackTiming {
+    last_dts: Option<Millis>,
+    last_delta: Millis,
+    max_pts: Option<Millis>,
+}
+
+impl TrackTiming {
+    fn add(&mut self, p: &Packet) {
+        if let Some(last) = self.last_dts {
+            let d = p.dts - last;
+            if d > 0 {
+                self.last_delta = d;
+            }
+        }
+        self.last_dts = Some(p.dts);
+        let pts = p.pts();
+        self.max_pts = Some(self.max_pts.map_or(pts, |m| m.max(pts)));
+    }
+
+    /// End of the media on this track: the latest presentation time plus one frame.
+    fn end(&self) -> Option<Millis> {
+        self.max_pts.map(|m| m + self.last_delta)
+    }
+}
+
+pub struct FlvRecorder {
+    policy: CutPolicy,
+    video_config: Option<TrackConfig>,
+    audio_config: Option<TrackConfig>,
+    file: Option<OpenFile>,
+    next_seq: u64,
+    /// The previous file was cut by the hard cap: the next one starts at once, keyframe
+    /// or not, rather than dropping media until a keyframe that may never come.
+    last_hard: bool,
+    /// The encoder's `onMetaData`, for width/height/framerate in our own header.
+    metadata: Option<Bytes>,
+    /// MP3 has no sequence header: the first audio packet tells the header's codec id.
+    audio_codec_id: Option<f64>,
+    out: std::collections::VecDeque<Output>,
+}
+
+impl FlvRecorder {
+    pub fn new(policy: CutPolicy) -> Self {
+        Self {
+            policy,
+            video_config: None,
+            audio_config: None,
+            file: None,
+            next_seq: 0,
+            last_hard: false,
+            metadata: None,
+            audio_codec_id: None,
+            out: Default::default(),
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
+    pub fn handle_event(&mut self, ev: MediaEvent) {
+        match ev {
+            MediaEvent::Metadata(m) => self.metadata = Some(m),
+            MediaEvent::Config(c) => {
+                let slot = match c.kind() {
+                    TrackKind::Video => &mut self.video_config,
+                    TrackKind::Audio => &mut self.audio_config,
+                };
+                if slot
+                    .as_ref()
+                    .is_some_and(|old| old.record == c.record && old.codec == c.codec)
+                {
+                    return;
+                }
+                // A new sequence header mid-file goes into the file in place, as FLV
+                // players expect; the next file repeats it in its header.
+                if let Some(f) = &mut self.file {
+                    let mut bufs = Vec::with_capacity(3);
+                    f.muxer
+                        .write_tag(c.kind(), c.dts.max(f.start), &c.flv, &mut bufs);
+                    self.out.push_back(Output::Data { seq: f.seq, bufs });
+                }
+                *slot = Some(c);
+            }
+            MediaEvent::Packet(p) => self.packet(p),
+        }
+    }
+
+    fn has_video(&self) -> bool {
+        self.video_config.is_some()
+    }
+
+    fn packet(&mut self, p: Packet) {
+        if p.kind() == TrackKind::Audio && self.audio_codec_id.is_none() {
+            self.audio_codec_id = Some(flv::mux::flv_codec_id(p.codec, &p.flv));
+        }
+        let has_video = self.has_video();
+        if let Some(f) = &self.file {
+            if let CutDecision::Cut { hard } = self.policy.decide(f.start, &p, has_video) {
+                if let Some(f) = &mut self.file {
+                    f.hard_cut = hard;
+                }
+                self.close();
+            }
+        }
+        if self.file.is_none() {
+            // Files begin at a keyframe with codec configuration (R-FM-1); a hard cut
+            // is the only exception, because a broken encoder must not stop recording.
+            if !CutPolicy::is_start_point(&p, has_video) && !self.last_hard {
+                return;
+            }
+            if p.kind() == TrackKind::Video && self.video_config.is_none() {
+                return;
+            }
+            self.open(p.dts);
+        }
+        if let Some(f) = &mut self.file {
+            let mut bufs = Vec::with_capacity(3);
+            f.muxer.write_tag(p.kind(), p.dts, &p.flv, &mut bufs);
+            match p.kind() {
+                TrackKind::Video => {
+                    f.video_frames += 1;
+                    f.video.add(&p);
+                }
+                TrackKind::Audio => {
+                    f.audio_frames += 1;
+                    f.audio.add(&p);
+                }
+            }
+            self.out.push_back(Output::Data { seq: f.seq, bufs });
+        }
+    }
+
+    fn open(&mut self, start: Millis) {
+        let mut info =
+            MetaInfo::from_configs(self.video_config.as_ref(), self.audio_config.as_ref());
+        if !info.has_audio && self.audio_codec_id.is_some() {
+            info.has_audio = true;
+            info.audio_codec_id = self.audio_codec_id;
+        }
+        if let Some(m) = &self.metadata {
+            info.fill_from_onmetadata(m);
+        }
+        let mut muxer = FlvMuxer::new(info, start);
+        let mut bufs = vec![muxer.header()];
+        for c in [&self.video_config, &self.audio_config]
+            .into_iter()
+            .flatten()
+        {
+            muxer.write_tag(c.kind(), start, &c.flv, &mut bufs);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.last_hard = false;
+        self.out.push_back(Output::Open {
+            seq,
+            start_dts: start,
+        });
+        self.out.push_back(Output::Data { seq, bufs });
+        self.file = Some(OpenFile {
+            seq,
+            muxer,
+            start,
+            video_frames: 0,
+            audio_frames: 0,
+            video: TrackTiming::default(),
+            audio: TrackTiming::default(),
+            hard_cut: false,
+        });
+    }
+
+    /// Ends the current file (push ended, task stopped, shutdown: R-SG-3).
+    pub fn finish(&mut self) {
+        self.close();
+    }
+
+    fn close(&mut self) {
+        let Some(f) = self.file.take() else { return };
+        // Video defines the file's length when there is video; audio-only otherwise.
+        let end = if f.video_frames > 0 {
+            f.video.end()
+        } else {
+            f.audio.end()
+        };
+        let duration_ms = end.map_or(0, |e| (e - f.start).max(0));
+        self.last_hard = f.hard_cut;
+        let summary = FileSummary {
+            start_dts: f.start,
+            duration_ms,
+            bytes: f.muxer.bytes_written(),
+            video_frames: f.video_frames,
+            audio_frames: f.audio_frames,
+            hard_cut: f.hard_cut,
+        };
+        let patches = f.muxer.finalize(duration_ms as f64 / 1000.0);
+        self.out.push_back(Output::Close {
+            seq: f.seq,
+            summary,
+            patches,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use media::{AudioCodec, Codec, VideoCodec};
+    use std::collections::BTreeMap;
+
+    fn vconf() -> MediaEvent {
+        let rec = Bytes::from_static(&[
+            1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 2, 0x67, 0x64, 1, 0, 1, 0x68,
+        ]);
+        let mut flv = vec![0x17, 0, 0, 0, 0];
+        flv.extend_from_slice(&rec);
+        MediaEvent::Config(TrackConfig {
+            codec: Codec::Video(VideoCodec::H264),
+            record: rec,
+            flv: flv.into(),
+            dts: 0,
+        })
+    }
+
+    fn aconf() -> MediaEvent {
+        MediaEvent::Config(TrackConfig {
+            codec: Codec::Audio(AudioCodec::Aac),
+            record: Bytes::from_static(&[0x11, 0x90]),
+            flv: Bytes::from_static(&[0xaf, 0, 0x11, 0x90]),
+            dts: 0,
+        })
+    }
+
+    /// A frame whose body encodes its own identity, so files can be checked frame by frame.
+    fn frame(video: bool, n: u32, dts: Millis, key: bool) -> MediaEvent {
+        let mut body = if video {
+            vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]
+        } else {
+            vec![0xaf, 1]
+        };
+        body.extend_from_slice(&n.to_be_bytes());
+        let flv = Bytes::from(body);
+        let data = flv.slice(if video { 5.. } else { 2.. });
+        MediaEvent::Packet(Packet {
+            codec: if video {
+                Codec::Video(VideoCodec::H264)
+            } else {
+                Codec::Audio(AudioCodec::Aac)
+            },
+            dts,
+            cts: 0,
+            key: key || !video,
+            flv,
+            data,
+        })
+    }
+
+    /// 30 fps video with a keyframe every `gop` frames, AAC every 21 ms, interleaved in DTS order.
+    fn stream(seconds: i64, gop: u32, video: bool, audio: bool) -> Vec<MediaEvent> {
+        let mut evs: Vec<(Millis, MediaEvent)> = Vec::new();
+        if video {
+            for n in 0..(seconds * 30) as u32 {
+                let dts = i64::from(n) * 1000 / 30;
+                evs.push((dts, frame(true, n, dts, n % gop == 0)));
+            }
+        }
+        if audio {
+            for n in 0..(seconds * 1000 / 21) as u32 {
+                let dts = i64::from(n) * 21;
+                evs.push((dts, frame(false, n, dts, true)));
+            }
+        }
+        evs.sort_by_key(|(d, e)| {
+            (
+                *d,
+                matches!(e, MediaEvent::Packet(p) if p.kind() == TrackKind::Audio),
+            )
+        });
+        let mut out = Vec::new();
+        if video {
+            out.push(vconf());
+        }
+        if audio {
+            out.push(aconf());
+        }
+        out.extend(evs.into_iter().map(|(_, e)| e));
+        out
+    }
+
+    struct Files {
+        bytes: BTreeMap<u64, Vec<u8>>,
+        summaries: BTreeMap<u64, FileSummary>,
+    }
+
+    fn run(policy: CutPolicy, evs: Vec<MediaEvent>) -> Files {
+        let mut r = FlvRecorder::new(policy);
+        let mut files = Files {
+            bytes: BTreeMap::new(),
+            summaries: BTreeMap::new(),
+        };
+        let drain = |r: &mut FlvRecorder, files: &mut Files| {
+            while let Some(o) = r.poll_output() {
+                match o {
+                    Output::Open { seq, .. } => {
+                        assert!(files.bytes.insert(seq, Vec::new()).is_none())
+                    }
+                    Output::Data { seq, bufs } => {
+                        assert!(!files.summaries.contains_key(&seq), "data after close");
+                        let f = files.bytes.get_mut(&seq).expect("data for an open file");
+                        for b in bufs {
+                            f.extend_from_slice(&b);
+                        }
+                    }
+                    Output::Close {
+                        seq,
+                        summary,
+                        patches,
+                    } => {
+                        let f = files.bytes.get_mut(&seq).expect("close of an open file");
+                        for p in patches {
+                            p.apply(f).unwrap();
+                        }
+                        assert_eq!(summary.bytes, f.len() as u64);
+                        files.summaries.insert(seq, summary);
+                    }
+                }
+            }
+        };
+        for e in evs {
+            r.handle_event(e);
+            drain(&mut r, &mut files);
+        }
+        r.finish();
+        drain(&mut r, &mut files);
+        assert_eq!(
+            files.bytes.len(),
+            files.summaries.len(),
+            "every opened file is closed"
+        );
+        files
+    }
+
+    /// (is_video, frame number, key, file timestamp) of every media frame of a file.
+    fn frames(file: &[u8]) -> Vec<(bool, u32, bool, u32)> {
+        let tags = flv::FlvReader::new(Bytes::copy_from_slice(file))
+            .unwrap()
+            .read_all()
+            .unwrap();
+        assert_eq!(tags[0].tag_type, flv::TagType::Script);
+        tags.iter()
+            .filter_map(|t| {
+                let b = &t.body;
+                match t.tag_type {
+                    flv::TagType::Video if b[1] == 1 => Some((
+                        true,
+                        u32::from_be_bytes([b[5], b[6], b[7], b[8]]),
+                        b[0] >> 4 == 1,
+                        t.timestamp,
+                    )),
+                    flv::TagType::Audio if b[1] == 1 => Some((
+                        false,
+                        u32::from_be_bytes([b[2], b[3], b[4], b[5]]),
+                        true,
+                        t.timestamp,
+                    )),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    const POLICY: CutPolicy = CutPolicy {
+        interval_ms: 4000,
+        hard_cap_ms: 8000,
+    };
+
+    #[test]
+    fn cuts_on_keyframes_and_keeps_every_frame_once() {
+        let evs = stream(20, 60, true, true);
+        let files = run(POLICY, evs);
+        // 2 s GOPs, 4 s interval: cuts at 4, 8, 12, 16 s → 5 files.
+        assert_eq!(files.bytes.len(), 5);
+        let mut all_v = Vec::new();
+        let mut all_a = Vec::new();
+        for (seq, f) in &files.bytes {
+            let fr = frames(f);
+            let first_v = fr.iter().find(|x| x.0).unwrap();
+            assert!(first_v.2, "file {seq} starts with a keyframe");
+            assert_eq!(fr[0].3, 0, "file {seq} is rebased to 0");
+            let s = &files.summaries[seq];
+            assert_eq!(s.video_frames as usize, fr.iter().filter(|x| x.0).count());
+            // Each file spans 4 s of video (120 frames of 33.3 ms).
+            assert!(
+                (s.duration_ms - 4000).abs() <= 34,
+                "file {seq} duration {}",
+                s.duration_ms
+            );
+            all_v.extend(fr.iter().filter(|x| x.0).map(|x| x.1));
+            all_a.extend(fr.iter().filter(|x| !x.0).map(|x| x.1));
+        }
+        assert_eq!(all_v, (0..600).collect::<Vec<_>>());
+        assert_eq!(all_a, (0..(20_000 / 21)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn files_start_with_metadata_and_sequence_headers() {
+        let files = run(POLICY, stream(6, 60, true, true));
+        for f in files.bytes.values() {
+            let tags = flv::FlvReader::new(Bytes::copy_from_slice(f))
+                .unwrap()
+                .read_all()
+                .unwrap();
+            assert_eq!(tags[0].tag_type, flv::TagType::Script);
+            assert_eq!(tags[1].tag_type, flv::TagType::Video);
+            assert_eq!(&tags[1].body[..2], &[0x17, 0]);
+            assert_eq!(tags[2].tag_type, flv::TagType::Audio);
+            assert_eq!(&tags[2].body[..2], &[0xaf, 0]);
+        }
+    }
+
+    #[test]
+    fn frames_before_the_first_keyframe_are_not_recorded() {
+        let mut evs = vec![
+            vconf(),
+            aconf(),
+            frame(false, 900, 0, true),
+            frame(true, 900, 0, false),
+        ];
+        evs.extend(
+            stream(3, 60, true, false)
+                .into_iter()
+                .skip(1)
+                .map(|e| match e {
+                    MediaEvent::Packet(mut p) => {
+                        p.dts += 100;
+                        MediaEvent::Packet(p)
+                    }
+                    e => e,
+                }),
+        );
+        let files = run(POLICY, evs);
+        let fr = frames(&files.bytes[&0]);
+        assert_eq!(fr[0], (true, 0, true, 0));
+        assert!(!fr.iter().any(|x| x.1 == 900));
+    }
+
+    #[test]
+    fn hard_cap_cuts_a_stream_without_keyframes() {
+        // One keyframe at the start, then none for 20 s.
+        let files = run(POLICY, stream(20, 100_000, true, false));
+        assert_eq!(files.bytes.len(), 3, "cut at 8 s and 16 s by the hard cap");
+        assert!(files.summaries[&0].hard_cut && files.summaries[&1].hard_cut);
+        let total: usize = files.bytes.values().map(|f| frames(f).len()).sum();
+        assert_eq!(total, 600, "nothing dropped after a hard cut");
+    }
+
+    #[test]
+    fn audio_only_cuts_on_audio_frames() {
+        let files = run(POLICY, stream(10, 60, false, true));
+        assert_eq!(files.bytes.len(), 3);
+        let total: usize = files.bytes.values().map(|f| frames(f).len()).sum();
+        assert_eq!(total, 10_000 / 21);
+        for s in files.summaries.values().take(2) {
+            assert!((s.duration_ms - 4000).abs() <= 21, "{}", s.duration_ms);
+        }
+    }
+
+    #[test]
+    fn config_change_mid_file_is_written_in_place() {
+        let mut evs = stream(3, 60, true, false);
+        let new = MediaEvent::Config(TrackConfig {
+            codec: Codec::Video(VideoCodec::H264),
+            record: Bytes::from_static(&[1, 0x4d, 0, 0x1e, 0xff, 0xe1, 0, 1, 0x67, 1, 0, 1, 0x68]),
+            flv: Bytes::from_static(&[
+                0x17, 0, 0, 0, 0, 1, 0x4d, 0, 0x1e, 0xff, 0xe1, 0, 1, 0x67, 1, 0, 1, 0x68,
+            ]),
+            dts: 1000,
+        });
+        evs.insert(40, new);
+        let files = run(POLICY, evs);
+        let tags = flv::FlvReader::new(Bytes::copy_from_slice(&files.bytes[&0]))
+            .unwrap()
+            .read_all()
+            .unwrap();
+        let seq_headers = tags
+            .iter()
+            .filter(|t| t.tag_type == flv::TagType::Video && t.body[1] == 0)
+            .count();
+        assert_eq!(seq_headers, 2);
+    }
+}

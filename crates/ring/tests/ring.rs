@@ -1,0 +1,675 @@
+//! Behaviour of the packet ring through its public API.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread;
+
+use bytes::Bytes;
+use liverec_ring::{ring, Item, Reader, RingConfig, Writer};
+use media::{AudioCodec, Codec, MediaEvent, Packet, TrackConfig, VideoCodec};
+
+const H264: Codec = Codec::Video(VideoCodec::H264);
+const AAC: Codec = Codec::Audio(AudioCodec::Aac);
+
+fn video(dts: i64, key: bool, size: usize) -> MediaEvent {
+    let flv = Bytes::from(vec![if key { 0x17 } else { 0x27 }; size]);
+    MediaEvent::Packet(Packet {
+        codec: H264,
+        dts,
+        cts: 0,
+        key,
+        data: flv.slice(size.min(5)..),
+        flv,
+    })
+}
+
+fn audio(dts: i64) -> MediaEvent {
+    let flv = Bytes::from_static(&[0xaf, 0x01, 0x21, 0x10, 0x04]);
+    MediaEvent::Packet(Packet {
+        codec: AAC,
+        dts,
+        cts: 0,
+        key: true,
+        data: flv.slice(2..),
+        flv,
+    })
+}
+
+fn config(codec: Codec, tag: u8) -> MediaEvent {
+    let record = Bytes::from(vec![tag; 4]);
+    MediaEvent::Config(TrackConfig {
+        codec,
+        flv: record.clone(),
+        record,
+        dts: 0,
+    })
+}
+
+fn meta(tag: u8) -> MediaEvent {
+    MediaEvent::Metadata(Bytes::from(vec![tag; 3]))
+}
+
+fn ev(e: MediaEvent) -> Item {
+    Item::Event(e)
+}
+
+fn drain(r: &mut Reader) -> Vec<Item> {
+    std::iter::from_fn(|| r.try_next()).collect()
+}
+
+fn dts_of(item: &Item) -> Option<i64> {
+    match item {
+        Item::Event(e) => e.dts(),
+        Item::Lagged { .. } => None,
+    }
+}
+
+fn is_key(item: &Item) -> bool {
+    matches!(item, Item::Event(MediaEvent::Packet(p)) if p.is_video_key())
+}
+
+/// Video frames every 40 ms from `from` to `to` inclusive, a keyframe every `gop` ms.
+fn push_video(w: &mut Writer, from: i64, to: i64, gop: i64, size: usize) {
+    for t in (from..=to).step_by(40) {
+        w.push(video(t, t % gop == 0, size));
+    }
+}
+
+fn start(w: &mut Writer) {
+    w.push(meta(1));
+    w.push(config(H264, 1));
+    w.push(config(AAC, 1));
+}
+
+fn preamble(tag_meta: u8, tag_v: u8, tag_a: u8) -> Vec<Item> {
+    vec![
+        ev(meta(tag_meta)),
+        ev(config(H264, tag_v)),
+        ev(config(AAC, tag_a)),
+    ]
+}
+
+#[derive(Default)]
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A minimal executor: poll the future, park the thread until woken.
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        thread::park();
+    }
+}
+
+fn big() -> RingConfig {
+    RingConfig {
+        max_duration_ms: 60_000,
+        max_bytes: usize::MAX,
+    }
+}
+
+#[test]
+fn joins_at_newest_keyframe_with_configs_and_metadata_first() {
+    let (mut w, h) = ring(big());
+    start(&mut w);
+    w.push(video(0, true, 10));
+    w.push(audio(10));
+    w.push(video(40, false, 10));
+    w.push(video(2000, true, 10));
+    w.push(audio(1990)); // audio slightly behind video
+    w.push(video(2040, false, 10));
+
+    let mut expected = preamble(1, 1, 1);
+    expected.extend([
+        ev(video(2000, true, 10)),
+        ev(audio(1990)),
+        ev(video(2040, false, 10)),
+    ]);
+    assert_eq!(drain(&mut h.subscribe()), expected);
+    assert_eq!(drain(&mut w.subscribe()), expected);
+}
+
+#[test]
+fn reader_before_first_keyframe_waits_for_it() {
+    let (mut w, _h) = ring(big());
+    start(&mut w);
+    let mut r = w.subscribe();
+    assert_eq!(r.try_next(), None);
+    w.push(video(0, false, 10)); // not a join point
+    w.push(audio(5)); // audio is no join point once the stream has video
+    assert_eq!(r.try_next(), None);
+    assert_eq!(
+        w.stats().events,
+        0,
+        "nothing before the first GOP is readable"
+    );
+    w.push(video(40, true, 10));
+    w.push(audio(45));
+    let mut expected = preamble(1, 1, 1);
+    expected.extend([ev(video(40, true, 10)), ev(audio(45))]);
+    assert_eq!(drain(&mut r), expected);
+}
+
+#[test]
+fn audio_only_stream_joins_at_the_next_audio_frame() {
+    let (mut w, _h) = ring(big());
+    w.push(meta(1));
+    w.push(config(AAC, 7));
+    let mut early = w.subscribe();
+    assert_eq!(early.try_next(), None);
+    w.push(audio(0));
+    assert_eq!(
+        drain(&mut early),
+        vec![ev(meta(1)), ev(config(AAC, 7)), ev(audio(0))]
+    );
+    w.push(audio(23));
+    // A later reader starts at the newest audio frame: there is no keyframe to wait for.
+    let mut late = w.subscribe();
+    assert_eq!(
+        drain(&mut late),
+        vec![ev(meta(1)), ev(config(AAC, 7)), ev(audio(23))]
+    );
+    w.push(audio(46));
+    assert_eq!(drain(&mut late), vec![ev(audio(46))]);
+    assert_eq!(drain(&mut early), vec![ev(audio(23)), ev(audio(46))]);
+}
+
+#[test]
+fn video_appearing_late_switches_join_points_to_keyframes() {
+    let (mut w, h) = ring(big());
+    w.push(config(AAC, 1));
+    w.push(audio(0));
+    let mut reading = h.subscribe();
+    w.push(audio(23));
+    w.push(config(H264, 1));
+    w.push(audio(46));
+    // The stream has video now: audio frames are no join points any more.
+    let mut waiting = h.subscribe();
+    assert_eq!(waiting.try_next(), None);
+    w.push(video(50, false, 10));
+    assert_eq!(waiting.try_next(), None);
+    w.push(video(90, true, 10));
+    w.push(audio(69));
+    assert_eq!(
+        drain(&mut waiting),
+        vec![
+            ev(config(H264, 1)),
+            ev(config(AAC, 1)),
+            ev(video(90, true, 10)),
+            ev(audio(69)),
+        ]
+    );
+    assert_eq!(
+        drain(&mut reading),
+        vec![
+            ev(config(AAC, 1)),
+            ev(audio(0)),
+            ev(audio(23)),
+            ev(config(H264, 1)),
+            ev(audio(46)),
+            ev(video(50, false, 10)),
+            ev(video(90, true, 10)),
+            ev(audio(69)),
+        ]
+    );
+    let mut later = h.subscribe();
+    assert_eq!(dts_of(&drain(&mut later)[2]), Some(90));
+}
+
+#[test]
+fn audio_only_eviction_groups_audio_in_about_one_second() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: 3000,
+        max_bytes: usize::MAX,
+    });
+    w.push(config(AAC, 1));
+    for t in (0..=10_000).step_by(20) {
+        w.push(audio(t));
+    }
+    let s = h.stats();
+    // Groups start at 0, 1000, ... 10000; at 10000 the ring spans (10000-7000] .. 10000.
+    assert_eq!(s.gops, 4, "{s:?}");
+    assert_eq!(s.duration_ms, 3000);
+    let items = drain(&mut h.subscribe_preroll(100_000));
+    assert_eq!(items[0], ev(config(AAC, 1)));
+    assert_eq!(dts_of(&items[1]), Some(7000));
+}
+
+#[test]
+fn eviction_by_duration_keeps_whole_gops() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: 4000,
+        max_bytes: usize::MAX,
+    });
+    start(&mut w);
+    push_video(&mut w, 0, 20_960, 2000, 100);
+    let s = h.stats();
+    // 16000..20960 spans 4960 > 4000 ms, so only the GOPs at 18000 and 20000 stay.
+    assert_eq!(s.gops, 2);
+    assert_eq!(s.duration_ms, 2960);
+    assert_eq!(s.events, 75);
+    assert_eq!(s.bytes, 75 * 100);
+    assert_eq!(s.pushed, 525); // 0..=20960 step 40; configs before the first GOP are not stored
+    let items = drain(&mut h.subscribe_preroll(i64::MAX));
+    assert!(is_key(&items[3]));
+    assert_eq!(dts_of(&items[3]), Some(18_000));
+    assert_eq!(items.len(), 3 + 75);
+}
+
+#[test]
+fn newest_gop_is_never_dropped_even_when_longer_than_the_cap() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: 1000,
+        max_bytes: usize::MAX,
+    });
+    start(&mut w);
+    push_video(&mut w, 0, 3960, 2000, 100);
+    let s = h.stats();
+    assert_eq!(s.gops, 1);
+    assert_eq!(s.duration_ms, 1960);
+    assert_eq!(s.events, 50);
+    let items = drain(&mut h.subscribe());
+    assert_eq!(dts_of(&items[3]), Some(2000));
+}
+
+#[test]
+fn eviction_by_bytes_keeps_whole_gops() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: 60_000,
+        max_bytes: 120_000,
+    });
+    start(&mut w);
+    push_video(&mut w, 0, 20_960, 2000, 1000);
+    let s = h.stats();
+    // One full GOP (50 kB) + the newest (25 kB); one more would be 125 kB > 120 kB.
+    assert_eq!(s.gops, 2);
+    assert_eq!(s.bytes, 75_000);
+    assert_eq!(s.events, 75);
+    assert_eq!(s.duration_ms, 2960);
+}
+
+#[test]
+fn a_gop_larger_than_the_byte_cap_is_kept_until_the_next_one_starts() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: 60_000,
+        max_bytes: 10_000,
+    });
+    start(&mut w);
+    push_video(&mut w, 0, 3960, 2000, 1000);
+    let s = h.stats();
+    assert_eq!((s.gops, s.events, s.bytes), (1, 50, 50_000));
+    w.push(video(4000, true, 1000));
+    let s = h.stats();
+    assert_eq!((s.gops, s.events, s.bytes), (1, 1, 1000));
+}
+
+#[test]
+fn slow_reader_lags_by_exact_count_and_resumes_at_oldest_gop_with_configs() {
+    // The byte bound is what makes a reader lag (the duration bound spares unread GOPs):
+    // 1000 bytes = two 2 s GOPs of 50 ten-byte frames.
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: 4000,
+        max_bytes: 1000,
+    });
+    start(&mut w);
+    w.push(video(0, true, 10));
+    let mut slow = h.subscribe();
+    let mut fast = h.subscribe();
+    let mut fast_items = Vec::new();
+    for _ in 0..3 {
+        slow.try_next().unwrap(); // preamble
+    }
+    for t in (40..=20_960).step_by(40) {
+        w.push(video(t, t % 2000 == 0, 10));
+        fast_items.extend(drain(&mut fast));
+        if t < 400 {
+            // The slow reader reads up to dts 320 (seq 8), then stalls.
+            assert!(slow.try_next().is_some());
+        }
+    }
+    // Cursor at seq 9 (dts 360); oldest held GOP starts at 18000 = seq 450.
+    assert_eq!(slow.try_next(), Some(Item::Lagged { skipped: 441 }));
+    let rest = drain(&mut slow);
+    assert_eq!(&rest[..3], &preamble(1, 1, 1)[..]);
+    assert!(is_key(&rest[3]));
+    assert_eq!(dts_of(&rest[3]), Some(18_000));
+    assert_eq!(rest.len(), 3 + 75);
+
+    // The fast reader on the same ring saw every event, in order, once.
+    assert_eq!(&fast_items[..3], &preamble(1, 1, 1)[..]);
+    let dts: Vec<_> = fast_items[3..].iter().map(|i| dts_of(i).unwrap()).collect();
+    assert_eq!(dts, (0..=20_960).step_by(40).collect::<Vec<_>>());
+}
+
+#[test]
+fn config_change_mid_stream() {
+    let (mut w, h) = ring(big());
+    start(&mut w);
+    w.push(video(0, true, 10));
+    let mut reading = h.subscribe();
+    assert_eq!(drain(&mut reading).len(), 4);
+    w.push(video(40, false, 10));
+    w.push(config(H264, 2));
+    w.push(meta(2));
+    // Joined after the change but before the next keyframe: starts at 0 with the old
+    // configs and sees the change in order.
+    let mut between = h.subscribe();
+    w.push(video(2000, true, 10));
+    let mut after = h.subscribe();
+    w.push(video(2040, false, 10));
+
+    assert_eq!(
+        drain(&mut reading),
+        vec![
+            ev(video(40, false, 10)),
+            ev(config(H264, 2)),
+            ev(meta(2)),
+            ev(video(2000, true, 10)),
+            ev(video(2040, false, 10)),
+        ]
+    );
+    let mut expected = preamble(1, 1, 1);
+    expected.extend([
+        ev(video(0, true, 10)),
+        ev(video(40, false, 10)),
+        ev(config(H264, 2)),
+        ev(meta(2)),
+        ev(video(2000, true, 10)),
+        ev(video(2040, false, 10)),
+    ]);
+    assert_eq!(drain(&mut between), expected);
+    let mut expected = preamble(2, 2, 1);
+    expected.extend([ev(video(2000, true, 10)), ev(video(2040, false, 10))]);
+    assert_eq!(drain(&mut after), expected);
+}
+
+#[test]
+fn preroll_starts_at_the_keyframe_four_to_six_seconds_back() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: 10_000,
+        max_bytes: usize::MAX,
+    });
+    start(&mut w);
+    push_video(&mut w, 0, 21_960, 2000, 10);
+    let s = h.stats();
+    assert!(s.duration_ms > 8000 && s.duration_ms <= 10_000, "{s:?}");
+    let first_dts = |r: &mut Reader| {
+        let items = drain(r);
+        assert_eq!(&items[..3], &preamble(1, 1, 1)[..]);
+        assert!(is_key(&items[3]));
+        dts_of(&items[3]).unwrap()
+    };
+    let t = first_dts(&mut h.subscribe_preroll(4000));
+    assert!((21_960 - 6000..=21_960 - 4000).contains(&t), "{t}");
+    assert_eq!(t, 16_000);
+    // Deeper than the ring: the oldest held GOP. No pre-roll: the newest.
+    assert_eq!(first_dts(&mut h.subscribe_preroll(60_000)), 12_000);
+    assert_eq!(first_dts(&mut w.subscribe_preroll(0)), 20_000);
+}
+
+#[test]
+fn close_lets_readers_drain_then_ends() {
+    let (mut w, h) = ring(big());
+    start(&mut w);
+    w.push(video(0, true, 10));
+    let mut r = h.subscribe();
+    w.push(video(40, false, 10));
+    w.close();
+    assert!(!r.is_finished());
+    let waker = Waker::from(Arc::new(CountingWaker::default()));
+    let mut cx = Context::from_waker(&waker);
+    let mut got = Vec::new();
+    while let Poll::Ready(Some(item)) = r.poll_next(&mut cx) {
+        got.push(item);
+    }
+    assert_eq!(got.len(), 5);
+    assert_eq!(r.poll_next(&mut cx), Poll::Ready(None));
+    assert_eq!(r.try_next(), None);
+    assert!(r.is_finished());
+    assert!(h.stats().closed);
+
+    // Dropping the writer closes too, and a waiting reader then ends.
+    let (mut w, h) = ring(big());
+    start(&mut w);
+    let mut waiting = h.subscribe();
+    drop(w);
+    assert_eq!(block_on(waiting.next()), None);
+}
+
+#[test]
+fn poll_next_wakes_once_per_push_and_on_close() {
+    let (mut w, h) = ring(big());
+    start(&mut w);
+    w.push(video(0, true, 10));
+    let mut r = h.subscribe();
+    let counter = Arc::new(CountingWaker::default());
+    let waker = Waker::from(Arc::clone(&counter));
+    let mut cx = Context::from_waker(&waker);
+    let wakes = || counter.0.load(Ordering::SeqCst);
+
+    for _ in 0..4 {
+        assert!(matches!(r.poll_next(&mut cx), Poll::Ready(Some(_))));
+    }
+    assert_eq!(r.poll_next(&mut cx), Poll::Pending);
+    assert_eq!(r.poll_next(&mut cx), Poll::Pending); // registers once, not twice
+    assert_eq!(wakes(), 0);
+    w.push(video(40, false, 10));
+    assert_eq!(wakes(), 1);
+    w.push(video(80, false, 10)); // not re-registered: not woken again
+    assert_eq!(wakes(), 1);
+    assert!(matches!(r.poll_next(&mut cx), Poll::Ready(Some(_))));
+    assert!(matches!(r.poll_next(&mut cx), Poll::Ready(Some(_))));
+    assert_eq!(r.poll_next(&mut cx), Poll::Pending);
+    w.close();
+    assert_eq!(wakes(), 2);
+    assert_eq!(r.poll_next(&mut cx), Poll::Ready(None));
+
+    // A waiting reader (no keyframe yet) is woken by the push that brings one.
+    let (mut w, h) = ring(big());
+    let mut r = h.subscribe();
+    let counter = Arc::new(CountingWaker::default());
+    let waker = Waker::from(Arc::clone(&counter));
+    let mut cx = Context::from_waker(&waker);
+    assert_eq!(r.poll_next(&mut cx), Poll::Pending);
+    w.push(video(0, true, 10));
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        r.poll_next(&mut cx),
+        Poll::Ready(Some(ev(video(0, true, 10))))
+    );
+}
+
+#[test]
+fn stats_count_readers() {
+    let (w, h) = ring(RingConfig::default());
+    assert_eq!(RingConfig::default().max_duration_ms, 4000);
+    assert_eq!(RingConfig::default().max_bytes, 16 << 20);
+    let a = w.subscribe();
+    let b = h.subscribe_preroll(1000);
+    assert_eq!(h.stats().readers, 2);
+    drop(a);
+    assert_eq!(w.stats().readers, 1);
+    drop(b);
+    assert_eq!(h.stats().readers, 0);
+}
+
+#[test]
+fn waiting_reader_whose_first_keyframe_was_evicted_lags() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: 4000,
+        max_bytes: 1000,
+    });
+    start(&mut w);
+    let mut r = h.subscribe();
+    push_video(&mut w, 0, 8960, 2000, 10);
+    // Held: GOPs 6000 and 8000 (seq 150..). It was owed everything from seq 0.
+    assert_eq!(r.try_next(), Some(Item::Lagged { skipped: 150 }));
+    let rest = drain(&mut r);
+    assert_eq!(&rest[..3], &preamble(1, 1, 1)[..]);
+    assert_eq!(dts_of(&rest[3]), Some(6000));
+}
+
+const N: i64 = 100_000;
+
+/// Event `i` is a video packet with dts `i`; a keyframe every 50.
+fn mt_writer(mut w: Writer) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        w.push(config(H264, 1));
+        for i in 0..N {
+            w.push(video(i, i % 50 == 0, 8));
+        }
+        w.close();
+    })
+}
+
+#[test]
+fn threaded_fast_readers_see_every_event_once_in_order() {
+    let (w, h) = ring(RingConfig {
+        max_duration_ms: 2 * N,
+        max_bytes: usize::MAX,
+    });
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let mut r = h.subscribe();
+            thread::spawn(move || {
+                let mut next = 0;
+                assert_eq!(block_on(r.next()), Some(ev(config(H264, 1))));
+                while let Some(item) = block_on(r.next()) {
+                    assert_eq!(dts_of(&item), Some(next));
+                    next += 1;
+                }
+                next
+            })
+        })
+        .collect();
+    mt_writer(w).join().unwrap();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), N);
+    }
+}
+
+#[test]
+fn threaded_lagging_readers_account_for_every_event() {
+    // A ring of ~200 events: readers lag often, and must account exactly for what they lost.
+    let (w, h) = ring(RingConfig {
+        max_duration_ms: 200,
+        max_bytes: 1600,
+    });
+    let readers: Vec<_> = (0..3)
+        .map(|n| {
+            let mut r = h.subscribe();
+            thread::spawn(move || {
+                let mut expected = 0;
+                let mut lags = 0;
+                let mut after_lag = false;
+                loop {
+                    let item = if n == 0 {
+                        block_on(r.next())
+                    } else {
+                        // Poll without waiting, with a pause now and then: a slow reader.
+                        match r.try_next() {
+                            Some(item) => Some(item),
+                            None if r.is_finished() => None,
+                            None => {
+                                thread::yield_now();
+                                continue;
+                            }
+                        }
+                    };
+                    let Some(item) = item else { break };
+                    if n == 2 && expected % 97 == 0 {
+                        thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                    match item {
+                        Item::Lagged { skipped } => {
+                            expected += skipped as i64;
+                            lags += 1;
+                            after_lag = true;
+                        }
+                        Item::Event(MediaEvent::Config(_)) => {
+                            assert!(after_lag || expected == 0);
+                        }
+                        Item::Event(e) => {
+                            assert_eq!(e.dts(), Some(expected));
+                            if after_lag {
+                                assert_eq!(expected % 50, 0, "resumes at a keyframe");
+                                after_lag = false;
+                            }
+                            expected += 1;
+                        }
+                    }
+                }
+                (expected, lags)
+            })
+        })
+        .collect();
+    mt_writer(w).join().unwrap();
+    let mut total_lags = 0;
+    for r in readers {
+        let (seen, lags) = r.join().unwrap();
+        assert_eq!(seen, N);
+        total_lags += lags;
+    }
+    assert!(total_lags > 0, "the test must exercise lagging");
+}
+
+#[test]
+fn duration_bound_spares_what_a_reader_has_not_read_but_bytes_do_not() {
+    // A publisher pushing faster than real time: 20 s arrive before the reader runs. The
+    // duration bound (4 s) must not cost the reader its frames; the byte bound still holds.
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: 4000,
+        max_bytes: 100_000,
+    });
+    start(&mut w);
+    w.push(video(0, true, 10));
+    let mut r = h.subscribe();
+    push_video(&mut w, 40, 20_000, 2000, 10);
+    let items = drain(&mut r);
+    assert!(!items.iter().any(|i| matches!(i, Item::Lagged { .. })));
+    let dts: Vec<_> = items[3..].iter().map(|i| dts_of(i).unwrap()).collect();
+    assert_eq!(dts, (0..=20_000).step_by(40).collect::<Vec<_>>());
+    // Once read, the history is trimmed back to the duration bound on the next push.
+    w.push(video(20_040, false, 10));
+    assert!(h.stats().duration_ms <= 4000, "{:?}", h.stats());
+
+    // Without readers, the duration bound applies at once.
+    let (mut w2, h2) = ring(RingConfig {
+        max_duration_ms: 4000,
+        max_bytes: 100_000,
+    });
+    start(&mut w2);
+    push_video(&mut w2, 0, 20_000, 2000, 10);
+    assert!(h2.stats().duration_ms <= 4000);
+
+    // A reader that is behind by more than the byte bound lags.
+    let (mut w3, h3) = ring(RingConfig {
+        max_duration_ms: 4000,
+        max_bytes: 2000,
+    });
+    start(&mut w3);
+    w3.push(video(0, true, 10));
+    let mut slow = h3.subscribe();
+    push_video(&mut w3, 40, 20_000, 2000, 10);
+    let items = drain(&mut slow);
+    assert!(items.iter().any(|i| matches!(i, Item::Lagged { .. })));
+}

@@ -1,0 +1,567 @@
+//! The TOML configuration (SPEC.md section 13): every key optional, embedded defaults,
+//! unknown keys refused, and every error reported with its line (R-OP-1).
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A config error with the line it concerns, so `check-config` can point at it.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{message}", location.as_ref().map(|l| format!("{}:{}: ", l.file, l.line)).unwrap_or_default())]
+pub struct ConfigError {
+    pub location: Option<Location>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub rtmp: RtmpConfig,
+    pub api: ApiConfig,
+    pub storage: StorageConfig,
+    pub spool: SpoolConfig,
+    pub record: RecordConfig,
+    pub ingest: IngestConfig,
+    pub log: LogConfig,
+    #[serde(rename = "template")]
+    pub templates: Vec<Spanned<Template>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDuplicate {
+    Reject,
+    Takeover,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    pub listen: Spanned<String>,
+    /// Domain for pushes whose tcUrl host is an IP address or not in `domains` (R-IN-2).
+    pub default_domain: Spanned<String>,
+    /// Domains this node serves; a tcUrl host among them is used as the stream's domain.
+    pub domains: Vec<Spanned<String>>,
+    pub on_duplicate: OnDuplicate,
+    /// Largest RTMP message accepted, in bytes (R-SEC-2; reliability.md C4).
+    pub max_message_bytes: Spanned<usize>,
+    /// Seconds a client has to finish the handshake and start publishing (reliability H3).
+    pub handshake_timeout: Spanned<u64>,
+    /// Seconds without any media before a publisher is dropped (reliability H4).
+    pub idle_timeout: Spanned<u64>,
+    pub max_connections: usize,
+    /// Our outgoing chunk size; large chunks cost the publisher less CPU.
+    pub chunk_size: Spanned<u32>,
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            listen: unspanned("0.0.0.0:1935".into()),
+            default_domain: unspanned("localhost".into()),
+            domains: Vec::new(),
+            on_duplicate: OnDuplicate::Reject,
+            max_message_bytes: unspanned(8 << 20),
+            handshake_timeout: unspanned(10),
+            idle_timeout: unspanned(30),
+            max_connections: 2000,
+            chunk_size: unspanned(4096),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: Spanned<String>,
+    pub token: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: unspanned("127.0.0.1:8080".into()),
+            token: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub kind: Spanned<String>,
+    pub root: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            kind: unspanned("local".into()),
+            root: PathBuf::from("./recordings"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("./spool"),
+            max_bytes: 10 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// Template for streams no rule matches; -1 records nothing.
+    pub default_template: Spanned<i64>,
+    /// A file is cut at `hard_cap_factor × record_interval` even without a keyframe (R-SG-2).
+    pub hard_cap_factor: Spanned<f64>,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            default_template: unspanned(0),
+            hard_cap_factor: unspanned(2.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Media the per-stream ring keeps, in seconds (whole GOPs; R-IN-7).
+    pub ring_seconds: Spanned<f64>,
+    /// Byte bound of the per-stream ring.
+    pub ring_max_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            ring_seconds: unspanned(4.0),
+            ring_max_bytes: 16 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. "info" or "liverec=debug"; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A recording template (R-TP-1). This build records the FLV format; the other formats'
+/// tables are accepted by the parser so configs stay forward compatible, and refused by
+/// validation until their muxers exist.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub id: Spanned<i64>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub flv: Option<Spanned<FormatConfig>>,
+    #[serde(default)]
+    pub hls: Option<Spanned<FormatConfig>>,
+    #[serde(default)]
+    pub mp4: Option<Spanned<FormatConfig>>,
+    #[serde(default)]
+    pub aac: Option<Spanned<FormatConfig>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+// `storage_time`, `segment_duration` and `continue_timeout` are parsed (and so validated
+// as numbers) now so configs written for later releases load; retention (R-ST-5) and
+// HLS (R-FM-2, R-SP-1) read them.
+#[allow(dead_code)]
+pub struct FormatConfig {
+    #[serde(default)]
+    pub enable: bool,
+    #[serde(default = "default_interval")]
+    pub record_interval: u64,
+    #[serde(default)]
+    pub storage_time: u64,
+    #[serde(default)]
+    pub file_name: Option<String>,
+    #[serde(default)]
+    pub segment_duration: Option<f64>,
+    #[serde(default)]
+    pub continue_timeout: Option<u64>,
+}
+
+fn default_interval() -> u64 {
+    1800
+}
+
+fn unspanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+
+/// What a stream records, resolved from a template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlvPlan {
+    pub record_interval_ms: i64,
+    pub hard_cap_ms: i64,
+    pub file_name: String,
+}
+
+pub const DEFAULT_FILE_NAME: &str = "{StreamID}_{StartYear}-{StartMonth}-{StartDay}-{StartHour}-{StartMinute}-{StartSecond}_{EndYear}-{EndMonth}-{EndDay}-{EndHour}-{EndMinute}-{EndSecond}";
+
+/// A loaded, validated configuration and the source it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub rtmp_listen: SocketAddr,
+    pub api_listen: SocketAddr,
+}
+
+impl Loaded {
+    /// The FLV plan for a stream, or None when its template records nothing.
+    #[cfg(test)]
+    pub fn flv_plan(&self) -> Option<FlvPlan> {
+        self.flv_plan_named().map(|(p, _)| p)
+    }
+
+    /// The plan and the name of the template it came from.
+    pub fn flv_plan_named(&self) -> Option<(FlvPlan, String)> {
+        let id = *self.config.record.default_template.get_ref();
+        let factor = *self.config.record.hard_cap_factor.get_ref();
+        let make = |f: &FormatConfig| {
+            let interval = f.record_interval as i64 * 1000;
+            FlvPlan {
+                record_interval_ms: interval,
+                hard_cap_ms: (interval as f64 * factor) as i64,
+                file_name: f
+                    .file_name
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_FILE_NAME.to_string()),
+            }
+        };
+        if id < 0 {
+            return None;
+        }
+        if let Some(t) = self
+            .config
+            .templates
+            .iter()
+            .find(|t| *t.get_ref().id.get_ref() == id)
+        {
+            let t = t.get_ref();
+            return t
+                .flv
+                .as_ref()
+                .map(|f| f.get_ref())
+                .filter(|f| f.enable)
+                .map(|f| (make(f), format!("{id} ({})", t.name)));
+        }
+        // Template 0 is built in: FLV, 1800 s, kept forever (R-TP-1, R-OP-1).
+        let builtin = FormatConfig {
+            enable: true,
+            record_interval: 1800,
+            storage_time: 0,
+            file_name: None,
+            segment_duration: None,
+            continue_timeout: None,
+        };
+        Some((make(&builtin), "0 (built-in)".to_string()))
+    }
+}
+
+/// Loads `path`, or the embedded defaults when `path` is None.
+pub fn load(path: Option<&Path>) -> Result<Loaded, Vec<ConfigError>> {
+    match path {
+        None => validate(Config::default(), "", None),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                vec![ConfigError {
+                    location: None,
+                    message: format!("cannot read config file {}: {e}", p.display()),
+                }]
+            })?;
+            parse(&text, Some(p))
+        }
+    }
+}
+
+pub fn parse(text: &str, source: Option<&Path>) -> Result<Loaded, Vec<ConfigError>> {
+    let file = source
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "<config>".into());
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        vec![ConfigError {
+            location: line.map(|line| Location {
+                file: file.clone(),
+                line,
+            }),
+            message: e.message().to_string(),
+        }]
+    })?;
+    validate(config, text, source)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map(|s| s.bytes().filter(|&b| b == b'\n').count() + 1)
+        .unwrap_or(1)
+}
+
+fn validate(config: Config, text: &str, source: Option<&Path>) -> Result<Loaded, Vec<ConfigError>> {
+    let file = source
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "<defaults>".into());
+    let mut errors = Vec::new();
+    let mut err = |span: Range<usize>, message: String| {
+        let location = (span != (0..0)).then(|| Location {
+            file: file.clone(),
+            line: line_of(text, span.start),
+        });
+        errors.push(ConfigError { location, message });
+    };
+
+    let addr = |s: &Spanned<String>, key: &str, err: &mut dyn FnMut(Range<usize>, String)| {
+        s.get_ref().parse::<SocketAddr>().map_err(|e| {
+            err(
+                s.span(),
+                format!("{key} = {:?} is not an address:port ({e})", s.get_ref()),
+            )
+        })
+    };
+    let rtmp_listen = addr(&config.rtmp.listen, "rtmp.listen", &mut err);
+    let api_listen = addr(&config.api.listen, "api.listen", &mut err);
+    if let Ok(a) = &api_listen {
+        if !a.ip().is_loopback() && config.api.token.is_empty() {
+            err(
+                config.api.listen.span(),
+                format!("api.listen = {a} is not loopback, so api.token must be set (R-OP-4)"),
+            );
+        }
+    }
+    let d = &config.rtmp.default_domain;
+    if crate::ingest::identity::validate_name(d.get_ref()).is_err() {
+        err(
+            d.span(),
+            format!(
+                "rtmp.default_domain = {:?} must be 1-128 bytes of [A-Za-z0-9._-]",
+                d.get_ref()
+            ),
+        );
+    }
+    for d in &config.rtmp.domains {
+        if crate::ingest::identity::validate_name(d.get_ref()).is_err() {
+            err(
+                d.span(),
+                format!(
+                    "rtmp.domains entry {:?} is not a valid domain name",
+                    d.get_ref()
+                ),
+            );
+        }
+    }
+    let m = &config.rtmp.max_message_bytes;
+    if !(4096..=(16 << 20)).contains(m.get_ref()) {
+        err(
+            m.span(),
+            format!(
+                "rtmp.max_message_bytes = {} must be 4096..=16777216 (RTMP lengths are 24-bit)",
+                m.get_ref()
+            ),
+        );
+    }
+    let c = &config.rtmp.chunk_size;
+    if !(128..=65536).contains(c.get_ref()) {
+        err(
+            c.span(),
+            format!("rtmp.chunk_size = {} must be 128..=65536", c.get_ref()),
+        );
+    }
+    for (key, v) in [
+        ("rtmp.handshake_timeout", &config.rtmp.handshake_timeout),
+        ("rtmp.idle_timeout", &config.rtmp.idle_timeout),
+    ] {
+        if *v.get_ref() == 0 {
+            err(v.span(), format!("{key} must be at least 1 second"));
+        }
+    }
+    let k = &config.storage.kind;
+    match k.get_ref().as_str() {
+        "local" => {}
+        "s3" => err(
+            k.span(),
+            "storage.kind = \"s3\" is not available in this build yet; use \"local\"".into(),
+        ),
+        other => err(
+            k.span(),
+            format!("storage.kind = {other:?}: expected \"local\" or \"s3\""),
+        ),
+    }
+    let f = &config.record.hard_cap_factor;
+    if !(f.get_ref().is_finite() && *f.get_ref() >= 1.0) {
+        err(
+            f.span(),
+            format!("record.hard_cap_factor = {} must be >= 1.0", f.get_ref()),
+        );
+    }
+    let r = &config.ingest.ring_seconds;
+    if !(r.get_ref().is_finite() && (0.0..=600.0).contains(r.get_ref())) {
+        err(
+            r.span(),
+            format!("ingest.ring_seconds = {} must be 0..=600", r.get_ref()),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in &config.templates {
+        let t = t.get_ref();
+        let id = *t.id.get_ref();
+        if id <= 0 {
+            err(
+                t.id.span(),
+                format!("template id {id}: ids from 1 up are yours, 0 is the built-in default"),
+            );
+        }
+        if !seen.insert(id) {
+            err(t.id.span(), format!("template id {id} is declared twice"));
+        }
+        for (name, f) in [("hls", &t.hls), ("mp4", &t.mp4), ("aac", &t.aac)] {
+            if let Some(f) = f {
+                if f.get_ref().enable {
+                    err(f.span(), format!("template {id}: {name} recording is not available in this build yet (only flv)"));
+                }
+            }
+        }
+        for f in [&t.flv, &t.hls, &t.mp4, &t.aac].into_iter().flatten() {
+            let fc = f.get_ref();
+            if !(1..=86_400).contains(&fc.record_interval) {
+                err(
+                    f.span(),
+                    format!(
+                        "template {id}: record_interval = {} must be 1..=86400 seconds (R-TP-1)",
+                        fc.record_interval
+                    ),
+                );
+            }
+            if let Some(p) = &fc.file_name {
+                if let Err(e) = record::naming::check_pattern(p) {
+                    err(f.span(), format!("template {id}: file_name {p:?}: {e}"));
+                }
+            }
+        }
+    }
+    let dt = &config.record.default_template;
+    let id = *dt.get_ref();
+    if id != 0 && id != -1 && !seen.contains(&id) {
+        err(dt.span(), format!("record.default_template = {id} names no template (0 = built-in, -1 = record nothing)"));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    match (rtmp_listen, api_listen) {
+        (Ok(rtmp_listen), Ok(api_listen)) => Ok(Loaded {
+            config,
+            rtmp_listen,
+            api_listen,
+        }),
+        // Unreachable in practice: a failed parse pushed an error above.
+        _ => Err(vec![ConfigError {
+            location: None,
+            message: "invalid listen address".into(),
+        }]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_match_the_spec() {
+        let l = load(None).unwrap();
+        assert_eq!(l.rtmp_listen, "0.0.0.0:1935".parse().unwrap());
+        assert_eq!(l.api_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(l.config.storage.root, PathBuf::from("./recordings"));
+        let plan = l.flv_plan().unwrap();
+        assert_eq!(plan.record_interval_ms, 1_800_000);
+        assert_eq!(plan.hard_cap_ms, 3_600_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_line() {
+        let e = parse("[rtmp]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", None).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].location.as_ref().unwrap().line, 3);
+        assert!(e[0].message.contains("lisen"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn semantic_errors_carry_lines() {
+        let text = "[rtmp]\nlisten = \"nope\"\n\n[api]\nlisten = \"0.0.0.0:8080\"\n";
+        let e = parse(text, None).unwrap_err();
+        let lines: Vec<usize> = e
+            .iter()
+            .map(|e| e.location.as_ref().unwrap().line)
+            .collect();
+        assert_eq!(lines, vec![2, 5]);
+        assert!(e[1].message.contains("token"));
+    }
+
+    #[test]
+    fn template_selects_flv_interval() {
+        let text = "[record]\ndefault_template = 7\n[[template]]\nid = 7\nflv = { enable = true, record_interval = 5 }\n";
+        let l = parse(text, None).unwrap();
+        assert_eq!(l.flv_plan().unwrap().record_interval_ms, 5000);
+        let none = parse("[record]\ndefault_template = -1\n", None).unwrap();
+        assert_eq!(none.flv_plan(), None);
+        let e = parse(
+            "[[template]]\nid = 2\nflv = { enable = true, record_interval = 0 }\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e[0].location.as_ref().unwrap().line, 3);
+        let e = parse("[record]\ndefault_template = 9\n", None).unwrap_err();
+        assert!(e[0].message.contains("names no template"));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config.example.toml");
+        parse(text, Some(Path::new("config.example.toml"))).unwrap();
+    }
+}

@@ -1,0 +1,285 @@
+//! One task per RTMP connection: pumps bytes through the sans-IO `rtmp::ServerSession`,
+//! turns its events into media events on the stream's ring, and starts the recording.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use media::{MediaEvent, TimestampUnwrapper};
+use rtmp::{PublishRequest, ServerEvent, ServerSession};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::hub::LiveStream;
+use super::identity::{self, StreamId};
+use crate::daemon::Ctx;
+
+/// Why a connection ended, for the log line.
+#[derive(Debug, thiserror::Error)]
+enum ConnEnd {
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(#[from] rtmp::SessionError),
+    #[error("no handshake and publish within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("no media for {0:?}")]
+    Idle(Duration),
+    #[error("publish refused: {0}")]
+    Refused(String),
+    #[error("taken over by a new publisher or shut down")]
+    Cancelled,
+}
+
+struct Publishing {
+    id: StreamId,
+    stream_id: u32,
+    writer: ring::Writer,
+    clock: TimestampUnwrapper,
+    bad_frames: u64,
+}
+
+pub async fn handle(ctx: Arc<Ctx>, socket: TcpStream, peer: SocketAddr, conn_id: u64) {
+    let _ = socket.set_nodelay(true);
+    let mut conn = Conn {
+        ctx,
+        peer,
+        conn_id,
+        session: ServerSession::new(rtmp::ServerConfig::default()),
+        publishing: None,
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
+    let cfg = &conn.ctx.config.config.rtmp;
+    conn.session = ServerSession::new(rtmp::ServerConfig {
+        limits: rtmp::Limits {
+            max_message_bytes: *cfg.max_message_bytes.get_ref(),
+            ..rtmp::Limits::default()
+        },
+        out_chunk_size: *cfg.chunk_size.get_ref(),
+        ..rtmp::ServerConfig::default()
+    });
+    let result = conn.run(socket).await;
+    let published = conn.publishing.as_ref().map(|p| p.id.to_string());
+    conn.end_publish();
+    match (&result, published) {
+        (Err(ConnEnd::Closed), Some(s)) => {
+            info!(conn = conn_id, %peer, stream = %s, "publisher disconnected")
+        }
+        (Err(ConnEnd::Closed), None) => debug!(conn = conn_id, %peer, "connection closed"),
+        (Err(e @ ConnEnd::Protocol(_)), s) => {
+            warn!(conn = conn_id, %peer, stream = s.as_deref().unwrap_or("-"), "closing connection: {e}")
+        }
+        (Err(e), s) => {
+            info!(conn = conn_id, %peer, stream = s.as_deref().unwrap_or("-"), "closing connection: {e}")
+        }
+        (Ok(()), _) => {}
+    }
+}
+
+struct Conn {
+    ctx: Arc<Ctx>,
+    peer: SocketAddr,
+    conn_id: u64,
+    session: ServerSession,
+    publishing: Option<Publishing>,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl Conn {
+    async fn run(&mut self, mut socket: TcpStream) -> Result<(), ConnEnd> {
+        let rtmp_cfg = &self.ctx.config.config.rtmp;
+        let handshake_timeout = Duration::from_secs(*rtmp_cfg.handshake_timeout.get_ref());
+        let idle_timeout = Duration::from_secs(*rtmp_cfg.idle_timeout.get_ref());
+        // One deadline for handshake + connect + publish, not an idle timer each byte
+        // resets: a client trickling a byte every few seconds still gets dropped
+        // (reliability.md H3).
+        let mut deadline = Instant::now() + handshake_timeout;
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            if buf.capacity() - buf.len() < 16 * 1024 {
+                buf.reserve(64 * 1024);
+            }
+            let n = tokio::select! {
+                r = socket.read_buf(&mut buf) => r?,
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(if self.publishing.is_some() { ConnEnd::Idle(idle_timeout) } else { ConnEnd::HandshakeTimeout(handshake_timeout) });
+                }
+                _ = self.cancel.cancelled() => return Err(ConnEnd::Cancelled),
+                _ = shutdown.cancelled() => return Err(ConnEnd::Cancelled),
+            };
+            if n == 0 {
+                return Err(ConnEnd::Closed);
+            }
+            let res = self.session.handle_input(&mut buf);
+            // Flush replies even when the input ended in an error, so the peer sees them.
+            let got_media = self.pump_events(&mut socket).await?;
+            while let Some(out) = self.session.take_output() {
+                socket.write_all(&out).await?;
+            }
+            res?;
+            if got_media && self.publishing.is_some() {
+                deadline = Instant::now() + idle_timeout;
+            }
+        }
+    }
+
+    /// Handles every pending session event; returns whether media arrived.
+    async fn pump_events(&mut self, socket: &mut TcpStream) -> Result<bool, ConnEnd> {
+        let mut got_media = false;
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                ServerEvent::Connected(info) => {
+                    debug!(conn = self.conn_id, peer = %self.peer, app = ?info.app, tc_url = ?info.tc_url, "rtmp connect");
+                }
+                ServerEvent::PublishRequested(req) => {
+                    if let Err(reason) = self.start_publish(&req) {
+                        while let Some(out) = self.session.take_output() {
+                            socket.write_all(&out).await?;
+                        }
+                        let _ = socket.flush().await;
+                        return Err(ConnEnd::Refused(reason));
+                    }
+                }
+                ServerEvent::Metadata {
+                    stream_id, body, ..
+                } => {
+                    if let Some(p) = self
+                        .publishing
+                        .as_mut()
+                        .filter(|p| p.stream_id == stream_id)
+                    {
+                        p.writer.push(MediaEvent::Metadata(body));
+                    }
+                }
+                ServerEvent::Audio {
+                    stream_id,
+                    timestamp,
+                    body,
+                } => {
+                    got_media = true;
+                    self.media(stream_id, timestamp, body, false);
+                }
+                ServerEvent::Video {
+                    stream_id,
+                    timestamp,
+                    body,
+                } => {
+                    got_media = true;
+                    self.media(stream_id, timestamp, body, true);
+                }
+                ServerEvent::Unpublished { stream_id } => {
+                    if self
+                        .publishing
+                        .as_ref()
+                        .is_some_and(|p| p.stream_id == stream_id)
+                    {
+                        self.end_publish();
+                    }
+                }
+            }
+        }
+        Ok(got_media)
+    }
+
+    fn media(&mut self, stream_id: u32, timestamp: u32, body: bytes::Bytes, video: bool) {
+        let Some(p) = self
+            .publishing
+            .as_mut()
+            .filter(|p| p.stream_id == stream_id)
+        else {
+            return;
+        };
+        let dts = p.clock.unwrap(timestamp);
+        let parsed = if video {
+            flv::tag::parse_video(body, dts)
+        } else {
+            flv::tag::parse_audio(body, dts)
+        };
+        match parsed {
+            Ok(flv::tag::Parsed::Event(ev)) => p.writer.push(ev),
+            Ok(flv::tag::Parsed::Skip(_)) => {}
+            Err(e) => {
+                // A bad frame is dropped and the stream goes on (R-SEC-3); the log is
+                // rate-limited to powers of two so a broken encoder cannot flood it.
+                p.bad_frames += 1;
+                if p.bad_frames.is_power_of_two() {
+                    warn!(conn = self.conn_id, stream = %p.id, dts, count = p.bad_frames, "dropping malformed {} frame: {e}", if video { "video" } else { "audio" });
+                }
+            }
+        }
+    }
+
+    fn start_publish(&mut self, req: &PublishRequest) -> Result<(), String> {
+        let cfg = &self.ctx.config.config.rtmp;
+        if self.publishing.is_some() {
+            let reason = "this connection is already publishing".to_string();
+            self.session
+                .reject_publish(req.stream_id, "NetStream.Publish.BadName", &reason);
+            return Err(reason);
+        }
+        let domains: Vec<String> = cfg.domains.iter().map(|d| d.get_ref().clone()).collect();
+        let id = match identity::resolve(
+            req.tc_url.as_deref(),
+            &req.app,
+            &req.name,
+            req.query.as_deref(),
+            &domains,
+            cfg.default_domain.get_ref(),
+        ) {
+            Ok(id) => id,
+            Err(e) => {
+                let reason = format!("invalid stream name: {e}");
+                warn!(conn = self.conn_id, peer = %self.peer, "refusing publish: {reason}");
+                self.session
+                    .reject_publish(req.stream_id, "NetStream.Publish.BadName", &reason);
+                return Err(reason);
+            }
+        };
+        let ingest = &self.ctx.config.config.ingest;
+        let (writer, handle) = ring::ring(ring::RingConfig {
+            max_duration_ms: (*ingest.ring_seconds.get_ref() * 1000.0) as i64,
+            max_bytes: ingest.ring_max_bytes,
+        });
+        let query = req.query.as_deref().map(identity::redact_query);
+        let entry = LiveStream {
+            conn_id: self.conn_id,
+            peer: self.peer,
+            started: SystemTime::now(),
+            cancel: self.cancel.clone(),
+            ring: handle.clone(),
+            query: query.clone(),
+        };
+        if let Err(e) = self.ctx.hub.register(id.clone(), entry, cfg.on_duplicate) {
+            let reason = e.to_string();
+            warn!(conn = self.conn_id, peer = %self.peer, "refusing publish: {reason}");
+            self.session
+                .reject_publish(req.stream_id, "NetStream.Publish.BadName", &reason);
+            return Err(reason);
+        }
+        info!(conn = self.conn_id, peer = %self.peer, stream = %id, query = query.as_deref().unwrap_or(""), "publish started");
+        crate::recording::start(&self.ctx, &id, &handle);
+        self.session.accept_publish(req.stream_id);
+        self.publishing = Some(Publishing {
+            id,
+            stream_id: req.stream_id,
+            writer,
+            clock: TimestampUnwrapper::new(),
+            bad_frames: 0,
+        });
+        Ok(())
+    }
+
+    fn end_publish(&mut self) {
+        if let Some(mut p) = self.publishing.take() {
+            p.writer.close();
+            self.ctx.hub.unregister(&p.id, self.conn_id);
+            info!(conn = self.conn_id, stream = %p.id, "publish ended");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Stream identity (R-IN-2) and name validation (R-IN-3).
+//!
+//! Names become path segments of object keys, so they are checked here, at publish
+//! time, before any file, key or log line is built from them (reliability.md N1/N2:
+//! `..`, `/`, NUL and over-long names have written files outside the recording root in
+//! other servers). Validation refuses; it never normalises, so two names can never map
+//! to one key.
+
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("is empty")]
+    Empty,
+    #[error("is {0} bytes, longer than 128")]
+    TooLong(usize),
+    #[error("is `.` or `..`")]
+    Dots,
+    #[error("contains byte 0x{0:02x}; allowed are A-Z a-z 0-9 . _ -")]
+    BadByte(u8),
+}
+
+pub fn validate_name(s: &str) -> Result<(), NameError> {
+    if s.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if s.len() > 128 {
+        return Err(NameError::TooLong(s.len()));
+    }
+    if s == "." || s == ".." {
+        return Err(NameError::Dots);
+    }
+    if let Some(b) = s
+        .bytes()
+        .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+    {
+        return Err(NameError::BadByte(b));
+    }
+    Ok(())
+}
+
+/// Who a publish is: the key of the stream registry and of every object the stream makes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamId {
+    pub domain: String,
+    pub app: String,
+    pub stream: String,
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.domain, self.app, self.stream)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("domain {value:?} {reason}")]
+    Domain { value: String, reason: NameError },
+    #[error("app {value:?} {reason}")]
+    App { value: String, reason: NameError },
+    #[error("stream {value:?} {reason}")]
+    Stream { value: String, reason: NameError },
+}
+
+/// Resolves the identity of a publish (R-IN-2).
+///
+/// `app` and `name` come without their query strings; `query` is the joined query of
+/// app and stream key. The values in the error are for logging: they are escaped with
+/// `{:?}` so control bytes cannot forge log lines.
+pub fn resolve(
+    tc_url: Option<&str>,
+    app: &str,
+    name: &str,
+    query: Option<&str>,
+    domains: &[String],
+    default_domain: &str,
+) -> Result<StreamId, IdentityError> {
+    let from_query = query.and_then(|q| {
+        query_pairs(q)
+            .find(|(k, _)| *k == "vhost" || *k == "domain")
+            .map(|(_, v)| v.to_string())
+    });
+    let domain = match from_query {
+        Some(d) => d,
+        None => {
+            let host = tc_url.and_then(tc_url_host);
+            match host {
+                Some(h)
+                    if h.parse::<IpAddr>().is_err()
+                        && domains.iter().any(|d| d.eq_ignore_ascii_case(&h)) =>
+                {
+                    h.to_ascii_lowercase()
+                }
+                _ => default_domain.to_string(),
+            }
+        }
+    };
+    validate_name(&domain).map_err(|reason| IdentityError::Domain {
+        value: domain.clone(),
+        reason,
+    })?;
+    validate_name(app).map_err(|reason| IdentityError::App {
+        value: app.to_string(),
+        reason,
+    })?;
+    validate_name(name).map_err(|reason| IdentityError::Stream {
+        value: name.to_string(),
+        reason,
+    })?;
+    Ok(StreamId {
+        domain,
+        app: app.to_string(),
+        stream: name.to_string(),
+    })
+}
+
+/// The host of `rtmp://host[:port]/app...`, without brackets for IPv6.
+fn tc_url_host(tc_url: &str) -> Option<String> {
+    let rest = tc_url.split_once("://").map(|(_, r)| r)?;
+    let authority = rest.split(['/', '?']).next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+fn query_pairs(q: &str) -> impl Iterator<Item = (&str, &str)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// Query keys whose values are secrets (R-IN-2, reliability.md N8).
+const SECRET_KEYS: &[&str] = &[
+    "txsecret",
+    "token",
+    "sign",
+    "secret",
+    "key",
+    "pass",
+    "password",
+    "auth_key",
+    "signature",
+];
+
+/// The query string with secret values replaced by `***`, for logs, callbacks and the API.
+pub fn redact_query(q: &str) -> String {
+    query_pairs(q)
+        .map(|(k, v)| {
+            if SECRET_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+                format!("{k}=***")
+            } else if v.is_empty() {
+                k.to_string()
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domains() -> Vec<String> {
+        vec!["live.example.com".into()]
+    }
+
+    #[test]
+    fn names_are_validated_not_normalised() {
+        assert!(validate_name("cam-1_A.b").is_ok());
+        assert_eq!(validate_name(""), Err(NameError::Empty));
+        assert_eq!(validate_name(".."), Err(NameError::Dots));
+        assert_eq!(validate_name("."), Err(NameError::Dots));
+        assert!(validate_name("...").is_ok());
+        assert_eq!(validate_name("a/b"), Err(NameError::BadByte(b'/')));
+        assert_eq!(validate_name("a\0b"), Err(NameError::BadByte(0)));
+        assert_eq!(validate_name("a\\b"), Err(NameError::BadByte(b'\\')));
+        assert_eq!(validate_name("%2e%2e"), Err(NameError::BadByte(b'%')));
+        assert_eq!(validate_name("é"), Err(NameError::BadByte(0xc3)));
+        assert!(validate_name(&"a".repeat(128)).is_ok());
+        assert_eq!(
+            validate_name(&"a".repeat(300)),
+            Err(NameError::TooLong(300))
+        );
+    }
+
+    #[test]
+    fn domain_comes_from_tcurl_host_when_configured() {
+        let id = resolve(
+            Some("rtmp://live.example.com:1935/live"),
+            "live",
+            "cam",
+            None,
+            &domains(),
+            "localhost",
+        )
+        .unwrap();
+        assert_eq!(id.domain, "live.example.com");
+        let ip = resolve(
+            Some("rtmp://127.0.0.1/live"),
+            "live",
+            "cam",
+            None,
+            &domains(),
+            "localhost",
+        )
+        .unwrap();
+        assert_eq!(ip.domain, "localhost");
+        let unknown = resolve(
+            Some("rtmp://other.org/live"),
+            "live",
+            "cam",
+            None,
+            &domains(),
+            "localhost",
+        )
+        .unwrap();
+        assert_eq!(unknown.domain, "localhost");
+        let none = resolve(None, "live", "cam", None, &domains(), "dflt").unwrap();
+        assert_eq!(none.domain, "dflt");
+        let v6 = resolve(
+            Some("rtmp://[::1]:1935/live"),
+            "live",
+            "cam",
+            None,
+            &domains(),
+            "localhost",
+        )
+        .unwrap();
+        assert_eq!(v6.domain, "localhost");
+    }
+
+    #[test]
+    fn query_overrides_domain() {
+        let id = resolve(
+            Some("rtmp://127.0.0.1/live"),
+            "live",
+            "cam",
+            Some("a=1&vhost=tenant1"),
+            &domains(),
+            "localhost",
+        )
+        .unwrap();
+        assert_eq!(id.domain, "tenant1");
+        let bad = resolve(
+            None,
+            "live",
+            "cam",
+            Some("domain=../x"),
+            &domains(),
+            "localhost",
+        );
+        assert!(matches!(bad, Err(IdentityError::Domain { .. })));
+    }
+
+    #[test]
+    fn bad_app_or_stream_is_refused() {
+        assert!(matches!(
+            resolve(None, "..", "cam", None, &[], "d"),
+            Err(IdentityError::App { .. })
+        ));
+        assert!(matches!(
+            resolve(None, "live", "a/../b", None, &[], "d"),
+            Err(IdentityError::Stream { .. })
+        ));
+        assert!(matches!(
+            resolve(None, "live", "", None, &[], "d"),
+            Err(IdentityError::Stream { .. })
+        ));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(
+            redact_query("txSecret=abc&txTime=5F5E0FF&token=t&x"),
+            "txSecret=***&txTime=5F5E0FF&token=***&x"
+        );
+    }
+}

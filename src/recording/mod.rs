@@ -1,0 +1,126 @@
+//! Recorder tasks: one per recording, reading the stream's ring, driving the pure
+//! `record::FlvRecorder` and carrying out its outputs through the sink.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use record::{CutPolicy, FlvRecorder, Output};
+use tracing::{error, info, warn};
+
+use crate::daemon::Ctx;
+use crate::ingest::identity::StreamId;
+use crate::sink::SpoolFile;
+
+/// Starts the recording of a stream that just began publishing, if its template records.
+pub fn start(ctx: &Arc<Ctx>, id: &StreamId, ring: &ring::RingHandle) {
+    let Some((plan, template)) = ctx.config.flv_plan_named() else {
+        info!(stream = %id, "not recording: the template records nothing");
+        return;
+    };
+    info!(stream = %id, template = %template, interval_s = plan.record_interval_ms / 1000, "recording flv");
+    let reader = ring.subscribe();
+    let ctx2 = ctx.clone();
+    let id = id.clone();
+    ctx.tracker.spawn(async move {
+        let policy = CutPolicy {
+            interval_ms: plan.record_interval_ms,
+            hard_cap_ms: plan.hard_cap_ms,
+        };
+        let mut task = Recording {
+            ctx: ctx2,
+            id,
+            file_name: plan.file_name,
+            rec: FlvRecorder::new(policy),
+            files: HashMap::new(),
+        };
+        task.run(reader).await;
+    });
+}
+
+struct Recording {
+    ctx: Arc<Ctx>,
+    id: StreamId,
+    file_name: String,
+    rec: FlvRecorder,
+    files: HashMap<u64, (SpoolFile, DateTime<Utc>)>,
+}
+
+impl Recording {
+    async fn run(&mut self, mut reader: ring::Reader) {
+        while let Some(item) = reader.next().await {
+            match item {
+                ring::Item::Event(ev) => self.rec.handle_event(ev),
+                ring::Item::Lagged { skipped } => {
+                    // The ring moved on without us: the current file would have a hole,
+                    // so it ends here and the next one starts at the next keyframe.
+                    warn!(stream = %self.id, skipped, "recorder fell behind the ring; closing the current file");
+                    self.rec.finish();
+                }
+            }
+            self.drain().await;
+        }
+        self.rec.finish();
+        self.drain().await;
+    }
+
+    async fn drain(&mut self) {
+        while let Some(out) = self.rec.poll_output() {
+            match out {
+                Output::Open { seq, .. } => match self.ctx.sink.create(&self.id, "flv").await {
+                    Ok(f) => {
+                        self.files.insert(seq, (f, Utc::now()));
+                    }
+                    Err(e) => {
+                        error!(stream = %self.id, "cannot create a spool file, this file is lost: {e}")
+                    }
+                },
+                Output::Data { seq, bufs } => {
+                    if let Some((f, _)) = self.files.get_mut(&seq) {
+                        if let Err(e) = f.append(bufs).await {
+                            error!(stream = %self.id, path = %f.path().display(), "write failed: {e}");
+                        }
+                    }
+                }
+                Output::Close {
+                    seq,
+                    summary,
+                    patches,
+                } => {
+                    let Some((f, started)) = self.files.remove(&seq) else {
+                        continue;
+                    };
+                    // Names use wall-clock start and start + media duration as end, so
+                    // the name states the span the file really holds.
+                    let end = started + chrono::Duration::milliseconds(summary.duration_ms);
+                    let name = record::naming::render(
+                        &self.file_name,
+                        &record::naming::NameVars {
+                            stream: &self.id.stream,
+                            domain: &self.id.domain,
+                            app: &self.id.app,
+                            task_id: "",
+                            format: "flv",
+                            seq,
+                            start: started,
+                            end,
+                        },
+                    );
+                    match self
+                        .ctx
+                        .sink
+                        .finish(f, &patches, &self.id, &name, "flv")
+                        .await
+                    {
+                        Ok(key) => info!(
+                            stream = %self.id, key = %key, duration_ms = summary.duration_ms, bytes = summary.bytes,
+                            video_frames = summary.video_frames, audio_frames = summary.audio_frames, hard_cut = summary.hard_cut,
+                            "file finished"
+                        ),
+                        Err(e) => error!(stream = %self.id, "finishing file failed: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}

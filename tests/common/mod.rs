@@ -1,0 +1,136 @@
+//! Runs the real daemon binary on 127.0.0.1 with ephemeral ports and a temp directory.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub rtmp: SocketAddr,
+    pub api: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `liverec run` with `extra` TOML appended to a config that binds loopback
+    /// ephemeral ports and keeps everything inside a temp dir.
+    pub fn start(extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("recordings");
+        let spool = dir.path().join("spool");
+        let cfg = format!(
+            "[rtmp]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[storage]\nroot = {root:?}\n[spool]\ndir = {spool:?}\n{extra}\n"
+        );
+        let cfg_path = dir.path().join("config.toml");
+        std::fs::write(&cfg_path, cfg).expect("write config");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_liverec"))
+            .args(["run", "-c"])
+            .arg(&cfg_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn liverec");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read ready line");
+        let field = |k: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("no {k} in ready line {line:?}; log: {}", std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()))
+                .parse()
+                .expect("addr")
+        };
+        let rtmp = field("rtmp=");
+        let api = field("api=");
+        Daemon { child: Some(child), rtmp, api, dir }
+    }
+
+    pub fn url(&self, app: &str, stream: &str) -> String {
+        format!("rtmp://{}/{app}/{stream}", self.rtmp)
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("recordings")
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not stop within 40 s after SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Finished files under `{root}/{domain}/{app}/{stream}`, sorted by name.
+    pub fn files(&self, domain: &str, app: &str, stream: &str, ext: &str) -> Vec<PathBuf> {
+        list(&self.root().join(domain).join(app).join(stream), ext)
+    }
+
+    /// Waits until the stream has no open spool file and at least `min` finished files.
+    pub fn wait_files(&self, domain: &str, app: &str, stream: &str, ext: &str, min: usize, timeout: Duration) -> Vec<PathBuf> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let files = self.files(domain, app, stream, ext);
+            let open = list(&self.spool().join(domain).join(app).join(stream), "part");
+            if files.len() >= min && open.is_empty() {
+                return files;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {min} {ext} files of {domain}/{app}/{stream} (have {}, {} open); log:\n{}", files.len(), open.len(), self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn list(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == ext))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
