@@ -37,17 +37,29 @@ impl Daemon {
             .expect("spawn liverec");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read ready line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read ready line");
         let field = |k: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
-                .unwrap_or_else(|| panic!("no {k} in ready line {line:?}; log: {}", std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no {k} in ready line {line:?}; log: {}",
+                        std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+                    )
+                })
                 .parse()
                 .expect("addr")
         };
         let rtmp = field("rtmp=");
         let api = field("api=");
-        Daemon { child: Some(child), rtmp, api, dir }
+        Daemon {
+            child: Some(child),
+            rtmp,
+            api,
+            dir,
+        }
     }
 
     pub fn url(&self, app: &str, stream: &str) -> String {
@@ -73,7 +85,9 @@ impl Daemon {
     /// SIGTERM, then wait for exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Ok(Some(st)) = child.try_wait() {
@@ -82,14 +96,19 @@ impl Daemon {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("daemon did not stop within 40 s after SIGTERM; log:\n{}", self.log());
+                panic!(
+                    "daemon did not stop within 40 s after SIGTERM; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Finished files under `{root}/{domain}/{app}/{stream}`, sorted by name.
@@ -98,7 +117,15 @@ impl Daemon {
     }
 
     /// Waits until the stream has no open spool file and at least `min` finished files.
-    pub fn wait_files(&self, domain: &str, app: &str, stream: &str, ext: &str, min: usize, timeout: Duration) -> Vec<PathBuf> {
+    pub fn wait_files(
+        &self,
+        domain: &str,
+        app: &str,
+        stream: &str,
+        ext: &str,
+        min: usize,
+        timeout: Duration,
+    ) -> Vec<PathBuf> {
         let deadline = Instant::now() + timeout;
         loop {
             let files = self.files(domain, app, stream, ext);

@@ -51,6 +51,7 @@ struct OpenFile {
 struct TrackTiming {
     last_dts: Option<Millis>,
     last_delta: Millis,
+    min_pts: Option<Millis>,
     max_pts: Option<Millis>,
 }
 
@@ -64,12 +65,15 @@ impl TrackTiming {
         }
         self.last_dts = Some(p.dts);
         let pts = p.pts();
+        self.min_pts = Some(self.min_pts.map_or(pts, |m| m.min(pts)));
         self.max_pts = Some(self.max_pts.map_or(pts, |m| m.max(pts)));
     }
 
-    /// End of the media on this track: the latest presentation time plus one frame.
-    fn end(&self) -> Option<Millis> {
-        self.max_pts.map(|m| m + self.last_delta)
+    /// How long this track presents: from its earliest presentation time to the end of
+    /// its latest frame. With B-frames the first keyframe presents after its decode time,
+    /// so this (what players and ffprobe show) differs from last DTS − first DTS.
+    fn duration(&self) -> Option<Millis> {
+        Some(self.max_pts? + self.last_delta - self.min_pts?)
     }
 }
 
@@ -231,12 +235,8 @@ impl FlvRecorder {
     fn close(&mut self) {
         let Some(f) = self.file.take() else { return };
         // Video defines the file's length when there is video; audio-only otherwise.
-        let end = if f.video_frames > 0 {
-            f.video.end()
-        } else {
-            f.audio.end()
-        };
-        let duration_ms = end.map_or(0, |e| (e - f.start).max(0));
+        let track = if f.video_frames > 0 { f.video } else { f.audio };
+        let duration_ms = track.duration().map_or(0, |d| d.max(0));
         self.last_hard = f.hard_cut;
         let summary = FileSummary {
             start_dts: f.start,
