@@ -5,13 +5,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v ffprobe >/dev/null 2>&1 || ! command -v ffmpeg >/dev/null 2>&1; then
-  echo "ffmpeg/ffprobe missing: installing (apt-get install -y ffmpeg)" >&2
+# Real peers the end-to-end tests push with and probe with: ffmpeg/ffprobe, and
+# GStreamer's rtmp2sink (a third RTMP client implementation, R-IN-1).
+pkgs=()
+command -v ffprobe >/dev/null 2>&1 && command -v ffmpeg >/dev/null 2>&1 || pkgs+=(ffmpeg)
+if ! command -v gst-launch-1.0 >/dev/null 2>&1 || ! gst-inspect-1.0 rtmp2sink >/dev/null 2>&1 \
+   || ! gst-inspect-1.0 flvmux >/dev/null 2>&1 || ! gst-inspect-1.0 h264parse >/dev/null 2>&1; then
+  pkgs+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
+fi
+if [ ${#pkgs[@]} -gt 0 ]; then
+  echo "installing test tools: ${pkgs[*]}" >&2
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
-command -v ffprobe >/dev/null 2>&1 || { echo "ffprobe still not found after install" >&2; exit 1; }
+for tool in ffmpeg ffprobe gst-launch-1.0; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "$tool still not found after install" >&2; exit 1; }
+done
 
 cargo test --workspace --all-targets "$@"

@@ -318,3 +318,73 @@ fn default_config_records_one_flv_named_by_the_default_pattern() {
     check_recording(&files, &testkit::fixture("avc_aac_1s.flv"));
     assert_eq!(d.stop(), Some(0));
 }
+
+#[test]
+fn gstreamer_rtmp2sink_push_is_recorded_and_ends_cleanly() {
+    let gst = require_tool("gst-launch-1.0");
+    require_tool("ffprobe");
+    let mut d = Daemon::start(&config());
+    let fixture = testkit::fixture("avc_aac_2s.flv");
+    // Remux only (flvdemux → flvmux), so the frames are the fixture's; rtmp2sink is
+    // GStreamer's RTMP client with its own handshake and command flow (R-IN-1).
+    let st = Command::new(gst)
+        .arg("-q")
+        .arg("filesrc")
+        .arg(format!("location={}", fixture.display()))
+        .args([
+            "!",
+            "flvdemux",
+            "name=d",
+            "d.video",
+            "!",
+            "queue",
+            "!",
+            "h264parse",
+            "!",
+            "flvmux",
+            "name=m",
+            "streamable=true",
+            "!",
+            "rtmp2sink",
+            "sync=false",
+        ])
+        .arg(format!("location={}", d.url("live", "gst")))
+        .args(["d.audio", "!", "queue", "!", "aacparse", "!", "m."])
+        .stdin(Stdio::null())
+        .status()
+        .expect("run gst-launch-1.0");
+    assert!(st.success(), "gst-launch failed: {st}; log:\n{}", d.log());
+    let files = ordered(d.wait_files(
+        "localhost",
+        "live",
+        "gst",
+        "flv",
+        1,
+        Duration::from_secs(20),
+    ));
+    let input = flv_summary(&fixture);
+    let (mut v, mut a) = (0, 0);
+    for f in &files {
+        let errors = ffprobe_errors(f);
+        assert!(errors.is_empty(), "{}: {errors}", f.display());
+        let s = flv_summary(f);
+        assert_eq!(s.first_video_is_key, Some(true), "{}", f.display());
+        assert!(
+            s.first_tag_is_metadata && s.headers_first,
+            "{}",
+            f.display()
+        );
+        v += s.video_frames;
+        a += s.audio_frames;
+    }
+    assert_eq!(
+        (v, a),
+        (input.video_frames, input.audio_frames),
+        "frames over {} files",
+        files.len()
+    );
+    // The end of the push (FCUnpublish/deleteStream as rtmp2sink sends them) is a normal
+    // unpublish, not a protocol error.
+    assert!(!d.log().contains("protocol error"), "log:\n{}", d.log());
+    assert_eq!(d.stop(), Some(0));
+}

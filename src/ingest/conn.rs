@@ -46,16 +46,8 @@ struct Publishing {
 
 pub async fn handle(ctx: Arc<Ctx>, socket: TcpStream, peer: SocketAddr, conn_id: u64) {
     let _ = socket.set_nodelay(true);
-    let mut conn = Conn {
-        ctx,
-        peer,
-        conn_id,
-        session: ServerSession::new(rtmp::ServerConfig::default()),
-        publishing: None,
-        cancel: tokio_util::sync::CancellationToken::new(),
-    };
-    let cfg = &conn.ctx.config.config.rtmp;
-    conn.session = ServerSession::new(rtmp::ServerConfig {
+    let cfg = &ctx.config.config.rtmp;
+    let session = ServerSession::new(rtmp::ServerConfig {
         limits: rtmp::Limits {
             max_message_bytes: *cfg.max_message_bytes.get_ref(),
             ..rtmp::Limits::default()
@@ -63,6 +55,14 @@ pub async fn handle(ctx: Arc<Ctx>, socket: TcpStream, peer: SocketAddr, conn_id:
         out_chunk_size: *cfg.chunk_size.get_ref(),
         ..rtmp::ServerConfig::default()
     });
+    let mut conn = Conn {
+        ctx,
+        peer,
+        conn_id,
+        session,
+        publishing: None,
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
     let result = conn.run(socket).await;
     let published = conn.publishing.as_ref().map(|p| p.id.to_string());
     conn.end_publish();
@@ -100,6 +100,7 @@ impl Conn {
         // (reliability.md H3).
         let mut deadline = Instant::now() + handshake_timeout;
         let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut was_publishing = false;
         let shutdown = self.ctx.shutdown.clone();
         loop {
             if buf.capacity() - buf.len() < 16 * 1024 {
@@ -123,9 +124,12 @@ impl Conn {
                 socket.write_all(&out).await?;
             }
             res?;
-            if got_media && self.publishing.is_some() {
+            // From the publish on, the deadline is the idle timeout, renewed by media.
+            let publishing = self.publishing.is_some();
+            if publishing && (got_media || !was_publishing) {
                 deadline = Instant::now() + idle_timeout;
             }
+            was_publishing = publishing;
         }
     }
 

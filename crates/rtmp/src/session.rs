@@ -427,14 +427,17 @@ impl ServerSession {
                     .first()
                     .and_then(Value::as_number)
                     .and_then(message::number_to_u32);
+                // GStreamer's rtmp2sink sends deleteStream without a usable stream id
+                // argument; the message's own stream id then says which stream ends (and
+                // a publisher has only one). Ending a publish must never be an error.
+                let id = id.or((msg.stream_id != 0).then_some(msg.stream_id));
                 match id {
                     Some(id) => self.unpublish(id, PublishState::Ended),
                     None => {
-                        return Err(SessionError::BadCommand {
-                            command: cmd.name,
-                            problem: "no stream id",
-                            offset,
-                        })
+                        let ids: Vec<u32> = self.streams.iter().map(|s| s.id).collect();
+                        for id in ids {
+                            self.unpublish(id, PublishState::Ended);
+                        }
                     }
                 }
                 Ok(())

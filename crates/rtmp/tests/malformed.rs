@@ -249,12 +249,11 @@ fn command_with_too_few_values() {
         feed(&mut s, &mut c),
         Err(SessionError::BadCommand { .. })
     ));
+    // deleteStream without a stream id is what GStreamer's rtmp2sink sends at the end:
+    // it ends the publish, it is never a protocol error.
     let (mut s, mut c) = connected();
     c.command(0, &cmd("deleteStream", 2.0, &[]));
-    assert!(matches!(
-        feed(&mut s, &mut c),
-        Err(SessionError::BadCommand { .. })
-    ));
+    assert!(feed(&mut s, &mut c).is_ok());
 }
 
 #[test]
