@@ -71,6 +71,11 @@ pub async fn handle(ctx: Arc<Ctx>, socket: TcpStream, peer: SocketAddr, conn_id:
             info!(conn = conn_id, %peer, stream = %s, "publisher disconnected")
         }
         (Err(ConnEnd::Closed), None) => debug!(conn = conn_id, %peer, "connection closed"),
+        // Not RTMP at all (TLS, HTTP, RTMPE on the plain port): scanners do this all day,
+        // so it is not worth a warning per connection (reliability.md H1).
+        (Err(e @ ConnEnd::Protocol(rtmp::SessionError::BadVersion { .. })), _) => {
+            debug!(conn = conn_id, %peer, "closing connection: {e}")
+        }
         (Err(e @ ConnEnd::Protocol(_)), s) => {
             warn!(conn = conn_id, %peer, stream = s.as_deref().unwrap_or("-"), "closing connection: {e}")
         }

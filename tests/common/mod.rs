@@ -18,48 +18,7 @@ impl Daemon {
     /// Starts `liverec run` with `extra` TOML appended to a config that binds loopback
     /// ephemeral ports and keeps everything inside a temp dir.
     pub fn start(extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("recordings");
-        let spool = dir.path().join("spool");
-        let cfg = format!(
-            "[rtmp]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[storage]\nroot = {root:?}\n[spool]\ndir = {spool:?}\n{extra}\n"
-        );
-        let cfg_path = dir.path().join("config.toml");
-        std::fs::write(&cfg_path, cfg).expect("write config");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_liverec"))
-            .args(["run", "-c"])
-            .arg(&cfg_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn liverec");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read ready line");
-        let field = |k: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .unwrap_or_else(|| {
-                    panic!(
-                        "no {k} in ready line {line:?}; log: {}",
-                        std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
-                    )
-                })
-                .parse()
-                .expect("addr")
-        };
-        let rtmp = field("rtmp=");
-        let api = field("api=");
-        Daemon {
-            child: Some(child),
-            rtmp,
-            api,
-            dir,
-        }
+        Self::start_with("", extra)
     }
 
     pub fn url(&self, app: &str, stream: &str) -> String {
@@ -160,4 +119,68 @@ pub fn list(dir: &Path, ext: &str) -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+impl Daemon {
+    /// Like [`Daemon::start`], with `rtmp_keys` (e.g. `"idle_timeout = 1\n"`) added to the
+    /// `[rtmp]` table (which `start` already opens for `listen`, so `extra` cannot repeat it).
+    pub fn start_with(rtmp_keys: &str, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("recordings");
+        let spool = dir.path().join("spool");
+        let cfg = format!(
+            "[rtmp]\nlisten = \"127.0.0.1:0\"\n{rtmp_keys}\n[api]\nlisten = \"127.0.0.1:0\"\n[storage]\nroot = {root:?}\n[spool]\ndir = {spool:?}\n{extra}\n"
+        );
+        let cfg_path = dir.path().join("config.toml");
+        std::fs::write(&cfg_path, cfg).expect("write config");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_liverec"))
+            .args(["run", "-c"])
+            .arg(&cfg_path)
+            .env("RUST_LOG", "info,liverec=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn liverec");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read ready line");
+        let log_text =
+            || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        let field = |k: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("no {k} in ready line {line:?}; log: {}", log_text()))
+                .parse()
+                .expect("addr")
+        };
+        let rtmp = field("rtmp=");
+        let api = field("api=");
+        Daemon {
+            child: Some(child),
+            rtmp,
+            api,
+            dir,
+        }
+    }
+}
+
+/// Every file and directory under `dir` (recursively), as paths relative to `dir`, sorted.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    fn go(base: &Path, d: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap_or(&p).to_path_buf());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                go(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    go(dir, dir, &mut out);
+    out.sort();
+    out
 }
