@@ -157,7 +157,7 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
-            ring_seconds: unspanned(4.0),
+            ring_seconds: unspanned(2.0),
             ring_max_bytes: 16 << 20,
         }
     }

