@@ -124,7 +124,12 @@ impl Conn {
             }
             let res = self.session.handle_input(&mut buf);
             // Flush replies even when the input ended in an error, so the peer sees them.
-            let got_media = self.pump_events(&mut socket).await?;
+            let got_media = self.pump_events(&mut socket).await;
+            // Everything this read produced is in the ring: wake the recorders once.
+            if let Some(p) = &mut self.publishing {
+                p.writer.wake_readers();
+            }
+            let got_media = got_media?;
             while let Some(out) = self.session.take_output() {
                 socket.write_all(&out).await?;
             }
@@ -163,7 +168,7 @@ impl Conn {
                         .as_mut()
                         .filter(|p| p.stream_id == stream_id)
                     {
-                        p.writer.push(MediaEvent::Metadata(body));
+                        p.writer.push_deferred(MediaEvent::Metadata(body));
                     }
                 }
                 ServerEvent::Audio {
@@ -211,7 +216,7 @@ impl Conn {
             flv::tag::parse_audio(body, dts)
         };
         match parsed {
-            Ok(flv::tag::Parsed::Event(ev)) => p.writer.push(ev),
+            Ok(flv::tag::Parsed::Event(ev)) => p.writer.push_deferred(ev),
             Ok(flv::tag::Parsed::Skip(_)) => {}
             Err(e) => {
                 // A bad frame is dropped and the stream goes on (R-SEC-3); the log is

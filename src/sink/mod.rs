@@ -83,7 +83,9 @@ impl SpoolFile {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let bufs = std::mem::take(&mut self.pending);
+        // Keep the queue's capacity for the next batch instead of regrowing it.
+        let cap = self.pending.capacity();
+        let bufs = std::mem::replace(&mut self.pending, Vec::with_capacity(cap));
         self.pending_len = 0;
         let Some(mut file) = self.file.take() else {
             return Ok(());

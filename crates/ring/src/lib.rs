@@ -469,6 +469,25 @@ impl Writer {
         self.wake();
     }
 
+    /// Like [`push`](Self::push), but waiting readers are not woken until
+    /// [`wake_readers`](Self::wake_readers) (or the next `push`/`close`). The ingest task
+    /// pushes every event of one socket read this way and wakes once: a wake per frame
+    /// made readers and the writer trade threads for every packet.
+    pub fn push_deferred(&mut self, ev: MediaEvent) {
+        if self.closed {
+            return;
+        }
+        self.shared.lock().push(ev);
+    }
+
+    /// Wakes the readers waiting since the last wake.
+    pub fn wake_readers(&mut self) {
+        let mut inner = self.shared.lock();
+        take_wakers(&mut inner, &mut self.to_wake);
+        drop(inner);
+        self.wake();
+    }
+
     /// End of stream: readers drain what is held, then get `None`.
     pub fn close(&mut self) {
         if self.closed {

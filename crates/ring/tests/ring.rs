@@ -673,3 +673,39 @@ fn duration_bound_spares_what_a_reader_has_not_read_but_bytes_do_not() {
     let items = drain(&mut slow);
     assert!(items.iter().any(|i| matches!(i, Item::Lagged { .. })));
 }
+
+#[test]
+fn deferred_pushes_wake_once_at_wake_readers() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let (mut w, h) = ring(big());
+    start(&mut w);
+    w.push(video(0, true, 10));
+    let mut r = h.subscribe();
+    let count = Arc::new(Count(AtomicUsize::new(0)));
+    let waker = Waker::from(count.clone());
+    let mut cx = Context::from_waker(&waker);
+    while let Poll::Ready(Some(_)) = r.poll_next(&mut cx) {}
+    for t in 1..=10 {
+        w.push_deferred(video(t * 40, false, 10));
+    }
+    assert_eq!(
+        count.0.load(Ordering::SeqCst),
+        0,
+        "no wake before wake_readers"
+    );
+    w.wake_readers();
+    assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake for the batch");
+    let mut n = 0;
+    while let Poll::Ready(Some(_)) = r.poll_next(&mut cx) {
+        n += 1;
+    }
+    assert_eq!(n, 10, "every deferred event is readable");
+}

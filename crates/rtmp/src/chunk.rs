@@ -30,6 +30,9 @@ pub mod msg_type {
 
 /// The chunk size every RTMP connection starts with, in both directions.
 pub const DEFAULT_CHUNK_SIZE: u32 = 128;
+/// What a reassembly buffer reserves up front (the message length, when smaller).
+const FIRST_RESERVE: usize = 64 * 1024;
+
 /// Largest chunk size the spec allows (31 bits; the MSB must be zero).
 pub const MAX_CHUNK_SIZE: u32 = 0x7FFF_FFFF;
 /// Lowest and highest chunk stream ids (0 and 1 select the 2- and 3-byte basic headers).
@@ -422,10 +425,15 @@ impl ChunkDecoder {
         let done = if whole {
             Bytes::copy_from_slice(&payload)
         } else {
-            let part = cs.partial.get_or_insert_with(Vec::new);
-            // Grow by what arrived, never by the declared length (C4): at most double
-            // what is held, capped at the message length so the finished buffer is
-            // exactly the message (no slack kept alive with it).
+            // The first chunk reserves the whole message when it is small (one
+            // allocation for typical frames); larger messages grow by what arrived, never
+            // by the declared length (C4): at most double what is held, capped at the
+            // message length so the finished buffer is exactly the message (no slack
+            // kept alive with it). The small reservation is bounded: 64 KiB × the chunk
+            // stream cap per connection.
+            let part = cs
+                .partial
+                .get_or_insert_with(|| Vec::with_capacity(length.min(FIRST_RESERVE)));
             let need = part.len() + n;
             if need > part.capacity() {
                 let target = need
