@@ -10,11 +10,6 @@ use record::{CutPolicy, FileSummary, FlvRecorder, Output};
 use tracing::{error, info, warn};
 
 use crate::daemon::Ctx;
-
-/// How long a recorder lets media gather in the ring between reads.
-const COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
-/// A batch this big ends the pauses (see `Recording::run`).
-const COALESCE_MAX_BYTES: usize = 1 << 20;
 use crate::ingest::identity::StreamId;
 use crate::sink::SpoolFile;
 
@@ -55,47 +50,19 @@ struct Recording {
 impl Recording {
     async fn run(&mut self, mut reader: ring::Reader) {
         while let Some(item) = reader.next().await {
-            let mut bytes = self.handle(item);
-            // Everything else that is already in the ring, in one go.
-            while let Some(item) = reader.try_next() {
-                bytes += self.handle(item);
+            match item {
+                ring::Item::Event(ev) => self.rec.handle_event(ev),
+                ring::Item::Lagged { skipped } => {
+                    // The ring moved on without us: the current file would have a hole,
+                    // so it ends here and the next one starts at the next keyframe.
+                    warn!(stream = %self.id, skipped, "recorder fell behind the ring; closing the current file");
+                    self.rec.finish();
+                }
             }
             self.drain().await;
-            // Coalesce wake-ups: a recording has no latency to keep (files are cut on
-            // stream time, and appends are batched anyway), so reading what arrived in
-            // the last COALESCE at once costs far fewer task switches than waking for
-            // every socket read. The ring holds the data meanwhile (its byte bound, not
-            // its duration bound, applies to unread media). A big batch means a
-            // publisher faster than real time: then keep reading without a pause, so the
-            // backlog never nears the ring's byte bound.
-            if bytes < COALESCE_MAX_BYTES {
-                tokio::time::sleep(COALESCE).await;
-            }
         }
         self.rec.finish();
         self.drain().await;
-    }
-
-    /// Feeds one ring item to the recorder; returns the media bytes it carried.
-    fn handle(&mut self, item: ring::Item) -> usize {
-        match item {
-            ring::Item::Event(ev) => {
-                let n = match &ev {
-                    media::MediaEvent::Packet(p) => p.flv.len(),
-                    media::MediaEvent::Config(c) => c.flv.len(),
-                    media::MediaEvent::Metadata(m) => m.len(),
-                };
-                self.rec.handle_event(ev);
-                n
-            }
-            ring::Item::Lagged { skipped } => {
-                // The ring moved on without us: the current file would have a hole, so
-                // it ends here and the next one starts at the next keyframe.
-                warn!(stream = %self.id, skipped, "recorder fell behind the ring; closing the current file");
-                self.rec.finish();
-                0
-            }
-        }
     }
 
     async fn drain(&mut self) {
