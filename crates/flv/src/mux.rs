@@ -7,7 +7,7 @@
 //! `onMetaData` (`duration`, `filesize`) in place, which is what makes the file seekable
 //! with a correct length in players.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use media::aac::AudioSpecificConfig;
 use media::{AudioCodec, Codec, Millis, TrackConfig, TrackKind, VideoCodec};
 use thiserror::Error;
@@ -191,10 +191,7 @@ pub struct FlvMuxer {
     filesize_offset: u64,
     written: u64,
     dropped: u64,
-    scratch: BytesMut,
 }
-
-const SCRATCH_BLOCK: usize = 4096;
 
 impl FlvMuxer {
     /// `base` is the stream-timeline DTS that becomes timestamp 0 in this file.
@@ -219,19 +216,7 @@ impl FlvMuxer {
             filesize_offset: body_at + filesize_at as u64,
             written: 0,
             dropped: 0,
-            scratch: BytesMut::new(),
         }
-    }
-
-    /// A small piece (tag header, PreviousTagSize) as `Bytes` carved from a shared 4 KiB
-    /// block: two allocations per tag were a measurable part of the recorder's cost
-    /// (benches/README.md profile); this is one per ~270 tags.
-    fn small(&mut self, b: &[u8]) -> Bytes {
-        if self.scratch.capacity() - self.scratch.len() < b.len() {
-            self.scratch = BytesMut::with_capacity(SCRATCH_BLOCK);
-        }
-        self.scratch.extend_from_slice(b);
-        self.scratch.split().freeze()
     }
 
     /// The file header and `onMetaData` tag; call once, before [`write_tag`]. (If a tag is
@@ -285,12 +270,12 @@ impl FlvMuxer {
         // Checked above: fits in 24 bits.
         let size = body.len() as u32;
         let header = tag_header(tag_type, size, self.file_timestamp(dts));
-        out.push(self.small(&header));
+        out.push(Bytes::copy_from_slice(&header));
         if !body.is_empty() {
             out.push(body.clone());
         }
         let prev = (size + TAG_HEADER_LEN as u32).to_be_bytes();
-        out.push(self.small(&prev));
+        out.push(Bytes::copy_from_slice(&prev));
         self.written += u64::from(size) + TAG_HEADER_LEN as u64 + 4;
         Ok(())
     }
