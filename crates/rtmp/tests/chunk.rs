@@ -185,6 +185,23 @@ fn set_chunk_size_between_messages() {
 }
 
 #[test]
+fn set_chunk_size_mid_message_applies_to_the_rest_of_it() {
+    // A 300-byte video message on csid 6: its first 128-byte chunk, then (on csid 2) a
+    // Set Chunk Size of 4096, then the remaining 172 bytes as ONE continuation chunk,
+    // which is only a valid chunk under the new size.
+    let payload: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+    let mut r = Raw::new();
+    r.fmt0(6, 40, 300, 9, 1, &payload[..128]);
+    r.0.extend(set_chunk_size(4096));
+    r.fmt3(6, None, &payload[128..]);
+    let m = both(&r);
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].type_id, msg_type::SET_CHUNK_SIZE);
+    assert_eq!((m[1].csid, m[1].timestamp, m[1].type_id), (6, 40, 9));
+    assert_eq!(&m[1].payload[..], &payload[..]);
+}
+
+#[test]
 fn chunk_size_one() {
     let mut r = Raw(set_chunk_size(1));
     r.fmt0(4, 5, 3, 8, 1, b"a")
