@@ -10,13 +10,13 @@
 //!   through `rtmp::ServerSession` in 64 KiB pieces (the daemon's read size), audio/video
 //!   bodies through `flv::tag::parse_*` with `media::TimestampUnwrapper`, into a
 //!   `ring` (default bounds: 4 s, 16 MiB), read back after each piece by a ring reader
-//!   into `record::FlvRecorder` (10 s interval), whose outputs are drained and counted
+//!   into `record::Recorder` (10 s interval), whose outputs are drained and counted
 //!   (no file I/O). Throughput = RTMP input bytes.
 //! * `ingest_flv/session` — `ServerSession` alone (same input, events drained).
 //! * `ingest_flv/tag_parse` — `parse_audio`/`parse_video` + timestamp unwrapping over the
 //!   session's media messages. Throughput = tag body bytes.
 //! * `ingest_flv/ring` — push every media event into a ring and read it back.
-//! * `ingest_flv/recorder` — `FlvRecorder` alone over the parsed events, outputs drained.
+//! * `ingest_flv/recorder` — `Recorder` alone over the parsed events, outputs drained.
 //!
 //! Run: `cargo bench --bench ingest_flv` (see benches/README.md).
 
@@ -29,7 +29,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flv::reader::{FlvReader, TagType};
 use flv::tag::Parsed;
 use media::{MediaEvent, TimestampUnwrapper};
-use record::{CutPolicy, FlvRecorder, Output};
+use record::{CutPolicy, Format, Output, Recorder};
 use rtmp::{ServerConfig, ServerEvent, ServerSession};
 use testkit::chunk::{encode_message, msg_type};
 
@@ -263,10 +263,11 @@ struct Drained {
     closed: u64,
 }
 
-fn drain(rec: &mut FlvRecorder, d: &mut Drained) {
+fn drain(rec: &mut Recorder, d: &mut Drained) {
     while let Some(o) = rec.poll_output() {
         match o {
             Output::Open { .. } => d.opened += 1,
+            Output::Skipped { reason } => panic!("the FLV recorder skipped the fixture: {reason}"),
             Output::Data { bufs, .. } => {
                 d.bytes += bufs.iter().map(|b| b.len() as u64).sum::<u64>()
             }
@@ -303,12 +304,12 @@ fn full_pipeline(input: &[u8]) -> Drained {
     let mut session = new_session();
     let (mut writer, handle) = ring::ring(ring::RingConfig::default());
     let mut reader = handle.subscribe();
-    let mut rec = FlvRecorder::new(policy());
+    let mut rec = Recorder::new(Format::Flv, policy());
     let mut clock = TimestampUnwrapper::new();
     let mut d = Drained::default();
     let mut publishing = false;
     let mut buf = BytesMut::with_capacity(PIECE * 2);
-    let read = |reader: &mut ring::Reader, rec: &mut FlvRecorder, d: &mut Drained| {
+    let read = |reader: &mut ring::Reader, rec: &mut Recorder, d: &mut Drained| {
         while let Some(item) = reader.try_next() {
             match item {
                 ring::Item::Event(ev) => rec.handle_event(ev),
@@ -506,7 +507,7 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(input.event_bytes));
     g.bench_function("recorder", |b| {
         b.iter(|| {
-            let mut rec = FlvRecorder::new(policy());
+            let mut rec = Recorder::new(Format::Flv, policy());
             let mut d = Drained::default();
             for ev in &input.events {
                 rec.handle_event(ev.clone());

@@ -235,9 +235,10 @@ fn unspanned<T>(v: T) -> Spanned<T> {
     Spanned::new(0..0, v)
 }
 
-/// What a stream records, resolved from a template.
+/// One format a stream records, resolved from a template.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FlvPlan {
+pub struct Plan {
+    pub format: record::Format,
     pub record_interval_ms: i64,
     pub hard_cap_ms: i64,
     pub file_name: String,
@@ -254,19 +255,15 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// The FLV plan for a stream, or None when its template records nothing.
-    #[cfg(test)]
-    pub fn flv_plan(&self) -> Option<FlvPlan> {
-        self.flv_plan_named().map(|(p, _)| p)
-    }
-
-    /// The plan and the name of the template it came from.
-    pub fn flv_plan_named(&self) -> Option<(FlvPlan, String)> {
+    /// What a stream records (one plan per enabled format; empty = nothing) and the
+    /// name of the template that said so.
+    pub fn plans(&self) -> (Vec<Plan>, String) {
         let id = *self.config.record.default_template.get_ref();
         let factor = *self.config.record.hard_cap_factor.get_ref();
-        let make = |f: &FormatConfig| {
+        let make = |format, f: &FormatConfig| {
             let interval = f.record_interval as i64 * 1000;
-            FlvPlan {
+            Plan {
+                format,
                 record_interval_ms: interval,
                 hard_cap_ms: (interval as f64 * factor) as i64,
                 file_name: f
@@ -276,7 +273,7 @@ impl Loaded {
             }
         };
         if id < 0 {
-            return None;
+            return (Vec::new(), "-1 (record nothing)".into());
         }
         if let Some(t) = self
             .config
@@ -285,12 +282,16 @@ impl Loaded {
             .find(|t| *t.get_ref().id.get_ref() == id)
         {
             let t = t.get_ref();
-            return t
-                .flv
-                .as_ref()
-                .map(|f| f.get_ref())
-                .filter(|f| f.enable)
-                .map(|f| (make(f), format!("{id} ({})", t.name)));
+            let plans = [(record::Format::Flv, &t.flv), (record::Format::Aac, &t.aac)]
+                .into_iter()
+                .filter_map(|(format, f)| {
+                    f.as_ref()
+                        .map(|f| f.get_ref())
+                        .filter(|f| f.enable)
+                        .map(|f| make(format, f))
+                })
+                .collect();
+            return (plans, format!("{id} ({})", t.name));
         }
         // Template 0 is built in: FLV, 1800 s, kept forever (R-TP-1, R-OP-1).
         let builtin = FormatConfig {
@@ -301,7 +302,10 @@ impl Loaded {
             segment_duration: None,
             continue_timeout: None,
         };
-        Some((make(&builtin), "0 (built-in)".to_string()))
+        (
+            vec![make(record::Format::Flv, &builtin)],
+            "0 (built-in)".to_string(),
+        )
     }
 }
 
@@ -460,10 +464,10 @@ fn validate(config: Config, text: &str, source: Option<&Path>) -> Result<Loaded,
         if !seen.insert(id) {
             err(t.id.span(), format!("template id {id} is declared twice"));
         }
-        for (name, f) in [("hls", &t.hls), ("mp4", &t.mp4), ("aac", &t.aac)] {
+        for (name, f) in [("hls", &t.hls), ("mp4", &t.mp4)] {
             if let Some(f) = f {
                 if f.get_ref().enable {
-                    err(f.span(), format!("template {id}: {name} recording is not available in this build yet (only flv)"));
+                    err(f.span(), format!("template {id}: {name} recording is not available in this build yet (flv and aac are)"));
                 }
             }
         }
@@ -517,7 +521,10 @@ mod tests {
         assert_eq!(l.rtmp_listen, "0.0.0.0:1935".parse().unwrap());
         assert_eq!(l.api_listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(l.config.storage.root, PathBuf::from("./recordings"));
-        let plan = l.flv_plan().unwrap();
+        let (plans, _) = l.plans();
+        assert_eq!(plans.len(), 1);
+        let plan = &plans[0];
+        assert_eq!(plan.format, record::Format::Flv);
         assert_eq!(plan.record_interval_ms, 1_800_000);
         assert_eq!(plan.hard_cap_ms, 3_600_000);
     }
@@ -546,9 +553,22 @@ mod tests {
     fn template_selects_flv_interval() {
         let text = "[record]\ndefault_template = 7\n[[template]]\nid = 7\nflv = { enable = true, record_interval = 5 }\n";
         let l = parse(text, None).unwrap();
-        assert_eq!(l.flv_plan().unwrap().record_interval_ms, 5000);
+        assert_eq!(l.plans().0[0].record_interval_ms, 5000);
         let none = parse("[record]\ndefault_template = -1\n", None).unwrap();
-        assert_eq!(none.flv_plan(), None);
+        assert!(none.plans().0.is_empty());
+        let both = parse("[record]\ndefault_template = 3\n[[template]]\nid = 3\nflv = { enable = true, record_interval = 5 }\naac = { enable = true, record_interval = 7 }\n", None).unwrap();
+        let formats: Vec<_> = both
+            .plans()
+            .0
+            .iter()
+            .map(|p| (p.format, p.record_interval_ms))
+            .collect();
+        assert_eq!(
+            formats,
+            vec![(record::Format::Flv, 5000), (record::Format::Aac, 7000)]
+        );
+        let e = parse("[[template]]\nid = 4\nhls = { enable = true }\n", None).unwrap_err();
+        assert_eq!(e[0].location.as_ref().unwrap().line, 3);
         let e = parse(
             "[[template]]\nid = 2\nflv = { enable = true, record_interval = 0 }\n",
             None,

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Daemon;
+use common::{ordered, Daemon};
 use media::TrackKind;
 use testkit::{
     ffprobe_errors, flv_summary, media_duration, probe_packets, require_tool, FlvSummary,
@@ -22,18 +22,6 @@ fn config() -> String {
     format!(
         "[record]\ndefault_template = 1\n[[template]]\nid = 1\nname = \"e2e\"\nflv = {{ enable = true, record_interval = {INTERVAL_S}, file_name = \"{{StreamID}}-{{Seq}}\" }}\n"
     )
-}
-
-/// Files of one recording in recording order (by the `{Seq}` in their names).
-fn ordered(mut files: Vec<PathBuf>) -> Vec<PathBuf> {
-    files.sort_by_key(|p| {
-        p.file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.rsplit('-').next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(u64::MAX)
-    });
-    files
 }
 
 /// A media frame as the checks see it: track, timestamp (ms) and body hash.

@@ -6,44 +6,52 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use flv::mux::Patch;
-use record::{CutPolicy, FileSummary, FlvRecorder, Output};
+use record::{CutPolicy, FileSummary, Format, Output, Recorder};
 use tracing::{error, info, warn};
 
 use crate::daemon::Ctx;
 use crate::ingest::identity::StreamId;
 use crate::sink::SpoolFile;
 
-/// Starts the recording of a stream that just began publishing, if its template records.
+/// Starts the recordings of a stream that just began publishing: one task per format of
+/// its template, each reading the ring on its own (a slow or failing format never holds
+/// up another). Formats with equal intervals see the same packets and apply the same cut
+/// policy, so their files cover the same spans (R-SG-4).
 pub fn start(ctx: &Arc<Ctx>, id: &StreamId, ring: &ring::RingHandle) {
-    let Some((plan, template)) = ctx.config.flv_plan_named() else {
-        info!(stream = %id, "not recording: the template records nothing");
+    let (plans, template) = ctx.config.plans();
+    if plans.is_empty() {
+        info!(stream = %id, template = %template, "not recording: the template records nothing");
         return;
-    };
-    info!(stream = %id, template = %template, interval_s = plan.record_interval_ms / 1000, "recording flv");
-    let reader = ring.subscribe();
-    let ctx2 = ctx.clone();
-    let id = id.clone();
-    ctx.tracker.spawn(async move {
-        let policy = CutPolicy {
-            interval_ms: plan.record_interval_ms,
-            hard_cap_ms: plan.hard_cap_ms,
-        };
-        let mut task = Recording {
-            ctx: ctx2,
-            id,
-            file_name: plan.file_name,
-            rec: FlvRecorder::new(policy),
-            files: HashMap::new(),
-        };
-        task.run(reader).await;
-    });
+    }
+    for plan in plans {
+        info!(stream = %id, template = %template, format = plan.format.ext(), interval_s = plan.record_interval_ms / 1000, "recording");
+        let reader = ring.subscribe();
+        let ctx2 = ctx.clone();
+        let id = id.clone();
+        ctx.tracker.spawn(async move {
+            let policy = CutPolicy {
+                interval_ms: plan.record_interval_ms,
+                hard_cap_ms: plan.hard_cap_ms,
+            };
+            let mut task = Recording {
+                ctx: ctx2,
+                id,
+                format: plan.format,
+                file_name: plan.file_name,
+                rec: Recorder::new(plan.format, policy),
+                files: HashMap::new(),
+            };
+            task.run(reader).await;
+        });
+    }
 }
 
 struct Recording {
     ctx: Arc<Ctx>,
     id: StreamId,
+    format: Format,
     file_name: String,
-    rec: FlvRecorder,
+    rec: Recorder,
     files: HashMap<u64, (SpoolFile, DateTime<Utc>)>,
 }
 
@@ -72,8 +80,11 @@ impl Recording {
         let mut closing: Option<(u64, FileSummary, Vec<Patch>)> = None;
         while let Some(out) = self.rec.poll_output() {
             match out {
+                Output::Skipped { reason } => {
+                    warn!(stream = %self.id, format = self.format.ext(), "not recording this format: {reason}");
+                }
                 Output::Open { seq, .. } => {
-                    match self.ctx.sink.create(&self.id, "flv").await {
+                    match self.ctx.sink.create(&self.id, self.format.ext()).await {
                         Ok(f) => {
                             self.files.insert(seq, (f, Utc::now()));
                         }
@@ -123,7 +134,7 @@ impl Recording {
                 domain: &self.id.domain,
                 app: &self.id.app,
                 task_id: "",
-                format: "flv",
+                format: self.format.ext(),
                 seq,
                 start: started,
                 end,
@@ -132,7 +143,7 @@ impl Recording {
         match self
             .ctx
             .sink
-            .finish(f, &patches, &self.id, &name, "flv")
+            .finish(f, &patches, &self.id, &name, self.format.ext())
             .await
         {
             Ok(key) => info!(

@@ -184,3 +184,16 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Files of one recording in recording order, for names made by a `{StreamID}-{Seq}`
+/// pattern.
+pub fn ordered(mut files: Vec<PathBuf>) -> Vec<PathBuf> {
+    files.sort_by_key(|p| {
+        p.file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.rsplit('-').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    });
+    files
+}

@@ -4,8 +4,8 @@
 //! outputs (`Output::Open`, `Output::Data`, `Output::Close`).
 
 pub mod cut;
-pub mod flv_recorder;
 pub mod naming;
+pub mod recorder;
 
 pub use cut::{CutDecision, CutPolicy};
-pub use flv_recorder::{FileSummary, FlvRecorder, Output};
+pub use recorder::{FileSummary, Format, Output, Recorder};

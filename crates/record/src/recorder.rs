@@ -1,16 +1,40 @@
-//! FLV recording of one stream: files cut by `CutPolicy`, each starting with the
-//! `onMetaData` tag, the sequence headers and a keyframe (R-FM-1), finalized with the
-//! real `duration` and `filesize`.
+//! Recording of one stream in one format: files cut by `CutPolicy`.
+//!
+//! - FLV (R-FM-1): each file starts with the `onMetaData` tag, the sequence headers and a
+//!   keyframe, and is finalized with the real `duration` and `filesize`.
+//! - Raw AAC (R-FM-4): the stream's AAC frames with ADTS headers; video is not written,
+//!   but files still open and cut on the same packets as the other formats, so formats
+//!   with equal intervals cover the same span (R-SG-4).
 
+use aac::AdtsParams;
 use bytes::Bytes;
 use flv::mux::{FlvMuxer, MetaInfo, Patch};
-use media::{MediaEvent, Millis, Packet, TrackConfig, TrackKind};
+use media::{AudioCodec, Codec, MediaEvent, Millis, Packet, TrackConfig, TrackKind};
 
 use crate::cut::{CutDecision, CutPolicy};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Flv,
+    Aac,
+}
+
+impl Format {
+    /// File extension, also the name used in configs and callbacks.
+    pub fn ext(self) -> &'static str {
+        match self {
+            Format::Flv => "flv",
+            Format::Aac => "aac",
+        }
+    }
+}
 
 /// What the daemon must do, in order.
 #[derive(Debug)]
 pub enum Output {
+    /// This format cannot record the stream as it is (e.g. raw AAC of a stream without
+    /// AAC audio); said once per recording, and no file is made until that changes.
+    Skipped { reason: String },
     /// Start a new file (`seq` counts files of this recording from 0).
     Open { seq: u64, start_dts: Millis },
     /// Append these buffers, in order, to file `seq`.
@@ -35,9 +59,47 @@ pub struct FileSummary {
     pub hard_cut: bool,
 }
 
+enum Writer {
+    Flv(FlvMuxer),
+    Aac { adts: AdtsParams, written: u64 },
+}
+
+impl Writer {
+    fn bytes_written(&self) -> u64 {
+        match self {
+            Writer::Flv(m) => m.bytes_written(),
+            Writer::Aac { written, .. } => *written,
+        }
+    }
+
+    /// Writes a packet if this format carries it; returns whether it did.
+    fn packet(&mut self, p: &Packet, out: &mut Vec<Bytes>) -> bool {
+        match self {
+            Writer::Flv(m) => {
+                m.write_tag(p.kind(), p.dts, &p.flv, out);
+                true
+            }
+            Writer::Aac { adts, written } => {
+                if p.codec != Codec::Audio(AudioCodec::Aac) {
+                    return false;
+                }
+                match adts.frame(&p.data) {
+                    Ok(bufs) => {
+                        *written += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
+                        out.extend(bufs);
+                        true
+                    }
+                    // An AAC frame over 8 KiB cannot be framed; no encoder makes one.
+                    Err(_) => false,
+                }
+            }
+        }
+    }
+}
+
 struct OpenFile {
     seq: u64,
-    muxer: FlvMuxer,
+    writer: Writer,
     start: Millis,
     video_frames: u64,
     audio_frames: u64,
@@ -77,8 +139,11 @@ impl TrackTiming {
     }
 }
 
-pub struct FlvRecorder {
+pub struct Recorder {
+    format: Format,
     policy: CutPolicy,
+    /// `Output::Skipped` has been said for this recording.
+    skip_reported: bool,
     video_config: Option<TrackConfig>,
     audio_config: Option<TrackConfig>,
     file: Option<OpenFile>,
@@ -93,10 +158,12 @@ pub struct FlvRecorder {
     out: std::collections::VecDeque<Output>,
 }
 
-impl FlvRecorder {
-    pub fn new(policy: CutPolicy) -> Self {
+impl Recorder {
+    pub fn new(format: Format, policy: CutPolicy) -> Self {
         Self {
+            format,
             policy,
+            skip_reported: false,
             video_config: None,
             audio_config: None,
             file: None,
@@ -130,15 +197,27 @@ impl FlvRecorder {
                 {
                     return;
                 }
-                // A new sequence header mid-file goes into the file in place, as FLV
-                // players expect; the next file repeats it in its header.
-                if let Some(f) = &mut self.file {
-                    let mut bufs = Vec::with_capacity(3);
-                    f.muxer
-                        .write_tag(c.kind(), c.dts.max(f.start), &c.flv, &mut bufs);
-                    self.out.push_back(Output::Data { seq: f.seq, bufs });
+                *slot = Some(c.clone());
+                let Some(f) = &mut self.file else { return };
+                match &mut f.writer {
+                    // A new sequence header mid-file goes into the file in place, as FLV
+                    // players expect; the next file repeats it in its header.
+                    Writer::Flv(m) => {
+                        let mut bufs = Vec::with_capacity(3);
+                        m.write_tag(c.kind(), c.dts.max(f.start), &c.flv, &mut bufs);
+                        self.out.push_back(Output::Data { seq: f.seq, bufs });
+                    }
+                    // ADTS describes every frame in its own header, so a new audio
+                    // config just changes the headers from here on; one ADTS cannot
+                    // describe ends the file.
+                    Writer::Aac { adts, .. } if c.kind() == TrackKind::Audio => {
+                        match AdtsParams::from_asc(&c.record) {
+                            Ok(p) => *adts = p,
+                            Err(_) => self.close(),
+                        }
+                    }
+                    Writer::Aac { .. } => {}
                 }
-                *slot = Some(c);
             }
             MediaEvent::Packet(p) => self.packet(p),
         }
@@ -170,11 +249,15 @@ impl FlvRecorder {
             if p.kind() == TrackKind::Video && self.video_config.is_none() {
                 return;
             }
-            self.open(p.dts);
+            if !self.open(p.dts) {
+                return;
+            }
         }
         if let Some(f) = &mut self.file {
             let mut bufs = Vec::with_capacity(3);
-            f.muxer.write_tag(p.kind(), p.dts, &p.flv, &mut bufs);
+            if !f.writer.packet(&p, &mut bufs) {
+                return;
+            }
             match p.kind() {
                 TrackKind::Video => {
                     f.video_frames += 1;
@@ -189,7 +272,57 @@ impl FlvRecorder {
         }
     }
 
-    fn open(&mut self, start: Millis) {
+    /// Opens a file at `start`; false when this format cannot record the stream now.
+    fn open(&mut self, start: Millis) -> bool {
+        let (writer, bufs) = match self.format {
+            Format::Flv => self.open_flv(start),
+            Format::Aac => match self.open_aac() {
+                Ok(w) => (w, Vec::new()),
+                Err(reason) => {
+                    if !self.skip_reported {
+                        self.skip_reported = true;
+                        self.out.push_back(Output::Skipped { reason });
+                    }
+                    return false;
+                }
+            },
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.last_hard = false;
+        self.out.push_back(Output::Open {
+            seq,
+            start_dts: start,
+        });
+        if !bufs.is_empty() {
+            self.out.push_back(Output::Data { seq, bufs });
+        }
+        self.file = Some(OpenFile {
+            seq,
+            writer,
+            start,
+            video_frames: 0,
+            audio_frames: 0,
+            video: TrackTiming::default(),
+            audio: TrackTiming::default(),
+            hard_cut: false,
+        });
+        true
+    }
+
+    fn open_aac(&self) -> Result<Writer, String> {
+        let Some(c) = &self.audio_config else {
+            return Err("the stream has no audio configuration (no AAC)".into());
+        };
+        if c.codec != Codec::Audio(AudioCodec::Aac) {
+            return Err(format!("the stream's audio is {}, not AAC", c.codec.name()));
+        }
+        AdtsParams::from_asc(&c.record)
+            .map(|adts| Writer::Aac { adts, written: 0 })
+            .map_err(|e| format!("the AAC configuration cannot be written as ADTS: {e}"))
+    }
+
+    fn open_flv(&self, start: Millis) -> (Writer, Vec<Bytes>) {
         let mut info =
             MetaInfo::from_configs(self.video_config.as_ref(), self.audio_config.as_ref());
         if !info.has_audio && self.audio_codec_id.is_some() {
@@ -207,24 +340,7 @@ impl FlvRecorder {
         {
             muxer.write_tag(c.kind(), start, &c.flv, &mut bufs);
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.last_hard = false;
-        self.out.push_back(Output::Open {
-            seq,
-            start_dts: start,
-        });
-        self.out.push_back(Output::Data { seq, bufs });
-        self.file = Some(OpenFile {
-            seq,
-            muxer,
-            start,
-            video_frames: 0,
-            audio_frames: 0,
-            video: TrackTiming::default(),
-            audio: TrackTiming::default(),
-            hard_cut: false,
-        });
+        (Writer::Flv(muxer), bufs)
     }
 
     /// Ends the current file (push ended, task stopped, shutdown: R-SG-3).
@@ -241,12 +357,15 @@ impl FlvRecorder {
         let summary = FileSummary {
             start_dts: f.start,
             duration_ms,
-            bytes: f.muxer.bytes_written(),
+            bytes: f.writer.bytes_written(),
             video_frames: f.video_frames,
             audio_frames: f.audio_frames,
             hard_cut: f.hard_cut,
         };
-        let patches = f.muxer.finalize(duration_ms as f64 / 1000.0);
+        let patches = match &f.writer {
+            Writer::Flv(m) => m.finalize(duration_ms as f64 / 1000.0),
+            Writer::Aac { .. } => Vec::new(),
+        };
         self.out.push_back(Output::Close {
             seq: f.seq,
             summary,
@@ -343,17 +462,24 @@ mod tests {
     struct Files {
         bytes: BTreeMap<u64, Vec<u8>>,
         summaries: BTreeMap<u64, FileSummary>,
+        skipped: Vec<String>,
     }
 
     fn run(policy: CutPolicy, evs: Vec<MediaEvent>) -> Files {
-        let mut r = FlvRecorder::new(policy);
+        run_format(Format::Flv, policy, evs)
+    }
+
+    fn run_format(format: Format, policy: CutPolicy, evs: Vec<MediaEvent>) -> Files {
+        let mut r = Recorder::new(format, policy);
         let mut files = Files {
             bytes: BTreeMap::new(),
             summaries: BTreeMap::new(),
+            skipped: Vec::new(),
         };
-        let drain = |r: &mut FlvRecorder, files: &mut Files| {
+        let drain = |r: &mut Recorder, files: &mut Files| {
             while let Some(o) = r.poll_output() {
                 match o {
+                    Output::Skipped { reason } => files.skipped.push(reason),
                     Output::Open { seq, .. } => {
                         assert!(files.bytes.insert(seq, Vec::new()).is_none())
                     }
@@ -540,5 +666,58 @@ mod tests {
             .filter(|t| t.tag_type == flv::TagType::Video && t.body[1] == 0)
             .count();
         assert_eq!(seq_headers, 2);
+    }
+
+    #[test]
+    fn aac_files_cover_the_same_spans_as_flv_files() {
+        let flv = run(POLICY, stream(20, 60, true, true));
+        let aac = run_format(Format::Aac, POLICY, stream(20, 60, true, true));
+        assert!(aac.skipped.is_empty());
+        assert_eq!(aac.bytes.len(), flv.bytes.len(), "same cuts (R-SG-4)");
+        for (seq, a) in &aac.bytes {
+            // The AAC file holds exactly the FLV file's audio frames, as ADTS frames.
+            let want: Vec<u32> = frames(&flv.bytes[seq])
+                .iter()
+                .filter(|f| !f.0)
+                .map(|f| f.1)
+                .collect();
+            let got: Vec<u32> = aac::split_frames(a)
+                .iter()
+                .map(|(h, payload)| {
+                    assert_eq!((h.profile, h.frequency_index, h.channel_config), (1, 3, 2));
+                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                })
+                .collect();
+            assert_eq!(got, want, "file {seq}");
+            let s = &aac.summaries[seq];
+            assert_eq!((s.video_frames, s.audio_frames as usize), (0, want.len()));
+            assert_eq!(s.bytes, a.len() as u64);
+            // Same span as the FLV file, measured on audio (within one AAC frame).
+            if (*seq as usize) + 1 < aac.bytes.len() {
+                assert!(
+                    (s.duration_ms - flv.summaries[seq].duration_ms).abs() <= 21,
+                    "{s:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn aac_of_a_stream_without_aac_is_skipped_once() {
+        let files = run_format(Format::Aac, POLICY, stream(10, 60, true, false));
+        assert!(files.bytes.is_empty());
+        assert_eq!(files.skipped.len(), 1, "{:?}", files.skipped);
+        assert!(files.skipped[0].contains("no audio"), "{:?}", files.skipped);
+        let mp3 = MediaEvent::Packet(Packet {
+            codec: Codec::Audio(AudioCodec::Mp3),
+            dts: 0,
+            cts: 0,
+            key: true,
+            flv: Bytes::from_static(&[0x2f, 1, 2]),
+            data: Bytes::from_static(&[1, 2]),
+        });
+        let files = run_format(Format::Aac, POLICY, vec![mp3.clone(), mp3]);
+        assert!(files.bytes.is_empty());
+        assert_eq!(files.skipped.len(), 1);
     }
 }
