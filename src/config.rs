@@ -282,15 +282,19 @@ impl Loaded {
             .find(|t| *t.get_ref().id.get_ref() == id)
         {
             let t = t.get_ref();
-            let plans = [(record::Format::Flv, &t.flv), (record::Format::Aac, &t.aac)]
-                .into_iter()
-                .filter_map(|(format, f)| {
-                    f.as_ref()
-                        .map(|f| f.get_ref())
-                        .filter(|f| f.enable)
-                        .map(|f| make(format, f))
-                })
-                .collect();
+            let plans = [
+                (record::Format::Flv, &t.flv),
+                (record::Format::Mp4, &t.mp4),
+                (record::Format::Aac, &t.aac),
+            ]
+            .into_iter()
+            .filter_map(|(format, f)| {
+                f.as_ref()
+                    .map(|f| f.get_ref())
+                    .filter(|f| f.enable)
+                    .map(|f| make(format, f))
+            })
+            .collect();
             return (plans, format!("{id} ({})", t.name));
         }
         // Template 0 is built in: FLV, 1800 s, kept forever (R-TP-1, R-OP-1).
@@ -464,10 +468,10 @@ fn validate(config: Config, text: &str, source: Option<&Path>) -> Result<Loaded,
         if !seen.insert(id) {
             err(t.id.span(), format!("template id {id} is declared twice"));
         }
-        for (name, f) in [("hls", &t.hls), ("mp4", &t.mp4)] {
+        for (name, f) in [("hls", &t.hls)] {
             if let Some(f) = f {
                 if f.get_ref().enable {
-                    err(f.span(), format!("template {id}: {name} recording is not available in this build yet (flv and aac are)"));
+                    err(f.span(), format!("template {id}: {name} recording is not available in this build yet (flv, mp4 and aac are)"));
                 }
             }
         }

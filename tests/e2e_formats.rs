@@ -1,5 +1,6 @@
-//! End to end: raw AAC recording (R-FM-4) next to FLV with the same interval (R-SG-4),
-//! checked against ffmpeg's own ADTS output of the same input and with ffprobe.
+//! End to end: FLV, fragmented MP4 (R-FM-3) and raw AAC (R-FM-4) recorded at once with
+//! the same interval, so their files cover the same spans (R-SG-4); checked with ffprobe,
+//! our own parsers, and against ffmpeg's own ADTS output of the same input.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use common::{ordered, Daemon};
 use testkit::{ffprobe_errors, flv_summary, probe_packets, require_tool, PublishOptions};
 
-const CONFIG: &str = "[record]\ndefault_template = 1\n[[template]]\nid = 1\nname = \"flv+aac\"\nflv = { enable = true, record_interval = 4, file_name = \"{StreamID}-{Seq}\" }\naac = { enable = true, record_interval = 4, file_name = \"{StreamID}-{Seq}\" }\n";
+const CONFIG: &str = "[record]\ndefault_template = 1\n[[template]]\nid = 1\nname = \"three formats\"\nflv = { enable = true, record_interval = 4, file_name = \"{StreamID}-{Seq}\" }\nmp4 = { enable = true, record_interval = 4, file_name = \"{StreamID}-{Seq}\" }\naac = { enable = true, record_interval = 4, file_name = \"{StreamID}-{Seq}\" }\n";
 
 /// What ffmpeg's ADTS muxer makes of the fixture's audio: the reference bytes.
 fn ffmpeg_adts(fixture: &Path, dir: &Path) -> Vec<u8> {
@@ -28,7 +29,7 @@ fn ffmpeg_adts(fixture: &Path, dir: &Path) -> Vec<u8> {
 }
 
 #[test]
-fn aac_recording_holds_every_audio_frame_in_files_aligned_with_flv() {
+fn flv_mp4_and_aac_recordings_hold_every_frame_in_aligned_files() {
     require_tool("ffprobe");
     let mut d = Daemon::start(CONFIG);
     let names = ["avc_aac_2s", "aac_only", "avc_only"];
@@ -46,6 +47,56 @@ fn aac_recording_holds_every_audio_frame_in_files_aligned_with_flv() {
             t.await.expect("join").expect("publish");
         }
     });
+
+    for name in ["avc_aac_2s", "aac_only", "avc_only"] {
+        let flv =
+            ordered(d.wait_files("localhost", "live", name, "flv", 1, Duration::from_secs(20)));
+        let mp4 =
+            ordered(d.wait_files("localhost", "live", name, "mp4", 1, Duration::from_secs(20)));
+        assert_eq!(
+            mp4.len(),
+            flv.len(),
+            "{name}: MP4 and FLV cut at the same points (R-SG-4)"
+        );
+        let input = flv_summary(&testkit::fixture(&format!("{name}.flv")));
+        let (mut v, mut a) = (0, 0);
+        for (m, f) in mp4.iter().zip(&flv) {
+            let errors = ffprobe_errors(m);
+            assert!(errors.is_empty(), "{}: {errors}", m.display());
+            let packets = probe_packets(m);
+            let pv: Vec<_> = packets
+                .iter()
+                .filter(|p| p.kind == media::TrackKind::Video)
+                .collect();
+            let pa = packets
+                .iter()
+                .filter(|p| p.kind == media::TrackKind::Audio)
+                .count();
+            let fs = flv_summary(f);
+            // Same frames as the FLV file of the same span, starting on a keyframe.
+            assert_eq!(
+                (pv.len(), pa),
+                (fs.video_frames, fs.audio_frames),
+                "{} vs {}",
+                m.display(),
+                f.display()
+            );
+            if let Some(first) = pv.first() {
+                assert!(
+                    first.key,
+                    "{}: first video packet is not a keyframe",
+                    m.display()
+                );
+            }
+            v += pv.len();
+            a += pa;
+        }
+        assert_eq!(
+            (v, a),
+            (input.video_frames, input.audio_frames),
+            "{name}: MP4 frames over all files"
+        );
+    }
 
     for name in ["avc_aac_2s", "aac_only"] {
         let fixture = testkit::fixture(&format!("{name}.flv"));
@@ -111,7 +162,8 @@ fn aac_recording_holds_every_audio_frame_in_files_aligned_with_flv() {
     assert!(!flv.is_empty());
     assert!(d.files("localhost", "live", "avc_only", "aac").is_empty());
     assert!(
-        d.log().contains("not recording this format"),
+        d.log()
+            .contains("not recording raw AAC: the stream has no audio configuration"),
         "log:\n{}",
         d.log()
     );

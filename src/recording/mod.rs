@@ -81,7 +81,7 @@ impl Recording {
         while let Some(out) = self.rec.poll_output() {
             match out {
                 Output::Skipped { reason } => {
-                    warn!(stream = %self.id, format = self.format.ext(), "not recording this format: {reason}");
+                    warn!(stream = %self.id, format = self.format.ext(), "{reason}");
                 }
                 Output::Open { seq, .. } => {
                     match self.ctx.sink.create(&self.id, self.format.ext()).await {

@@ -84,8 +84,9 @@ impl Packet {
         self.codec.kind()
     }
 
+    /// Presentation time; saturates rather than overflow at the ends of the timeline.
     pub fn pts(&self) -> Millis {
-        self.dts + i64::from(self.cts)
+        self.dts.saturating_add(i64::from(self.cts))
     }
 
     pub fn is_video_key(&self) -> bool {

@@ -5,6 +5,8 @@
 //! - Raw AAC (R-FM-4): the stream's AAC frames with ADTS headers; video is not written,
 //!   but files still open and cut on the same packets as the other formats, so formats
 //!   with equal intervals cover the same span (R-SG-4).
+//! - Fragmented MP4 (R-FM-3): init segment, then a fragment per GOP (≤ ~2 s); finalized
+//!   with its real duration (mehd) and an mfra index.
 
 use aac::AdtsParams;
 use bytes::Bytes;
@@ -17,6 +19,7 @@ use crate::cut::{CutDecision, CutPolicy};
 pub enum Format {
     Flv,
     Aac,
+    Mp4,
 }
 
 impl Format {
@@ -25,6 +28,7 @@ impl Format {
         match self {
             Format::Flv => "flv",
             Format::Aac => "aac",
+            Format::Mp4 => "mp4",
         }
     }
 }
@@ -32,8 +36,9 @@ impl Format {
 /// What the daemon must do, in order.
 #[derive(Debug)]
 pub enum Output {
-    /// This format cannot record the stream as it is (e.g. raw AAC of a stream without
-    /// AAC audio); said once per recording, and no file is made until that changes.
+    /// Something of the stream this format cannot record (raw AAC of a stream without
+    /// AAC audio: no file; a track MP4 cannot hold: the file goes on without it). Said
+    /// once per recording.
     Skipped { reason: String },
     /// Start a new file (`seq` counts files of this recording from 0).
     Open { seq: u64, start_dts: Millis },
@@ -62,6 +67,7 @@ pub struct FileSummary {
 enum Writer {
     Flv(FlvMuxer),
     Aac { adts: AdtsParams, written: u64 },
+    Mp4(Box<fmp4::Fmp4Muxer>),
 }
 
 impl Writer {
@@ -69,6 +75,7 @@ impl Writer {
         match self {
             Writer::Flv(m) => m.bytes_written(),
             Writer::Aac { written, .. } => *written,
+            Writer::Mp4(m) => m.bytes_written(),
         }
     }
 
@@ -92,6 +99,12 @@ impl Writer {
                     // An AAC frame over 8 KiB cannot be framed; no encoder makes one.
                     Err(_) => false,
                 }
+            }
+            Writer::Mp4(m) => {
+                // The muxer counts packets of tracks it does not have (a codec MP4
+                // cannot hold): those were not written.
+                let ignored = m.ignored_packets();
+                m.push(p, out).is_ok() && m.ignored_packets() == ignored
             }
         }
     }
@@ -217,6 +230,9 @@ impl Recorder {
                         }
                     }
                     Writer::Aac { .. } => {}
+                    // The codec configuration lives in the init segment: a new one
+                    // needs a new file, which starts at the next keyframe.
+                    Writer::Mp4(_) => self.close(),
                 }
             }
             MediaEvent::Packet(p) => self.packet(p),
@@ -274,18 +290,17 @@ impl Recorder {
 
     /// Opens a file at `start`; false when this format cannot record the stream now.
     fn open(&mut self, start: Millis) -> bool {
-        let (writer, bufs) = match self.format {
-            Format::Flv => self.open_flv(start),
-            Format::Aac => match self.open_aac() {
-                Ok(w) => (w, Vec::new()),
-                Err(reason) => {
-                    if !self.skip_reported {
-                        self.skip_reported = true;
-                        self.out.push_back(Output::Skipped { reason });
-                    }
-                    return false;
-                }
-            },
+        let opened = match self.format {
+            Format::Flv => Ok(self.open_flv(start)),
+            Format::Aac => self.open_aac().map(|w| (w, Vec::new())),
+            Format::Mp4 => self.open_mp4(start),
+        };
+        let (writer, bufs) = match opened {
+            Ok(x) => x,
+            Err(reason) => {
+                self.skip_once(reason);
+                return false;
+            }
         };
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -310,16 +325,45 @@ impl Recorder {
         true
     }
 
+    fn skip_once(&mut self, reason: String) {
+        if !self.skip_reported {
+            self.skip_reported = true;
+            self.out.push_back(Output::Skipped { reason });
+        }
+    }
+
+    fn open_mp4(&mut self, start: Millis) -> Result<(Writer, Vec<Bytes>), String> {
+        let mut m = fmp4::Fmp4Muxer::new(
+            self.video_config.as_ref(),
+            self.audio_config.as_ref(),
+            start,
+        )
+        .map_err(|e| format!("not recording MP4: no track it can hold: {e}"))?;
+        if !m.skipped().is_empty() {
+            self.skip_once(format!(
+                "left out of the MP4 file: {}",
+                m.skipped().join("; ")
+            ));
+        }
+        let init = m.init_segment();
+        Ok((Writer::Mp4(Box::new(m)), vec![init]))
+    }
+
     fn open_aac(&self) -> Result<Writer, String> {
         let Some(c) = &self.audio_config else {
-            return Err("the stream has no audio configuration (no AAC)".into());
+            return Err("not recording raw AAC: the stream has no audio configuration".into());
         };
         if c.codec != Codec::Audio(AudioCodec::Aac) {
-            return Err(format!("the stream's audio is {}, not AAC", c.codec.name()));
+            return Err(format!(
+                "not recording raw AAC: the stream's audio is {}",
+                c.codec.name()
+            ));
         }
         AdtsParams::from_asc(&c.record)
             .map(|adts| Writer::Aac { adts, written: 0 })
-            .map_err(|e| format!("the AAC configuration cannot be written as ADTS: {e}"))
+            .map_err(|e| {
+                format!("not recording raw AAC: its configuration cannot be written as ADTS: {e}")
+            })
     }
 
     fn open_flv(&self, start: Millis) -> (Writer, Vec<Bytes>) {
@@ -349,11 +393,36 @@ impl Recorder {
     }
 
     fn close(&mut self) {
-        let Some(f) = self.file.take() else { return };
+        let Some(mut f) = self.file.take() else {
+            return;
+        };
         // Video defines the file's length when there is video; audio-only otherwise.
         let track = if f.video_frames > 0 { f.video } else { f.audio };
         let duration_ms = track.duration().map_or(0, |d| d.max(0));
         self.last_hard = f.hard_cut;
+        // The MP4 muxer still holds its last fragment: it goes out before the close.
+        let mut patches = Vec::new();
+        let mut tail = Vec::new();
+        match &mut f.writer {
+            Writer::Flv(m) => patches = m.finalize(duration_ms as f64 / 1000.0),
+            Writer::Aac { .. } => {}
+            Writer::Mp4(m) => {
+                patches = m
+                    .finish(&mut tail)
+                    .into_iter()
+                    .map(|p| Patch {
+                        offset: p.offset,
+                        bytes: p.bytes,
+                    })
+                    .collect();
+            }
+        }
+        if !tail.is_empty() {
+            self.out.push_back(Output::Data {
+                seq: f.seq,
+                bufs: tail,
+            });
+        }
         let summary = FileSummary {
             start_dts: f.start,
             duration_ms,
@@ -361,10 +430,6 @@ impl Recorder {
             video_frames: f.video_frames,
             audio_frames: f.audio_frames,
             hard_cut: f.hard_cut,
-        };
-        let patches = match &f.writer {
-            Writer::Flv(m) => m.finalize(duration_ms as f64 / 1000.0),
-            Writer::Aac { .. } => Vec::new(),
         };
         self.out.push_back(Output::Close {
             seq: f.seq,
