@@ -169,3 +169,72 @@ fn flv_mp4_and_aac_recordings_hold_every_frame_in_aligned_files() {
     );
     assert_eq!(d.stop(), Some(0));
 }
+
+/// Crash safety by construction (DESIGN.md): `kill -9` in the middle of a push leaves, in
+/// the spool, an FLV readable to its last tag and an MP4 readable to its last fragment —
+/// nothing finalized, nothing corrupt.
+#[test]
+fn kill_9_mid_push_leaves_playable_spool_files() {
+    require_tool("ffprobe");
+    // Long intervals: the files are still open when the daemon dies.
+    let mut d = Daemon::start(
+        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 600 }\nmp4 = { enable = true, record_interval = 600 }\n",
+    );
+    let url = d.url("live", "crash");
+    let tags = Arc::new(testkit::fixture_tags("avc_aac_2s.flv"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let push = rt.spawn(async move {
+        let opts = PublishOptions {
+            realtime: true,
+            ..PublishOptions::default()
+        };
+        testkit::publish_flv(&url, &tags, &opts).await
+    });
+    // Wait until both spool files hold at least one flushed batch, then crash.
+    let dir = d.spool().join("localhost/live/crash");
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let sizes: Vec<u64> = common::list(&dir, "part")
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
+            .collect();
+        if sizes.len() == 2 && sizes.iter().all(|&s| s > 100_000) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spool files did not grow: {sizes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.kill9();
+    push.abort();
+    let parts = common::list(&dir, "part");
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    for part in parts {
+        let name = part
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        // ffprobe picks the demuxer by content; give it the real extension anyway.
+        let ext = if name.contains(".flv.") { "flv" } else { "mp4" };
+        let copy = d.dir.path().join(format!("crashed.{ext}"));
+        std::fs::copy(&part, &copy).expect("copy spool file");
+        let errors = ffprobe_errors(&copy);
+        assert!(errors.is_empty(), "{name}: {errors}");
+        let packets = probe_packets(&copy);
+        let video = packets
+            .iter()
+            .filter(|p| p.kind == media::TrackKind::Video)
+            .count();
+        assert!(video >= 30, "{name}: only {video} video frames survived");
+        assert!(
+            packets
+                .iter()
+                .find(|p| p.kind == media::TrackKind::Video)
+                .is_some_and(|p| p.key),
+            "{name}: first video frame is not a keyframe"
+        );
+    }
+}
