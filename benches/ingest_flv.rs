@@ -268,6 +268,11 @@ fn drain(rec: &mut Recorder, d: &mut Drained) {
         match o {
             Output::Open { .. } => d.opened += 1,
             Output::Skipped { reason } => panic!("the FLV recorder skipped the fixture: {reason}"),
+            Output::SegmentOpen { .. }
+            | Output::SegmentData { .. }
+            | Output::SegmentClose { .. } => {
+                panic!("the FLV recorder has no segments")
+            }
             Output::Data { bufs, .. } => {
                 d.bytes += bufs.iter().map(|b| b.len() as u64).sum::<u64>()
             }

@@ -239,6 +239,8 @@ fn unspanned<T>(v: T) -> Spanned<T> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub format: record::Format,
+    /// HLS segment target length (R-FM-2).
+    pub segment_ms: i64,
     pub record_interval_ms: i64,
     pub hard_cap_ms: i64,
     pub file_name: String,
@@ -264,6 +266,7 @@ impl Loaded {
             let interval = f.record_interval as i64 * 1000;
             Plan {
                 format,
+                segment_ms: (f.segment_duration.unwrap_or(10.0) * 1000.0) as i64,
                 record_interval_ms: interval,
                 hard_cap_ms: (interval as f64 * factor) as i64,
                 file_name: f
@@ -285,6 +288,7 @@ impl Loaded {
             let plans = [
                 (record::Format::Flv, &t.flv),
                 (record::Format::Mp4, &t.mp4),
+                (record::Format::Hls, &t.hls),
                 (record::Format::Aac, &t.aac),
             ]
             .into_iter()
@@ -468,11 +472,20 @@ fn validate(config: Config, text: &str, source: Option<&Path>) -> Result<Loaded,
         if !seen.insert(id) {
             err(t.id.span(), format!("template id {id} is declared twice"));
         }
-        for (name, f) in [("hls", &t.hls)] {
-            if let Some(f) = f {
-                if f.get_ref().enable {
-                    err(f.span(), format!("template {id}: {name} recording is not available in this build yet (flv, mp4 and aac are)"));
+        if let Some(f) = &t.hls {
+            let h = f.get_ref();
+            if let Some(sd) = h.segment_duration {
+                if !(sd.is_finite() && (1.0..=60.0).contains(&sd)) {
+                    err(
+                        f.span(),
+                        format!(
+                            "template {id}: hls segment_duration = {sd} must be 1..=60 seconds"
+                        ),
+                    );
                 }
+            }
+            if h.continue_timeout.is_some_and(|t| t > 0) {
+                err(f.span(), format!("template {id}: hls continue_timeout (splicing, R-SP-1) is not available in this build yet; use 0"));
             }
         }
         for f in [&t.flv, &t.hls, &t.mp4, &t.aac].into_iter().flatten() {
@@ -571,8 +584,30 @@ mod tests {
             formats,
             vec![(record::Format::Flv, 5000), (record::Format::Aac, 7000)]
         );
-        let e = parse("[[template]]\nid = 4\nhls = { enable = true }\n", None).unwrap_err();
+        let e = parse(
+            "[[template]]\nid = 4\nhls = { enable = true, continue_timeout = 30 }\n",
+            None,
+        )
+        .unwrap_err();
         assert_eq!(e[0].location.as_ref().unwrap().line, 3);
+        assert!(
+            e[0].message.contains("continue_timeout"),
+            "{}",
+            e[0].message
+        );
+        let e = parse(
+            "[[template]]\nid = 5\nhls = { enable = true, segment_duration = 0.1 }\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e[0].message.contains("segment_duration"),
+            "{}",
+            e[0].message
+        );
+        let hls = parse("[record]\ndefault_template = 6\n[[template]]\nid = 6\nhls = { enable = true, segment_duration = 4 }\n", None).unwrap();
+        assert_eq!(hls.plans().0[0].format, record::Format::Hls);
+        assert_eq!(hls.plans().0[0].segment_ms, 4000);
         let e = parse(
             "[[template]]\nid = 2\nflv = { enable = true, record_interval = 0 }\n",
             None,

@@ -238,3 +238,115 @@ fn kill_9_mid_push_leaves_playable_spool_files() {
         );
     }
 }
+
+/// HLS (R-FM-2): a playlist per recording interval, TS segments cut on keyframes, every
+/// playlist finalized with ENDLIST, decodable by ffmpeg, holding exactly the frames of
+/// the FLV file of the same span (R-SG-4).
+#[test]
+fn hls_playlists_and_segments_match_the_flv_files() {
+    require_tool("ffprobe");
+    let ffmpeg = require_tool("ffmpeg");
+    let mut d = Daemon::start(
+        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 6, file_name = \"{StreamID}-{Seq}\" }\nhls = { enable = true, record_interval = 6, segment_duration = 2, file_name = \"{StreamID}-{Seq}\" }\n",
+    );
+    let names = ["avc_aac_2s", "aac_only", "avc_only"];
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for name in names {
+            let url = d.url("live", &format!("h_{name}"));
+            let tags = Arc::new(testkit::fixture_tags(&format!("{name}.flv")));
+            tasks.push(tokio::spawn(async move {
+                testkit::publish_flv(&url, &tags, &PublishOptions::default()).await
+            }));
+        }
+        for t in tasks {
+            t.await.expect("join").expect("publish");
+        }
+    });
+    for name in names {
+        let stream = format!("h_{name}");
+        let flv = ordered(d.wait_files(
+            "localhost",
+            "live",
+            &stream,
+            "flv",
+            1,
+            Duration::from_secs(20),
+        ));
+        let m3u8 = ordered(d.wait_files(
+            "localhost",
+            "live",
+            &stream,
+            "m3u8",
+            1,
+            Duration::from_secs(20),
+        ));
+        assert_eq!(m3u8.len(), flv.len(), "{name}: one playlist per FLV file");
+        for (pl, f) in m3u8.iter().zip(&flv) {
+            let text = std::fs::read_to_string(pl).expect("read playlist");
+            let (playlist, ended) =
+                hls::MediaPlaylist::parse(&text).expect("m3u8-rs parses our playlist");
+            assert!(ended, "{}: no ENDLIST:\n{text}", pl.display());
+            assert!(text.contains("#EXT-X-PROGRAM-DATE-TIME:"), "{text}");
+            assert!(!playlist.segments().is_empty());
+            let longest = playlist
+                .segments()
+                .iter()
+                .map(|s| s.duration)
+                .fold(0.0, f64::max);
+            assert!(
+                text.contains(&format!(
+                    "#EXT-X-TARGETDURATION:{}\n",
+                    longest.ceil() as u64
+                )),
+                "{text}"
+            );
+            for s in playlist.segments() {
+                let seg = pl.parent().expect("dir").join(&s.uri);
+                let errors = ffprobe_errors(&seg);
+                assert!(errors.is_empty(), "{}: {errors}", seg.display());
+            }
+            let out = Command::new(&ffmpeg)
+                .args(["-hide_banner", "-v", "error", "-i"])
+                .arg(pl)
+                .args(["-f", "null", "-"])
+                .output()
+                .expect("run ffmpeg");
+            assert!(
+                out.status.success() && out.stderr.is_empty(),
+                "{}: {}",
+                pl.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The playlist holds exactly the frames of the FLV file of the same span.
+            let packets = probe_packets(pl);
+            let v = packets
+                .iter()
+                .filter(|p| p.kind == media::TrackKind::Video)
+                .count();
+            let a = packets
+                .iter()
+                .filter(|p| p.kind == media::TrackKind::Audio)
+                .count();
+            let fs = flv_summary(f);
+            assert_eq!(
+                (v, a),
+                (fs.video_frames, fs.audio_frames),
+                "{} vs {}",
+                pl.display(),
+                f.display()
+            );
+            // Segment durations add up to the file's media span (within one frame).
+            let meta = fs.duration.unwrap_or(0.0);
+            assert!(
+                (playlist.total_duration() - meta).abs() <= 0.05,
+                "{}: {} vs {meta}",
+                pl.display(),
+                playlist.total_duration()
+            );
+        }
+    }
+    assert!(d.spool().join("localhost/live").exists());
+    assert_eq!(d.stop(), Some(0));
+}

@@ -38,18 +38,31 @@ pub fn start(ctx: &Arc<Ctx>, id: &StreamId, ring: &ring::RingHandle) {
                 id,
                 format: plan.format,
                 file_name: plan.file_name,
-                rec: Recorder::new(plan.format, policy),
+                rec: Recorder::new(plan.format, policy).with_segment_duration(plan.segment_ms),
                 files: HashMap::new(),
+                hls: HashMap::new(),
             };
             task.run(reader).await;
         });
     }
 }
 
+/// An open HLS recording: its playlist (claimed key, rewritten after every segment) and
+/// its open segment files.
+struct HlsFile {
+    key: String,
+    name: String,
+    started: DateTime<Utc>,
+    start_dts: i64,
+    playlist: hls::MediaPlaylist,
+    segments: HashMap<u64, SpoolFile>,
+}
+
 struct Recording {
     ctx: Arc<Ctx>,
     id: StreamId,
     format: Format,
+    hls: HashMap<u64, HlsFile>,
     file_name: String,
     rec: Recorder,
     files: HashMap<u64, (SpoolFile, DateTime<Utc>)>,
@@ -82,6 +95,42 @@ impl Recording {
             match out {
                 Output::Skipped { reason } => {
                     warn!(stream = %self.id, format = self.format.ext(), "{reason}");
+                }
+                Output::Open { seq, start_dts } if self.format == Format::Hls => {
+                    self.open_hls(seq, start_dts).await;
+                    if let Some((seq, summary, patches)) = closing.take() {
+                        self.close(seq, summary, patches).await;
+                    }
+                }
+                Output::SegmentOpen { seq, n } => {
+                    let Some(h) = self.hls.get_mut(&seq) else {
+                        continue;
+                    };
+                    match self.ctx.sink.create(&self.id, "ts").await {
+                        Ok(f) => {
+                            h.segments.insert(n, f);
+                        }
+                        Err(e) => {
+                            error!(stream = %self.id, "cannot create a spool file, this segment is lost: {e}")
+                        }
+                    }
+                }
+                Output::SegmentData { seq, n, bufs } => {
+                    let Some(f) = self.hls.get_mut(&seq).and_then(|h| h.segments.get_mut(&n))
+                    else {
+                        continue;
+                    };
+                    if let Err(e) = f.append(bufs).await {
+                        error!(stream = %self.id, path = %f.path().display(), "write failed: {e}");
+                    }
+                }
+                Output::SegmentClose {
+                    seq,
+                    n,
+                    start_dts,
+                    duration_ms,
+                } => {
+                    self.close_segment(seq, n, start_dts, duration_ms).await;
                 }
                 Output::Open { seq, .. } => {
                     match self.ctx.sink.create(&self.id, self.format.ext()).await {
@@ -120,7 +169,109 @@ impl Recording {
         }
     }
 
+    /// An HLS playlist is published while it grows, so its name is fixed when it opens:
+    /// `{End…}` placeholders take the start time there (the end is not known yet).
+    async fn open_hls(&mut self, seq: u64, start_dts: i64) {
+        let started = Utc::now();
+        let name = self.render_name(seq, started, started);
+        match self.ctx.sink.claim(&self.id, &name, "m3u8").await {
+            Ok(key) => {
+                let name = key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|f| f.strip_suffix(".m3u8"))
+                    .unwrap_or(&name)
+                    .to_string();
+                self.hls.insert(
+                    seq,
+                    HlsFile {
+                        key,
+                        name,
+                        started,
+                        start_dts,
+                        playlist: hls::MediaPlaylist::new(),
+                        segments: HashMap::new(),
+                    },
+                );
+            }
+            Err(e) => {
+                error!(stream = %self.id, "cannot name the playlist, this recording is lost: {e}")
+            }
+        }
+    }
+
+    async fn close_segment(&mut self, seq: u64, n: u64, start_dts: i64, duration_ms: i64) {
+        let Some(h) = self.hls.get_mut(&seq) else {
+            return;
+        };
+        let Some(f) = h.segments.remove(&n) else {
+            return;
+        };
+        let key = match self
+            .ctx
+            .sink
+            .finish(f, &[], &self.id, &format!("{}_{n}", h.name), "ts")
+            .await
+        {
+            Ok(k) => k,
+            Err(e) => {
+                error!(stream = %self.id, "finishing segment {n} failed: {e}");
+                return;
+            }
+        };
+        let uri = key.rsplit('/').next().unwrap_or(&key).to_string();
+        let pdt = h.started + chrono::Duration::milliseconds(start_dts - h.start_dts);
+        h.playlist.push_segment(hls::Segment {
+            uri,
+            duration: duration_ms as f64 / 1000.0,
+            program_date_time: Some(pdt),
+            discontinuity: false,
+        });
+        // Rewritten after every segment, so a crash leaves a playlist that lists only
+        // complete segments (R-FM-2).
+        let text = h.playlist.render(false);
+        if let Err(e) = self.ctx.sink.put_atomic(&h.key, text.into_bytes()).await {
+            error!(stream = %self.id, "writing playlist failed: {e}");
+        }
+    }
+
+    async fn close_hls(&mut self, seq: u64, summary: FileSummary) {
+        let Some(h) = self.hls.remove(&seq) else {
+            return;
+        };
+        let text = h.playlist.render(true);
+        match self.ctx.sink.put_atomic(&h.key, text.into_bytes()).await {
+            Ok(()) => info!(
+                stream = %self.id, key = %h.key, segments = h.playlist.segments().len(), duration_ms = summary.duration_ms,
+                bytes = summary.bytes, video_frames = summary.video_frames, audio_frames = summary.audio_frames,
+                "file finished"
+            ),
+            Err(e) => error!(stream = %self.id, "finalizing playlist failed: {e}"),
+        }
+        self.ctx.sink.release(&h.key);
+    }
+
+    fn render_name(&self, seq: u64, start: DateTime<Utc>, end: DateTime<Utc>) -> String {
+        record::naming::render(
+            &self.file_name,
+            &record::naming::NameVars {
+                stream: &self.id.stream,
+                domain: &self.id.domain,
+                app: &self.id.app,
+                task_id: "",
+                format: self.format.ext(),
+                seq,
+                start,
+                end,
+            },
+        )
+    }
+
     async fn close(&mut self, seq: u64, summary: FileSummary, patches: Vec<Patch>) {
+        if self.format == Format::Hls {
+            self.close_hls(seq, summary).await;
+            return;
+        }
         let Some((f, started)) = self.files.remove(&seq) else {
             return;
         };

@@ -265,6 +265,41 @@ impl Sink {
             })
     }
 
+    /// Reserves `{domain}/{app}/{stream}/{name}.{ext}` (or `{name}_N.{ext}`) for a file
+    /// that is written in place while it grows (an HLS playlist); `release` when done.
+    pub async fn claim(&self, id: &StreamId, name: &str, ext: &str) -> Result<String, SinkError> {
+        self.claim_key(id, name, ext).await
+    }
+
+    pub fn release(&self, key: &str) {
+        self.release_key(key);
+    }
+
+    /// Replaces the object at `key` with `data` atomically (write beside it, then rename),
+    /// so a reader or a crash sees the old or the new version, never a mix (R-FM-2: a
+    /// playlist rewritten after each segment).
+    pub async fn put_atomic(&self, key: &str, data: Vec<u8>) -> Result<(), SinkError> {
+        ObjectPath::parse(key).map_err(|source| SinkError::Key {
+            key: key.into(),
+            source,
+        })?;
+        let dest = self.root.join(key);
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let tmp = dest.with_extension(format!("tmp-{}-{n}", std::process::id()));
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&tmp, &data)?;
+            std::fs::rename(&tmp, &dest)
+        })
+        .await?
+        .map_err(|source| SinkError::Store {
+            key: key.into(),
+            source,
+        })
+    }
+
     async fn claim_key(&self, id: &StreamId, name: &str, ext: &str) -> Result<String, SinkError> {
         let mut n = 0u64;
         loop {

@@ -5,6 +5,9 @@
 //! - Raw AAC (R-FM-4): the stream's AAC frames with ADTS headers; video is not written,
 //!   but files still open and cut on the same packets as the other formats, so formats
 //!   with equal intervals cover the same span (R-SG-4).
+//! - HLS (R-FM-2): the recording "file" is a playlist; its media are MPEG-TS segments of
+//!   about `segment_duration`, cut on keyframes, each starting with PAT/PMT. The recorder
+//!   says where segments begin and end; the daemon names them and writes the playlist.
 //! - Fragmented MP4 (R-FM-3): init segment, then a fragment per GOP (≤ ~2 s); finalized
 //!   with its real duration (mehd) and an mfra index.
 
@@ -20,6 +23,7 @@ pub enum Format {
     Flv,
     Aac,
     Mp4,
+    Hls,
 }
 
 impl Format {
@@ -29,6 +33,7 @@ impl Format {
             Format::Flv => "flv",
             Format::Aac => "aac",
             Format::Mp4 => "mp4",
+            Format::Hls => "m3u8",
         }
     }
 }
@@ -44,6 +49,18 @@ pub enum Output {
     Open { seq: u64, start_dts: Millis },
     /// Append these buffers, in order, to file `seq`.
     Data { seq: u64, bufs: Vec<Bytes> },
+    /// HLS: segment `n` of playlist `seq` begins.
+    SegmentOpen { seq: u64, n: u64 },
+    /// HLS: append these buffers to segment `n` of playlist `seq`.
+    SegmentData { seq: u64, n: u64, bufs: Vec<Bytes> },
+    /// HLS: segment `n` is complete; it starts at `start_dts` and lasts `duration_ms`
+    /// (up to the next segment's start, so the durations add up to the playlist's span).
+    SegmentClose {
+        seq: u64,
+        n: u64,
+        start_dts: Millis,
+        duration_ms: Millis,
+    },
     /// File `seq` is complete: overwrite `patches` in place, then publish it.
     Close {
         seq: u64,
@@ -68,6 +85,15 @@ enum Writer {
     Flv(FlvMuxer),
     Aac { adts: AdtsParams, written: u64 },
     Mp4(Box<fmp4::Fmp4Muxer>),
+    Hls(Box<HlsWriter>),
+}
+
+struct HlsWriter {
+    ts: mpegts::TsMuxer,
+    /// The open segment: number and start DTS.
+    segment: Option<(u64, Millis)>,
+    next_n: u64,
+    written: u64,
 }
 
 impl Writer {
@@ -76,6 +102,7 @@ impl Writer {
             Writer::Flv(m) => m.bytes_written(),
             Writer::Aac { written, .. } => *written,
             Writer::Mp4(m) => m.bytes_written(),
+            Writer::Hls(h) => h.written,
         }
     }
 
@@ -105,6 +132,12 @@ impl Writer {
                 // cannot hold): those were not written.
                 let ignored = m.ignored_packets();
                 m.push(p, out).is_ok() && m.ignored_packets() == ignored
+            }
+            Writer::Hls(h) => {
+                let before = out.len();
+                let ok = h.ts.push(p, out).is_ok();
+                h.written += out[before..].iter().map(|b| b.len() as u64).sum::<u64>();
+                ok
             }
         }
     }
@@ -157,6 +190,8 @@ pub struct Recorder {
     policy: CutPolicy,
     /// `Output::Skipped` has been said for this recording.
     skip_reported: bool,
+    /// HLS target segment length (R-FM-2, default 10 s).
+    segment_ms: Millis,
     video_config: Option<TrackConfig>,
     audio_config: Option<TrackConfig>,
     file: Option<OpenFile>,
@@ -177,6 +212,7 @@ impl Recorder {
             format,
             policy,
             skip_reported: false,
+            segment_ms: 10_000,
             video_config: None,
             audio_config: None,
             file: None,
@@ -186,6 +222,12 @@ impl Recorder {
             audio_codec_id: None,
             out: Default::default(),
         }
+    }
+
+    /// Sets the HLS segment length.
+    pub fn with_segment_duration(mut self, ms: Millis) -> Self {
+        self.segment_ms = ms.max(1);
+        self
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -233,6 +275,11 @@ impl Recorder {
                     // The codec configuration lives in the init segment: a new one
                     // needs a new file, which starts at the next keyframe.
                     Writer::Mp4(_) => self.close(),
+                    Writer::Hls(h) => {
+                        if h.ts.set_config(&c).is_err() {
+                            self.close();
+                        }
+                    }
                 }
             }
             MediaEvent::Packet(p) => self.packet(p),
@@ -271,7 +318,44 @@ impl Recorder {
         }
         if let Some(f) = &mut self.file {
             let mut bufs = Vec::with_capacity(3);
+            // HLS: a segment ends at the first start point at or after its target length
+            // (same rule as files, one level down), and each starts with PAT/PMT.
+            let mut segment = None;
+            if let Writer::Hls(h) = &mut f.writer {
+                let cut = match h.segment {
+                    None => true,
+                    Some((_, start)) => {
+                        CutPolicy::is_start_point(&p, has_video)
+                            && p.dts.saturating_sub(start) >= self.segment_ms
+                    }
+                };
+                if cut {
+                    if let Some((n, start)) = h.segment.take() {
+                        self.out.push_back(Output::SegmentClose {
+                            seq: f.seq,
+                            n,
+                            start_dts: start,
+                            duration_ms: p.dts.saturating_sub(start).max(0),
+                        });
+                    }
+                    let n = h.next_n;
+                    h.next_n += 1;
+                    h.segment = Some((n, p.dts));
+                    self.out.push_back(Output::SegmentOpen { seq: f.seq, n });
+                    let before = bufs.len();
+                    h.ts.segment_header(&mut bufs);
+                    h.written += bufs[before..].iter().map(|b| b.len() as u64).sum::<u64>();
+                }
+                segment = h.segment.map(|(n, _)| n);
+            }
             if !f.writer.packet(&p, &mut bufs) {
+                if let (Some(n), false) = (segment, bufs.is_empty()) {
+                    self.out.push_back(Output::SegmentData {
+                        seq: f.seq,
+                        n,
+                        bufs,
+                    });
+                }
                 return;
             }
             match p.kind() {
@@ -284,7 +368,14 @@ impl Recorder {
                     f.audio.add(&p);
                 }
             }
-            self.out.push_back(Output::Data { seq: f.seq, bufs });
+            match segment {
+                Some(n) => self.out.push_back(Output::SegmentData {
+                    seq: f.seq,
+                    n,
+                    bufs,
+                }),
+                None => self.out.push_back(Output::Data { seq: f.seq, bufs }),
+            }
         }
     }
 
@@ -294,6 +385,7 @@ impl Recorder {
             Format::Flv => Ok(self.open_flv(start)),
             Format::Aac => self.open_aac().map(|w| (w, Vec::new())),
             Format::Mp4 => self.open_mp4(start),
+            Format::Hls => self.open_hls(),
         };
         let (writer, bufs) = match opened {
             Ok(x) => x,
@@ -347,6 +439,24 @@ impl Recorder {
         }
         let init = m.init_segment();
         Ok((Writer::Mp4(Box::new(m)), vec![init]))
+    }
+
+    fn open_hls(&mut self) -> Result<(Writer, Vec<Bytes>), String> {
+        let ts = mpegts::TsMuxer::new(self.video_config.as_ref(), self.audio_config.as_ref())
+            .map_err(|e| format!("not recording HLS: no track MPEG-TS can hold: {e}"))?;
+        if !ts.skipped().is_empty() {
+            self.skip_once(format!(
+                "left out of the HLS segments: {}",
+                ts.skipped().join("; ")
+            ));
+        }
+        let w = HlsWriter {
+            ts,
+            segment: None,
+            next_n: 0,
+            written: 0,
+        };
+        Ok((Writer::Hls(Box::new(w)), Vec::new()))
     }
 
     fn open_aac(&self) -> Result<Writer, String> {
@@ -406,6 +516,18 @@ impl Recorder {
         match &mut f.writer {
             Writer::Flv(m) => patches = m.finalize(duration_ms as f64 / 1000.0),
             Writer::Aac { .. } => {}
+            Writer::Hls(h) => {
+                if let Some((n, start)) = h.segment.take() {
+                    // The last segment ends where the file's media ends.
+                    let end = track.last_dts.map_or(start, |d| d + track.last_delta);
+                    self.out.push_back(Output::SegmentClose {
+                        seq: f.seq,
+                        n,
+                        start_dts: start,
+                        duration_ms: end.saturating_sub(start).max(0),
+                    });
+                }
+            }
             Writer::Mp4(m) => {
                 patches = m
                     .finish(&mut tail)
@@ -524,10 +646,15 @@ mod tests {
         out
     }
 
+    /// A segment's bytes, and (start, duration) once closed.
+    type Segment = (Vec<u8>, Option<(Millis, Millis)>);
+
     struct Files {
         bytes: BTreeMap<u64, Vec<u8>>,
         summaries: BTreeMap<u64, FileSummary>,
         skipped: Vec<String>,
+        /// HLS: (file, segment) → (bytes, start, duration once closed).
+        segments: BTreeMap<(u64, u64), Segment>,
     }
 
     fn run(policy: CutPolicy, evs: Vec<MediaEvent>) -> Files {
@@ -535,16 +662,52 @@ mod tests {
     }
 
     fn run_format(format: Format, policy: CutPolicy, evs: Vec<MediaEvent>) -> Files {
-        let mut r = Recorder::new(format, policy);
+        run_format_with(format, policy, 10_000, evs)
+    }
+
+    fn run_format_with(
+        format: Format,
+        policy: CutPolicy,
+        segment_ms: Millis,
+        evs: Vec<MediaEvent>,
+    ) -> Files {
+        let mut r = Recorder::new(format, policy).with_segment_duration(segment_ms);
         let mut files = Files {
             bytes: BTreeMap::new(),
             summaries: BTreeMap::new(),
             skipped: Vec::new(),
+            segments: BTreeMap::new(),
         };
         let drain = |r: &mut Recorder, files: &mut Files| {
             while let Some(o) = r.poll_output() {
                 match o {
                     Output::Skipped { reason } => files.skipped.push(reason),
+                    Output::SegmentOpen { seq, n } => {
+                        assert!(
+                            files.bytes.contains_key(&seq),
+                            "segment of an unopened file"
+                        );
+                        assert!(files
+                            .segments
+                            .insert((seq, n), (Vec::new(), None))
+                            .is_none());
+                    }
+                    Output::SegmentData { seq, n, bufs } => {
+                        let s = files.segments.get_mut(&(seq, n)).expect("open segment");
+                        assert!(s.1.is_none(), "data after segment close");
+                        for b in bufs {
+                            s.0.extend_from_slice(&b);
+                        }
+                    }
+                    Output::SegmentClose {
+                        seq,
+                        n,
+                        start_dts,
+                        duration_ms,
+                    } => {
+                        let s = files.segments.get_mut(&(seq, n)).expect("open segment");
+                        assert!(s.1.replace((start_dts, duration_ms)).is_none());
+                    }
                     Output::Open { seq, .. } => {
                         assert!(files.bytes.insert(seq, Vec::new()).is_none())
                     }
@@ -564,7 +727,14 @@ mod tests {
                         for p in patches {
                             p.apply(f).unwrap();
                         }
-                        assert_eq!(summary.bytes, f.len() as u64);
+                        // HLS: the file's bytes are its segments' (the playlist is the
+                        // daemon's to write).
+                        let segs: u64 = files
+                            .segments
+                            .range((seq, 0)..=(seq, u64::MAX))
+                            .map(|(_, (b, _))| b.len() as u64)
+                            .sum();
+                        assert_eq!(summary.bytes, f.len() as u64 + segs);
                         files.summaries.insert(seq, summary);
                     }
                 }
@@ -784,5 +954,35 @@ mod tests {
         let files = run_format(Format::Aac, POLICY, vec![mp3.clone(), mp3]);
         assert!(files.bytes.is_empty());
         assert_eq!(files.skipped.len(), 1);
+    }
+
+    #[test]
+    fn hls_segments_cut_on_keyframes_inside_files() {
+        // 20 s, 2 s GOPs; files of 12 s (cut at 12 s), segments of 4 s.
+        let policy = CutPolicy {
+            interval_ms: 12_000,
+            hard_cap_ms: 24_000,
+        };
+        let files = run_format_with(Format::Hls, policy, 4000, stream(20, 60, true, true));
+        assert_eq!(files.bytes.len(), 2, "two playlists");
+        let keys: Vec<_> = files.segments.keys().copied().collect();
+        assert_eq!(keys, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]);
+        let mut total = 0;
+        for ((seq, n), (bytes, closed)) in &files.segments {
+            let (start, dur) = closed.expect("every segment is closed");
+            // Every segment is whole TS packets and starts with the PAT (PID 0).
+            assert_eq!(bytes.len() % 188, 0, "segment {seq}/{n}");
+            // Sync byte, payload_unit_start, PID 0 (the PAT).
+            assert_eq!(
+                (bytes[0], bytes[1] & 0x5f, bytes[2]),
+                (0x47, 0x40, 0x00),
+                "segment {seq}/{n} starts with PAT"
+            );
+            assert_eq!(start % 2000, 0, "segment {seq}/{n} starts on a keyframe");
+            total += dur;
+        }
+        // Contiguous: the durations add up to the media (20 s of 30 fps video).
+        assert!((total - 20_000).abs() <= 34, "total {total}");
+        assert_eq!(files.segments[&(0, 0)].1, Some((0, 4000)));
     }
 }
