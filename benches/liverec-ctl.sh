@@ -4,15 +4,18 @@
 #   liverec-ctl.sh start MODE [WORKERS] [PORT] [WORKDIR]   -> prints the daemon's PID
 #   liverec-ctl.sh stop  [WORKDIR]                          -> SIGTERM (finalizes files), waits
 #   liverec-ctl.sh kill9 [WORKDIR]                          -> SIGKILL, by PID
-# MODE: flv (hls | both: not supported yet).  WORKERS is accepted for interface
+# MODE: flv | hls | both (as nginx-ctl.sh).  WORKERS is accepted for interface
 # compatibility and ignored (liverec is one process; tokio uses one thread per core).
 # Env: LIVEREC (binary; default <repo>/target/release/liverec, built with
 #      `cargo build --release` if missing, into $CARGO_TARGET_DIR when that is set),
 #      RECORD_INTERVAL (FLV record_interval in seconds, default 10),
+#      HLS_FRAGMENT (HLS segment_duration in seconds, default 4, like nginx-ctl.sh);
+#      an HLS recording is one playlist per push (record_interval 86400, as nginx's
+#      hls_playlist_length 24h),
 #      LOG_LEVEL (default info), STOP_TIMEOUT (seconds to wait after SIGTERM, default 60),
 #      EXTRA_TOML (a file appended to the generated config, e.g. one holding
 #      `[ingest]` / `ring_seconds = 1.0`, for experiments; leave unset for comparisons).
-# Recordings land in WORKDIR/out/flv/{domain}/{app}/{stream}/*.flv, open files in
+# Recordings land in WORKDIR/out/{domain}/{app}/{stream}/ (*.flv, *.m3u8 + *.ts), open files in
 # WORKDIR/spool, logs in WORKDIR/logs/{stdout,stderr}.log. Only the PID this script
 # started is ever signalled.
 set -euo pipefail
@@ -33,10 +36,12 @@ default_bin() {
 case "$cmd" in
 start)
   MODE="${1:?mode}"; WORKERS="${2:-1}"; PORT="${3:-19360}"; WORKDIR="${4:-/tmp/peer-bench/liverec-$PORT}"
+  FLV=false; HLS=false
   case "$MODE" in
-    flv) ;;
-    hls|both) echo "liverec-ctl.sh: mode '$MODE' not supported yet (liverec records FLV only so far)" >&2; exit 2;;
-    *) echo "liverec-ctl.sh: bad mode '$MODE' (flv; hls/both not supported yet)" >&2; exit 2;;
+    flv) FLV=true;;
+    hls) HLS=true;;
+    both) FLV=true; HLS=true;;
+    *) echo "liverec-ctl.sh: bad mode '$MODE' (flv | hls | both)" >&2; exit 2;;
   esac
   : "$WORKERS"  # ignored, see above
   LIVEREC="${LIVEREC:-$(default_bin)}"
@@ -45,7 +50,7 @@ start)
     (cd "$REPO" && cargo build --release --bin liverec >&2)
     [ -x "$LIVEREC" ] || { echo "liverec-ctl.sh: build did not produce $LIVEREC" >&2; exit 1; }
   fi
-  mkdir -p "$WORKDIR/logs" "$WORKDIR/out/flv" "$WORKDIR/spool"
+  mkdir -p "$WORKDIR/logs" "$WORKDIR/out" "$WORKDIR/spool"
   cat > "$WORKDIR/liverec.toml" <<EOF
 # written by benches/liverec-ctl.sh (peer benchmark, mode $MODE)
 [rtmp]
@@ -56,7 +61,7 @@ listen = "127.0.0.1:0"
 
 [storage]
 kind = "local"
-root = "$WORKDIR/out/flv"
+root = "$WORKDIR/out"
 
 [spool]
 dir = "$WORKDIR/spool"
@@ -70,8 +75,9 @@ level = "${LOG_LEVEL:-info}"
 
 [[template]]
 id = 1
-name = "bench-flv"
-flv = { enable = true, record_interval = ${RECORD_INTERVAL:-10} }
+name = "bench-$MODE"
+flv = { enable = $FLV, record_interval = ${RECORD_INTERVAL:-10} }
+hls = { enable = $HLS, record_interval = 86400, segment_duration = ${HLS_FRAGMENT:-4} }
 EOF
   if [ -n "${EXTRA_TOML:-}" ]; then { echo; cat "$EXTRA_TOML"; } >> "$WORKDIR/liverec.toml"; fi
   "$LIVEREC" check-config "$WORKDIR/liverec.toml" >"$WORKDIR/logs/check-config.txt" 2>&1 || {
