@@ -171,14 +171,15 @@ fn flv_mp4_and_aac_recordings_hold_every_frame_in_aligned_files() {
 }
 
 /// Crash safety by construction (DESIGN.md): `kill -9` in the middle of a push leaves, in
-/// the spool, an FLV readable to its last tag and an MP4 readable to its last fragment —
-/// nothing finalized, nothing corrupt.
+/// the spool, an FLV readable to its last tag and an MP4 readable to its last fragment,
+/// and an HLS playlist that lists only complete segments — nothing finalized, nothing
+/// corrupt.
 #[test]
 fn kill_9_mid_push_leaves_playable_spool_files() {
     require_tool("ffprobe");
     // Long intervals: the files are still open when the daemon dies.
     let mut d = Daemon::start(
-        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 600 }\nmp4 = { enable = true, record_interval = 600 }\n",
+        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 600 }\nmp4 = { enable = true, record_interval = 600 }\nhls = { enable = true, record_interval = 600, segment_duration = 2 }\n",
     );
     let url = d.url("live", "crash");
     let tags = Arc::new(testkit::fixture_tags("avc_aac_2s.flv"));
@@ -198,7 +199,9 @@ fn kill_9_mid_push_leaves_playable_spool_files() {
             .iter()
             .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
             .collect();
-        if sizes.len() == 2 && sizes.iter().all(|&s| s > 100_000) {
+        // FLV and MP4 (the open TS segment is a third, small, file).
+        let big = sizes.iter().filter(|&&s| s > 100_000).count();
+        if big >= 2 && !d.files("localhost", "live", "crash", "m3u8").is_empty() {
             break;
         }
         assert!(
@@ -209,8 +212,23 @@ fn kill_9_mid_push_leaves_playable_spool_files() {
     }
     d.kill9();
     push.abort();
-    let parts = common::list(&dir, "part");
+    let parts: Vec<_> = common::list(&dir, "part")
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains(".ts."))
+        .collect();
     assert_eq!(parts.len(), 2, "{parts:?}");
+    // The playlist names complete segments only, and each of them is whole.
+    let playlists = d.files("localhost", "live", "crash", "m3u8");
+    assert_eq!(playlists.len(), 1, "{playlists:?}");
+    let text = std::fs::read_to_string(&playlists[0]).expect("read playlist");
+    let (playlist, ended) = hls::MediaPlaylist::parse(&text).expect("playlist parses");
+    assert!(!ended, "a crashed recording has no ENDLIST");
+    assert!(!playlist.segments().is_empty(), "{text}");
+    for s in playlist.segments() {
+        let seg = playlists[0].parent().expect("dir").join(&s.uri);
+        let errors = ffprobe_errors(&seg);
+        assert!(errors.is_empty(), "{}: {errors}", seg.display());
+    }
     for part in parts {
         let name = part
             .file_name()
