@@ -4,7 +4,8 @@
 #   liverec-ctl.sh start MODE [WORKERS] [PORT] [WORKDIR]   -> prints the daemon's PID
 #   liverec-ctl.sh stop  [WORKDIR]                          -> SIGTERM (finalizes files), waits
 #   liverec-ctl.sh kill9 [WORKDIR]                          -> SIGKILL, by PID
-# MODE: flv | hls | both (as nginx-ctl.sh).  WORKERS is accepted for interface
+# MODE: flv | hls | both (as nginx-ctl.sh) | all (FLV + HLS + fMP4 + AAC, each with
+# the FLV interval for MP4/AAC).  WORKERS is accepted for interface
 # compatibility and ignored (liverec is one process; tokio uses one thread per core).
 # Env: LIVEREC (binary; default <repo>/target/release/liverec, built with
 #      `cargo build --release` if missing, into $CARGO_TARGET_DIR when that is set),
@@ -36,12 +37,13 @@ default_bin() {
 case "$cmd" in
 start)
   MODE="${1:?mode}"; WORKERS="${2:-1}"; PORT="${3:-19360}"; WORKDIR="${4:-/tmp/peer-bench/liverec-$PORT}"
-  FLV=false; HLS=false
+  FLV=false; HLS=false; MP4=false; AAC=false
   case "$MODE" in
     flv) FLV=true;;
     hls) HLS=true;;
     both) FLV=true; HLS=true;;
-    *) echo "liverec-ctl.sh: bad mode '$MODE' (flv | hls | both)" >&2; exit 2;;
+    all) FLV=true; HLS=true; MP4=true; AAC=true;;
+    *) echo "liverec-ctl.sh: bad mode '$MODE' (flv | hls | both | all)" >&2; exit 2;;
   esac
   : "$WORKERS"  # ignored, see above
   LIVEREC="${LIVEREC:-$(default_bin)}"
@@ -78,6 +80,8 @@ id = 1
 name = "bench-$MODE"
 flv = { enable = $FLV, record_interval = ${RECORD_INTERVAL:-10} }
 hls = { enable = $HLS, record_interval = 86400, segment_duration = ${HLS_FRAGMENT:-4} }
+mp4 = { enable = $MP4, record_interval = ${RECORD_INTERVAL:-10} }
+aac = { enable = $AAC, record_interval = ${RECORD_INTERVAL:-10} }
 EOF
   if [ -n "${EXTRA_TOML:-}" ]; then { echo; cat "$EXTRA_TOML"; } >> "$WORKDIR/liverec.toml"; fi
   "$LIVEREC" check-config "$WORKDIR/liverec.toml" >"$WORKDIR/logs/check-config.txt" 2>&1 || {
