@@ -278,19 +278,7 @@ impl Recording {
         // Names use wall-clock start and start + media duration as end, so the name
         // states the span the file really holds.
         let end = started + chrono::Duration::milliseconds(summary.duration_ms);
-        let name = record::naming::render(
-            &self.file_name,
-            &record::naming::NameVars {
-                stream: &self.id.stream,
-                domain: &self.id.domain,
-                app: &self.id.app,
-                task_id: "",
-                format: self.format.ext(),
-                seq,
-                start: started,
-                end,
-            },
-        );
+        let name = self.render_name(seq, started, end);
         match self
             .ctx
             .sink
