@@ -96,6 +96,52 @@ fn flv_mp4_and_aac_recordings_hold_every_frame_in_aligned_files() {
             (input.video_frames, input.audio_frames),
             "{name}: MP4 frames over all files"
         );
+        // Faithfulness (R-FM-5), with ffprobe on both sides: the MP4 files together hold
+        // the input's packets byte for byte, in order, each file with the input's relative
+        // timing (one constant shift per file; MP4 audio timing comes from sample counts,
+        // so allow the input's 1 ms rounding).
+        let want = common::packet_hashes(&testkit::fixture(&format!("{name}.flv")));
+        let by_kind = |k: &str| want.iter().filter(|p| p.kind == k).collect::<Vec<_>>();
+        let (want_v, want_a) = (by_kind("video"), by_kind("audio"));
+        let (mut next_v, mut next_a) = (0usize, 0usize);
+        for m in &mp4 {
+            let mut shift = None;
+            for p in common::packet_hashes(m) {
+                // Each file continues the input's per-track sequence where the last one
+                // stopped: same bytes, same order, nothing skipped or repeated.
+                let (list, next) = if p.kind == "video" {
+                    (&want_v, &mut next_v)
+                } else {
+                    (&want_a, &mut next_a)
+                };
+                let w = list.get(*next).unwrap_or_else(|| {
+                    panic!("{}: more {} packets than the input", m.display(), p.kind)
+                });
+                assert_eq!(
+                    p.hash,
+                    w.hash,
+                    "{}: {} packet {} differs from the input",
+                    m.display(),
+                    p.kind,
+                    *next
+                );
+                *next += 1;
+                let shift = *shift.get_or_insert(w.pts_ms - p.pts_ms);
+                assert!(
+                    (p.pts_ms + shift - w.pts_ms).abs() <= 1.5,
+                    "{}: {} packet re-timed: {} + {shift} vs {}",
+                    m.display(),
+                    p.kind,
+                    p.pts_ms,
+                    w.pts_ms
+                );
+            }
+        }
+        assert_eq!(
+            (next_v, next_a),
+            (want_v.len(), want_a.len()),
+            "{name}: MP4 packets over all files"
+        );
     }
 
     for name in ["avc_aac_2s", "aac_only"] {

@@ -205,3 +205,42 @@ pub fn ordered(mut files: Vec<PathBuf>) -> Vec<PathBuf> {
     });
     files
 }
+
+/// One packet as ffprobe demuxes it: kind ("video"/"audio"), PTS and DTS in ms, and the
+/// SHA-256 of its data. Demuxing both the input and our output with the same tool makes
+/// the comparison independent of our own parsers (R-FM-5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashedPacket {
+    pub kind: String,
+    pub pts_ms: f64,
+    pub dts_ms: f64,
+    pub hash: String,
+}
+
+pub fn packet_hashes(path: &Path) -> Vec<HashedPacket> {
+    let out = Command::new(testkit::require_tool("ffprobe"))
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=codec_type,pts_time,dts_time,data_hash",
+        ])
+        .args(["-show_data_hash", "SHA256", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    assert!(out.status.success(), "ffprobe failed on {}", path.display());
+    let ms = |s: &str| s.parse::<f64>().map(|v| v * 1000.0).unwrap_or(f64::NAN);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() == 4).then(|| HashedPacket {
+                kind: f[0].to_string(),
+                pts_ms: ms(f[1]),
+                dts_ms: ms(f[2]),
+                hash: f[3].to_string(),
+            })
+        })
+        .collect()
+}
