@@ -347,6 +347,15 @@ fn hls_playlists_and_segments_match_the_flv_files() {
             Duration::from_secs(20),
         ));
         assert_eq!(m3u8.len(), flv.len(), "{name}: one playlist per FLV file");
+        let want = common::packet_hashes(&testkit::fixture(&format!("{name}.flv")));
+        let by_kind = |k: &str| {
+            want.iter()
+                .filter(|p| p.kind == k)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let (want_v, want_a) = (by_kind("video"), by_kind("audio"));
+        let (mut next_v, mut next_a) = (0usize, 0usize);
         for (pl, f) in m3u8.iter().zip(&flv) {
             let text = std::fs::read_to_string(pl).expect("read playlist");
             let (playlist, ended) =
@@ -409,7 +418,36 @@ fn hls_playlists_and_segments_match_the_flv_files() {
                 pl.display(),
                 playlist.total_duration()
             );
+            // Timing (R-FM-5): each packet keeps the input's presentation time, shifted by
+            // one constant per playlist. (TS payloads are rewritten — Annex B with AUD and
+            // parameter sets, ADTS — so bytes are compared by the muxer's own tests.)
+            let mut shift = None;
+            for p in common::packet_hashes(pl) {
+                let (list, next) = if p.kind == "video" {
+                    (&want_v, &mut next_v)
+                } else {
+                    (&want_a, &mut next_a)
+                };
+                let w = list.get(*next).unwrap_or_else(|| {
+                    panic!("{}: more {} packets than the input", pl.display(), p.kind)
+                });
+                *next += 1;
+                let shift = *shift.get_or_insert(w.pts_ms - p.pts_ms);
+                assert!(
+                    (p.pts_ms + shift - w.pts_ms).abs() <= 1.0,
+                    "{}: {} packet re-timed: {} + {shift} vs {}",
+                    pl.display(),
+                    p.kind,
+                    p.pts_ms,
+                    w.pts_ms
+                );
+            }
         }
+        assert_eq!(
+            (next_v, next_a),
+            (want_v.len(), want_a.len()),
+            "{name}: HLS packets over all playlists"
+        );
     }
     assert!(d.spool().join("localhost/live").exists());
     assert_eq!(d.stop(), Some(0));
