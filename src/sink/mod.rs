@@ -220,7 +220,7 @@ impl Sink {
             match std::fs::rename(&src, &dest) {
                 Ok(()) => Ok(true),
                 // EXDEV: spool and recordings live on different filesystems.
-                Err(e) if e.raw_os_error() == Some(18) => Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => Ok(false),
                 Err(e) => Err(e),
             }
         })
