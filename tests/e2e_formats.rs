@@ -100,48 +100,7 @@ fn flv_mp4_and_aac_recordings_hold_every_frame_in_aligned_files() {
         // the input's packets byte for byte, in order, each file with the input's relative
         // timing (one constant shift per file; MP4 audio timing comes from sample counts,
         // so allow the input's 1 ms rounding).
-        let want = common::packet_hashes(&testkit::fixture(&format!("{name}.flv")));
-        let by_kind = |k: &str| want.iter().filter(|p| p.kind == k).collect::<Vec<_>>();
-        let (want_v, want_a) = (by_kind("video"), by_kind("audio"));
-        let (mut next_v, mut next_a) = (0usize, 0usize);
-        for m in &mp4 {
-            let mut shift = None;
-            for p in common::packet_hashes(m) {
-                // Each file continues the input's per-track sequence where the last one
-                // stopped: same bytes, same order, nothing skipped or repeated.
-                let (list, next) = if p.kind == "video" {
-                    (&want_v, &mut next_v)
-                } else {
-                    (&want_a, &mut next_a)
-                };
-                let w = list.get(*next).unwrap_or_else(|| {
-                    panic!("{}: more {} packets than the input", m.display(), p.kind)
-                });
-                assert_eq!(
-                    p.hash,
-                    w.hash,
-                    "{}: {} packet {} differs from the input",
-                    m.display(),
-                    p.kind,
-                    *next
-                );
-                *next += 1;
-                let shift = *shift.get_or_insert(w.pts_ms - p.pts_ms);
-                assert!(
-                    (p.pts_ms + shift - w.pts_ms).abs() <= 1.5,
-                    "{}: {} packet re-timed: {} + {shift} vs {}",
-                    m.display(),
-                    p.kind,
-                    p.pts_ms,
-                    w.pts_ms
-                );
-            }
-        }
-        assert_eq!(
-            (next_v, next_a),
-            (want_v.len(), want_a.len()),
-            "{name}: MP4 packets over all files"
-        );
+        common::assert_follows_input(&mp4, &testkit::fixture(&format!("{name}.flv")), true, 1.5);
     }
 
     for name in ["avc_aac_2s", "aac_only"] {
@@ -347,15 +306,6 @@ fn hls_playlists_and_segments_match_the_flv_files() {
             Duration::from_secs(20),
         ));
         assert_eq!(m3u8.len(), flv.len(), "{name}: one playlist per FLV file");
-        let want = common::packet_hashes(&testkit::fixture(&format!("{name}.flv")));
-        let by_kind = |k: &str| {
-            want.iter()
-                .filter(|p| p.kind == k)
-                .cloned()
-                .collect::<Vec<_>>()
-        };
-        let (want_v, want_a) = (by_kind("video"), by_kind("audio"));
-        let (mut next_v, mut next_a) = (0usize, 0usize);
         for (pl, f) in m3u8.iter().zip(&flv) {
             let text = std::fs::read_to_string(pl).expect("read playlist");
             let (playlist, ended) =
@@ -418,36 +368,11 @@ fn hls_playlists_and_segments_match_the_flv_files() {
                 pl.display(),
                 playlist.total_duration()
             );
-            // Timing (R-FM-5): each packet keeps the input's presentation time, shifted by
-            // one constant per playlist. (TS payloads are rewritten — Annex B with AUD and
-            // parameter sets, ADTS — so bytes are compared by the muxer's own tests.)
-            let mut shift = None;
-            for p in common::packet_hashes(pl) {
-                let (list, next) = if p.kind == "video" {
-                    (&want_v, &mut next_v)
-                } else {
-                    (&want_a, &mut next_a)
-                };
-                let w = list.get(*next).unwrap_or_else(|| {
-                    panic!("{}: more {} packets than the input", pl.display(), p.kind)
-                });
-                *next += 1;
-                let shift = *shift.get_or_insert(w.pts_ms - p.pts_ms);
-                assert!(
-                    (p.pts_ms + shift - w.pts_ms).abs() <= 1.0,
-                    "{}: {} packet re-timed: {} + {shift} vs {}",
-                    pl.display(),
-                    p.kind,
-                    p.pts_ms,
-                    w.pts_ms
-                );
-            }
         }
-        assert_eq!(
-            (next_v, next_a),
-            (want_v.len(), want_a.len()),
-            "{name}: HLS packets over all playlists"
-        );
+        // Timing (R-FM-5): each packet keeps the input's presentation time, shifted by
+        // one constant per playlist. (TS payloads are rewritten — Annex B with AUD and
+        // parameter sets, ADTS — so bytes are compared by the muxer's own tests.)
+        common::assert_follows_input(&m3u8, &testkit::fixture(&format!("{name}.flv")), false, 1.0);
     }
     assert!(d.spool().join("localhost/live").exists());
     assert_eq!(d.stop(), Some(0));

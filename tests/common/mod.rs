@@ -83,7 +83,8 @@ impl Daemon {
         list(&self.root().join(domain).join(app).join(stream), ext)
     }
 
-    /// Waits until the stream has no open spool file and at least `min` finished files.
+    /// Waits until the stream has at least `min` finished files and no open spool file,
+    /// and that has held for 500 ms.
     pub fn wait_files(
         &self,
         domain: &str,
@@ -94,11 +95,24 @@ impl Daemon {
         timeout: Duration,
     ) -> Vec<PathBuf> {
         let deadline = Instant::now() + timeout;
+        // Settled = no open spool file and the same files for 500 ms: between an HLS
+        // segment's close and the next one's open there is briefly no open file while the
+        // recording goes on.
+        let mut settled: Option<(Instant, Vec<PathBuf>)> = None;
         loop {
             let files = self.files(domain, app, stream, ext);
             let open = list(&self.spool().join(domain).join(app).join(stream), "part");
             if files.len() >= min && open.is_empty() {
-                return files;
+                match &settled {
+                    Some((since, seen)) if *seen == files => {
+                        if since.elapsed() >= Duration::from_millis(500) {
+                            return files;
+                        }
+                    }
+                    _ => settled = Some((Instant::now(), files.clone())),
+                }
+            } else {
+                settled = None;
             }
             if Instant::now() > deadline {
                 panic!("timed out waiting for {min} {ext} files of {domain}/{app}/{stream} (have {}, {} open); log:\n{}", files.len(), open.len(), self.log());
@@ -243,4 +257,54 @@ pub fn packet_hashes(path: &Path) -> Vec<HashedPacket> {
             })
         })
         .collect()
+}
+
+/// Checks that `files`, in order, continue the input's per-track packet sequence (as
+/// ffprobe demuxes both): nothing skipped or repeated, each packet at the input's
+/// presentation time shifted by one constant per file (±`tolerance_ms`), and — when
+/// `same_bytes` — with the input's exact bytes (R-FM-5).
+pub fn assert_follows_input(files: &[PathBuf], input: &Path, same_bytes: bool, tolerance_ms: f64) {
+    let want = packet_hashes(input);
+    let by_kind = |k: &str| want.iter().filter(|p| p.kind == k).collect::<Vec<_>>();
+    let (want_v, want_a) = (by_kind("video"), by_kind("audio"));
+    let (mut next_v, mut next_a) = (0usize, 0usize);
+    for f in files {
+        let mut shift = None;
+        for p in packet_hashes(f) {
+            let (list, next) = if p.kind == "video" {
+                (&want_v, &mut next_v)
+            } else {
+                (&want_a, &mut next_a)
+            };
+            let w = list.get(*next).unwrap_or_else(|| {
+                panic!("{}: more {} packets than the input", f.display(), p.kind)
+            });
+            if same_bytes {
+                assert_eq!(
+                    p.hash,
+                    w.hash,
+                    "{}: {} packet {} differs from the input",
+                    f.display(),
+                    p.kind,
+                    *next
+                );
+            }
+            *next += 1;
+            let shift = *shift.get_or_insert(w.pts_ms - p.pts_ms);
+            assert!(
+                (p.pts_ms + shift - w.pts_ms).abs() <= tolerance_ms,
+                "{}: {} packet re-timed: {} + {shift} vs {}",
+                f.display(),
+                p.kind,
+                p.pts_ms,
+                w.pts_ms
+            );
+        }
+    }
+    assert_eq!(
+        (next_v, next_a),
+        (want_v.len(), want_a.len()),
+        "{}: packets over all files",
+        input.display()
+    );
 }
