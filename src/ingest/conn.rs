@@ -42,6 +42,31 @@ struct Publishing {
     writer: ring::Writer,
     clock: TimestampUnwrapper,
     bad_frames: u64,
+    /// Media bytes pushed since the recorders were last woken, and when that was.
+    unwoken_bytes: usize,
+    last_wake: Instant,
+}
+
+/// Recorders are woken once this much media is waiting for them, or [`WAKE_INTERVAL`]
+/// after the oldest unwoken event, not after every socket read: a real-time encoder's
+/// ~80 reads/s per stream woke every recorder task each time, and those wake-ups (thread
+/// hand-offs, not muxing) were the largest CPU cost with several formats enabled
+/// (benches/README.md). Recording latency does not matter here: files are spooled, and
+/// what is not yet woken is at most 64 KiB or a quarter of a second of the stream.
+const WAKE_BYTES: usize = 64 * 1024;
+const WAKE_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Publishing {
+    fn wake_due(&self, now: Instant) -> bool {
+        self.unwoken_bytes > 0
+            && (self.unwoken_bytes >= WAKE_BYTES || now >= self.last_wake + WAKE_INTERVAL)
+    }
+
+    fn wake(&mut self, now: Instant) {
+        self.writer.wake_readers();
+        self.unwoken_bytes = 0;
+        self.last_wake = now;
+    }
 }
 
 pub async fn handle(ctx: Arc<Ctx>, socket: TcpStream, peer: SocketAddr, conn_id: u64) {
@@ -111,9 +136,24 @@ impl Conn {
             if buf.capacity() - buf.len() < 16 * 1024 {
                 buf.reserve(64 * 1024);
             }
+            // One timer serves both the connection deadline and the recorders' wake-up:
+            // data from a publisher that went quiet still reaches the files.
+            let wake_at = self
+                .publishing
+                .as_ref()
+                .filter(|p| p.unwoken_bytes > 0)
+                .map(|p| p.last_wake + WAKE_INTERVAL);
+            let timer = wake_at.map_or(deadline, |w| w.min(deadline));
             let n = tokio::select! {
                 r = socket.read_buf(&mut buf) => r?,
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = tokio::time::sleep_until(timer) => {
+                    let now = Instant::now();
+                    if now < deadline {
+                        if let Some(p) = &mut self.publishing {
+                            p.wake(now);
+                        }
+                        continue;
+                    }
                     return Err(if self.publishing.is_some() { ConnEnd::Idle(idle_timeout) } else { ConnEnd::HandshakeTimeout(handshake_timeout) });
                 }
                 _ = self.cancel.cancelled() => return Err(ConnEnd::Cancelled),
@@ -125,9 +165,11 @@ impl Conn {
             let res = self.session.handle_input(&mut buf);
             // Flush replies even when the input ended in an error, so the peer sees them.
             let got_media = self.pump_events(&mut socket).await;
-            // Everything this read produced is in the ring: wake the recorders once.
             if let Some(p) = &mut self.publishing {
-                p.writer.wake_readers();
+                let now = Instant::now();
+                if p.wake_due(now) {
+                    p.wake(now);
+                }
             }
             let got_media = got_media?;
             while let Some(out) = self.session.take_output() {
@@ -210,13 +252,17 @@ impl Conn {
             return;
         };
         let dts = p.clock.unwrap(timestamp);
+        let body_len = body.len();
         let parsed = if video {
             flv::tag::parse_video(body, dts)
         } else {
             flv::tag::parse_audio(body, dts)
         };
         match parsed {
-            Ok(flv::tag::Parsed::Event(ev)) => p.writer.push_deferred(ev),
+            Ok(flv::tag::Parsed::Event(ev)) => {
+                p.unwoken_bytes += body_len;
+                p.writer.push_deferred(ev);
+            }
             Ok(flv::tag::Parsed::Skip(_)) => {}
             Err(e) => {
                 // A bad frame is dropped and the stream goes on (R-SEC-3); the log is
@@ -285,6 +331,8 @@ impl Conn {
             writer,
             clock: TimestampUnwrapper::new(),
             bad_frames: 0,
+            unwoken_bytes: 0,
+            last_wake: Instant::now(),
         });
         Ok(())
     }
