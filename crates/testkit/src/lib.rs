@@ -4,12 +4,15 @@
 //!
 //! - [`publisher`]: [`publish_flv`], [`publish_many`], [`PublishOptions`], [`PublishStats`]
 //! - [`conn::RawConn`]: step-by-step client
-//! - [`probe`]: [`require_tool`], [`ffprobe_errors`], [`probe_packets`], [`flv_summary`],
-//!   [`fixture`], [`fixture_tags`], [`frame_hashes_flv`]
+//! - [`eflv`]: MP4 → Enhanced RTMP FLV (the HEVC and AV1 fixtures)
+//! - [`probe`]: [`require_tool`], [`ffprobe_errors`], [`probe_packets`],
+//!   [`probe_packet_hashes`], [`probe_codecs`], [`flv_summary`], [`fixture`],
+//!   [`fixture_tags`], [`frame_hashes_flv`]
 //! - [`chunk`], [`handshake`], [`url`]: the client-side protocol pieces
 
 pub mod chunk;
 pub mod conn;
+pub mod eflv;
 pub mod handshake;
 pub mod probe;
 pub mod publisher;
@@ -18,7 +21,8 @@ pub mod url;
 pub use conn::RawConn;
 pub use probe::{
     ffprobe_errors, fixture, fixture_tags, flv_summary, frame_hashes_flv, media_duration,
-    probe_duration, probe_packets, require_tool, FlvSummary, ProbePacket, TagInfo, TagKind,
+    probe_codecs, probe_duration, probe_packet_hashes, probe_packets, require_tool, FlvSummary,
+    HashedPacket, ProbePacket, TagInfo, TagKind,
 };
 pub use publisher::{
     publish_flv, publish_many, publish_many_prefixed, PublishOptions, PublishStats,

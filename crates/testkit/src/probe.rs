@@ -154,6 +154,85 @@ pub fn probe_packets(path: &Path) -> Vec<ProbePacket> {
         .collect()
 }
 
+/// One packet as ffprobe demuxes it, with the SHA-256 of its data (lowercase hex).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashedPacket {
+    pub kind: TrackKind,
+    /// Times in milliseconds (NaN when ffprobe gives none).
+    pub pts_ms: f64,
+    pub dts_ms: f64,
+    pub key: bool,
+    pub sha256: String,
+}
+
+/// Every audio/video packet of `path` with its data hash
+/// (`ffprobe -show_data_hash SHA256`), in file order. Read as JSON: in CSV, ffprobe 5.1
+/// prints a packet's side data (e.g. the "Skip Samples" of AAC priming cut by an MP4
+/// edit list) between its fields, which splits the packet over two lines.
+pub fn probe_packet_hashes(path: &Path) -> Vec<HashedPacket> {
+    let out = run(
+        "ffprobe",
+        &[
+            "-v".as_ref(),
+            "error".as_ref(),
+            "-show_entries".as_ref(),
+            "packet=codec_type,pts_time,dts_time,flags,data_hash".as_ref(),
+            "-show_data_hash".as_ref(),
+            "SHA256".as_ref(),
+            "-of".as_ref(),
+            "json".as_ref(),
+            path.as_os_str(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "ffprobe failed on {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("ffprobe JSON for {}: {e}", path.display()));
+    let ms = |v: &serde_json::Value| num(v).map_or(f64::NAN, |s| s * 1000.0);
+    j["packets"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            let kind = match p["codec_type"].as_str()? {
+                "video" => TrackKind::Video,
+                "audio" => TrackKind::Audio,
+                _ => return None,
+            };
+            let hash = p["data_hash"].as_str()?;
+            Some(HashedPacket {
+                kind,
+                pts_ms: ms(&p["pts_time"]),
+                dts_ms: ms(&p["dts_time"]),
+                key: p["flags"].as_str().is_some_and(|f| f.starts_with('K')),
+                sha256: hash.strip_prefix("SHA256:").unwrap_or(hash).to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Lowercase hex of a digest, as ffprobe prints data hashes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `codec_name` of every stream of `path`, in stream order (ffprobe).
+pub fn probe_codecs(path: &Path) -> Vec<String> {
+    let j = probe_json(path, "stream=codec_name");
+    j["streams"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s["codec_name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
 /// The container's duration (`format=duration`) in seconds.
 pub fn probe_duration(path: &Path) -> f64 {
     let j = probe_json(path, "format=duration");
@@ -508,6 +587,10 @@ pub fn flv_tags(path: &Path) -> Vec<FileTag> {
         .and_then(FlvReader::read_all)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// The Enhanced RTMP fixtures (`NAME.flv`, made from the committed `NAME.mp4` by
+/// [`crate::eflv::mp4_to_eflv`]; ffprobe reads only the MP4).
+pub const ERTMP_FIXTURES: [&str; 2] = ["hevc_aac", "av1_aac"];
 
 /// The fixtures every test set uses.
 pub const FIXTURES: [&str; 4] = [
