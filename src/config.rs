@@ -99,7 +99,33 @@ impl Default for ApiConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub kind: Spanned<String>,
+    /// `kind = "local"`: the recordings directory.
     pub root: PathBuf,
+    /// `kind = "s3"` (R-ST-1): any S3-compatible store through object_store.
+    pub bucket: Spanned<String>,
+    /// Empty means AWS itself (`https://s3.{region}.amazonaws.com`).
+    pub endpoint: Spanned<String>,
+    pub region: String,
+    /// Path-style requests (`endpoint/bucket/key`) are the default because MinIO, Ceph
+    /// RGW and Garage expect them; AWS accepts both.
+    pub virtual_hosted_style: bool,
+    /// Plain-HTTP endpoints are refused unless this is set.
+    pub allow_http: bool,
+    /// Empty: taken from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
+    /// `AWS_SESSION_TOKEN`, as every S3 tool does.
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    /// Prepended to every key (`{prefix}/{domain}/{app}/{stream}/…`, R-ST-3).
+    pub prefix: Spanned<String>,
+    /// Base URL of the stored files, for `video_url` in callbacks and queries.
+    pub public_url: String,
+    /// Multipart part size in bytes (S3 needs ≥ 5 MiB for every part but the last).
+    pub part_size: Spanned<u64>,
+    /// Uploads running at once, over all streams.
+    pub upload_concurrency: Spanned<usize>,
+    /// Seconds between retention sweeps (R-ST-5).
+    pub retention_sweep_interval: Spanned<u64>,
 }
 
 impl Default for StorageConfig {
@@ -107,6 +133,19 @@ impl Default for StorageConfig {
         Self {
             kind: unspanned("local".into()),
             root: PathBuf::from("./recordings"),
+            bucket: unspanned(String::new()),
+            endpoint: unspanned(String::new()),
+            region: "us-east-1".into(),
+            virtual_hosted_style: false,
+            allow_http: false,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            session_token: String::new(),
+            prefix: unspanned(String::new()),
+            public_url: String::new(),
+            part_size: unspanned(8 << 20),
+            upload_concurrency: unspanned(8),
+            retention_sweep_interval: unspanned(60),
         }
     }
 }
@@ -244,6 +283,8 @@ pub struct Plan {
     pub record_interval_ms: i64,
     pub hard_cap_ms: i64,
     pub file_name: String,
+    /// Seconds the files are kept (0 = forever, R-ST-5).
+    pub storage_time: u64,
 }
 
 pub const DEFAULT_FILE_NAME: &str = "{StreamID}_{StartYear}-{StartMonth}-{StartDay}-{StartHour}-{StartMinute}-{StartSecond}_{EndYear}-{EndMonth}-{EndDay}-{EndHour}-{EndMinute}-{EndSecond}";
@@ -269,6 +310,7 @@ impl Loaded {
                 segment_ms: (f.segment_duration.unwrap_or(10.0) * 1000.0) as i64,
                 record_interval_ms: interval,
                 hard_cap_ms: (interval as f64 * factor) as i64,
+                storage_time: f.storage_time,
                 file_name: f
                     .file_name
                     .clone()
@@ -433,17 +475,69 @@ fn validate(config: Config, text: &str, source: Option<&Path>) -> Result<Loaded,
             err(v.span(), format!("{key} must be at least 1 second"));
         }
     }
-    let k = &config.storage.kind;
+    let st = &config.storage;
+    let k = &st.kind;
     match k.get_ref().as_str() {
         "local" => {}
-        "s3" => err(
-            k.span(),
-            "storage.kind = \"s3\" is not available in this build yet; use \"local\"".into(),
-        ),
+        "s3" => {
+            if st.bucket.get_ref().is_empty() {
+                err(
+                    k.span(),
+                    "storage.kind = \"s3\" needs storage.bucket".into(),
+                );
+            }
+            let e = st.endpoint.get_ref();
+            if e.starts_with("http://") && !st.allow_http {
+                err(
+                    st.endpoint.span(),
+                    format!("storage.endpoint = {e:?} is plain HTTP: set storage.allow_http = true to allow it"),
+                );
+            } else if !e.is_empty() && !e.starts_with("http://") && !e.starts_with("https://") {
+                err(
+                    st.endpoint.span(),
+                    format!("storage.endpoint = {e:?} must start with http:// or https://"),
+                );
+            }
+        }
         other => err(
             k.span(),
             format!("storage.kind = {other:?}: expected \"local\" or \"s3\""),
         ),
+    }
+    let prefix = st.prefix.get_ref().trim_matches('/');
+    if !prefix.is_empty() && object_store::path::Path::parse(prefix).is_err() {
+        err(
+            st.prefix.span(),
+            format!("storage.prefix = {prefix:?} is not a valid key prefix (no empty, '.' or '..' segments)"),
+        );
+    }
+    // S3 refuses parts under 5 MiB (except the last) and allows at most 10 000 parts.
+    let ps = &st.part_size;
+    if !((5 << 20)..=(5u64 << 30)).contains(ps.get_ref()) {
+        err(
+            ps.span(),
+            format!(
+                "storage.part_size = {} must be 5 MiB..=5 GiB (S3 limits)",
+                ps.get_ref()
+            ),
+        );
+    }
+    let rs = &st.retention_sweep_interval;
+    if *rs.get_ref() == 0 {
+        err(
+            rs.span(),
+            "storage.retention_sweep_interval must be at least 1 second".into(),
+        );
+    }
+    let uc = &st.upload_concurrency;
+    if !(1..=256).contains(uc.get_ref()) {
+        err(
+            uc.span(),
+            format!(
+                "storage.upload_concurrency = {} must be 1..=256",
+                uc.get_ref()
+            ),
+        );
     }
     let f = &config.record.hard_cap_factor;
     if !(f.get_ref().is_finite() && *f.get_ref() >= 1.0) {

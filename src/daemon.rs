@@ -24,6 +24,13 @@ pub struct Ctx {
     pub sink: Arc<Sink>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    pub stats: Stats,
+}
+
+/// Counters for `/metrics` (R-OP-3).
+#[derive(Default)]
+pub struct Stats {
+    pub refused_spool_full: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +56,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     let cfg = &loaded.config;
-    let sink = Sink::new(cfg.spool.dir.clone(), cfg.storage.root.clone())?;
+    // Recovery of what a previous run left in the spool happens here, before the
+    // listeners open (R-ST-4).
+    let (sink, _report) = Sink::start(cfg).await?;
     let rtmp = TcpListener::bind(loaded.rtmp_listen)
         .await
         .map_err(|source| DaemonError::RtmpBind {
@@ -77,7 +86,15 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
         sink,
         tracker: TaskTracker::new(),
         shutdown: CancellationToken::new(),
+        stats: Stats::default(),
     });
+
+    tokio::spawn(crate::sink::retention::sweeper(
+        ctx.sink.index().clone(),
+        ctx.sink.backend().clone(),
+        Duration::from_secs(*ctx.config.config.storage.retention_sweep_interval.get_ref()),
+        ctx.shutdown.clone(),
+    ));
 
     let api_task = {
         let ctx = ctx.clone();
@@ -113,6 +130,9 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     {
         warn!("shutdown grace of {SHUTDOWN_GRACE:?} passed with recordings still finishing");
     }
+    if !ctx.sink.drain(SHUTDOWN_GRACE).await {
+        warn!("uploads still pending after {SHUTDOWN_GRACE:?}; they stay in the spool and resume on the next start");
+    }
     let _ = api_task.await;
     info!("stopped");
     Ok(())
@@ -145,9 +165,61 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
     }
 }
 
+/// Prometheus text exposition of the storage gauges; written by hand because these few
+/// lines do not justify an exporter crate yet (the full set comes with R-OP-3).
+fn metrics_text(ctx: &Ctx) -> String {
+    let q = &ctx.sink.quota;
+    let pending = ctx.sink.pending_uploads();
+    format!(
+        "# HELP liverec_spool_bytes Bytes in the spool (open files and files waiting for storage).\n\
+         # TYPE liverec_spool_bytes gauge\nliverec_spool_bytes {}\n\
+         # HELP liverec_spool_max_bytes The spool quota.\n\
+         # TYPE liverec_spool_max_bytes gauge\nliverec_spool_max_bytes {}\n\
+         # HELP liverec_upload_queue Files and playlists waiting for their upload.\n\
+         # TYPE liverec_upload_queue gauge\nliverec_upload_queue {}\n\
+         # HELP liverec_publish_refused_spool_full_total Publishes refused because the spool was full.\n\
+         # TYPE liverec_publish_refused_spool_full_total counter\nliverec_publish_refused_spool_full_total {}\n\
+         # HELP liverec_streams Streams being published.\n\
+         # TYPE liverec_streams gauge\nliverec_streams {}\n",
+        q.used(),
+        q.max(),
+        pending,
+        ctx.stats.refused_spool_full.load(Ordering::Relaxed),
+        ctx.hub.snapshot().len(),
+    )
+}
+
 fn router(ctx: Arc<Ctx>) -> Router {
+    let c1 = ctx.clone();
+    let c2 = ctx.clone();
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(move || {
+                let ctx = c1.clone();
+                async move {
+                    let q = &ctx.sink.quota;
+                    let status = if q.is_full() { "spool_full" } else { "ok" };
+                    Json(serde_json::json!({
+                        "status": status,
+                        "spool": {"bytes": q.used(), "max_bytes": q.max()},
+                        "uploads_pending": ctx.sink.pending_uploads(),
+                    }))
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let ctx = c2.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        metrics_text(&ctx),
+                    )
+                }
+            }),
+        )
         .route(
             "/v1/streams",
             get(move || {

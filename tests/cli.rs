@@ -205,7 +205,9 @@ fn sigterm_finalizes_a_live_ffmpeg_push_and_exits_0() {
     let (status, body) = http_get(d.api, "/healthz");
     assert_eq!(status, 200, "/healthz body: {body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("/healthz JSON");
-    assert_eq!(v, serde_json::json!({"status": "ok"}));
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(v["uploads_pending"], 0, "{v}");
+    assert!(v["spool"]["max_bytes"].as_u64() > Some(0), "{v}");
 
     // /v1/streams lists the push once ffmpeg is publishing.
     let listed = loop {

@@ -260,6 +260,52 @@ fn kill_9_mid_push_leaves_playable_spool_files() {
             "{name}: first video frame is not a keyframe"
         );
     }
+
+    // Restart on the same spool: recovery finalizes and stores all of it (R-ST-4).
+    d.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !common::walk(&d.spool()).iter().all(|p| {
+        !p.to_string_lossy().ends_with(".part") && !p.to_string_lossy().ends_with(".m3u8.json")
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spool not recovered; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        d.log().contains("recovered unfinished files"),
+        "{}",
+        d.log()
+    );
+    let flv = d.files("localhost", "live", "crash", "flv");
+    assert_eq!(flv.len(), 1, "{flv:?}");
+    let summary = flv_summary(&flv[0]);
+    assert!(
+        summary.duration.unwrap_or(0.0) > 1.0,
+        "FLV duration patched on recovery"
+    );
+    assert_eq!(
+        summary.filesize,
+        Some(summary.file_size as f64),
+        "FLV filesize patched"
+    );
+    let mp4 = d.files("localhost", "live", "crash", "mp4");
+    assert_eq!(mp4.len(), 1, "{mp4:?}");
+    for f in flv.iter().chain(mp4.iter()) {
+        let errors = ffprobe_errors(f);
+        assert!(errors.is_empty(), "{}: {errors}", f.display());
+    }
+    let text = std::fs::read_to_string(&playlists[0]).expect("read playlist");
+    let (recovered, ended) = hls::MediaPlaylist::parse(&text).expect("playlist parses");
+    assert!(ended, "recovery ends the playlist: {text}");
+    assert!(recovered.segments().len() >= playlist.segments().len());
+    for s in recovered.segments() {
+        let seg = playlists[0].parent().expect("dir").join(&s.uri);
+        let errors = ffprobe_errors(&seg);
+        assert!(errors.is_empty(), "{}: {errors}", seg.display());
+    }
 }
 
 /// HLS (R-FM-2): a playlist per recording interval, TS segments cut on keyframes, every

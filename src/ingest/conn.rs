@@ -11,7 +11,7 @@ use rtmp::{PublishRequest, ServerEvent, ServerSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::hub::LiveStream;
 use super::identity::{self, StreamId};
@@ -301,6 +301,24 @@ impl Conn {
                 return Err(reason);
             }
         };
+        // Past the spool quota new recordings are refused rather than risking the open
+        // ones (R-ST-4): the store is down or too slow and the disk would fill up.
+        let quota = &self.ctx.sink.quota;
+        if quota.is_full() {
+            let reason = format!(
+                "spool full ({} of {} bytes waiting for storage): new recordings refused until uploads catch up",
+                quota.used(),
+                quota.max()
+            );
+            self.ctx
+                .stats
+                .refused_spool_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            error!(conn = self.conn_id, peer = %self.peer, stream = %id, "refusing publish: {reason}");
+            self.session
+                .reject_publish(req.stream_id, "NetStream.Publish.Rejected", &reason);
+            return Err(reason);
+        }
         let ingest = &self.ctx.config.config.ingest;
         let (writer, handle) = ring::ring(ring::RingConfig {
             max_duration_ms: (*ingest.ring_seconds.get_ref() * 1000.0) as i64,

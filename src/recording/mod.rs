@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::daemon::Ctx;
 use crate::ingest::identity::StreamId;
-use crate::sink::SpoolFile;
+use crate::sink::{PlaylistHandle, Rec, RecMeta, SpoolFile};
 
 /// Starts the recordings of a stream that just began publishing: one task per format of
 /// its template, each reading the ring on its own (a slow or failing format never holds
@@ -33,16 +33,34 @@ pub fn start(ctx: &Arc<Ctx>, id: &StreamId, ring: &ring::RingHandle) {
                 interval_ms: plan.record_interval_ms,
                 hard_cap_ms: plan.hard_cap_ms,
             };
+            let meta = RecMeta {
+                domain: id.domain.clone(),
+                app: id.app.clone(),
+                stream: id.stream.clone(),
+                ext: plan.format.ext().to_string(),
+                file_name: plan.file_name,
+                task_id: String::new(),
+                storage_time: plan.storage_time,
+            };
+            let spool = match ctx2.sink.begin(meta).await {
+                Ok(r) => r,
+                Err(e) => {
+                    error!(stream = %id, format = plan.format.ext(), "cannot start the recording in the spool: {e}");
+                    return;
+                }
+            };
             let mut task = Recording {
                 ctx: ctx2,
                 id,
                 format: plan.format,
-                file_name: plan.file_name,
+                spool,
                 rec: Recorder::new(plan.format, policy).with_segment_duration(plan.segment_ms),
                 files: HashMap::new(),
                 hls: HashMap::new(),
             };
             task.run(reader).await;
+            let Recording { ctx, spool, .. } = task;
+            ctx.sink.end(spool).await;
         });
     }
 }
@@ -50,7 +68,7 @@ pub fn start(ctx: &Arc<Ctx>, id: &StreamId, ring: &ring::RingHandle) {
 /// An open HLS recording: its playlist (claimed key, rewritten after every segment) and
 /// its open segment files.
 struct HlsFile {
-    key: String,
+    handle: PlaylistHandle,
     name: String,
     started: DateTime<Utc>,
     start_dts: i64,
@@ -63,7 +81,7 @@ struct Recording {
     id: StreamId,
     format: Format,
     hls: HashMap<u64, HlsFile>,
-    file_name: String,
+    spool: Rec,
     rec: Recorder,
     files: HashMap<u64, (SpoolFile, DateTime<Utc>)>,
 }
@@ -106,7 +124,12 @@ impl Recording {
                     let Some(h) = self.hls.get_mut(&seq) else {
                         continue;
                     };
-                    match self.ctx.sink.create(&self.id, "ts").await {
+                    match self
+                        .ctx
+                        .sink
+                        .create(&self.spool, seq, Utc::now(), Some(n))
+                        .await
+                    {
                         Ok(f) => {
                             h.segments.insert(n, f);
                         }
@@ -133,9 +156,10 @@ impl Recording {
                     self.close_segment(seq, n, start_dts, duration_ms).await;
                 }
                 Output::Open { seq, .. } => {
-                    match self.ctx.sink.create(&self.id, self.format.ext()).await {
+                    let started = Utc::now();
+                    match self.ctx.sink.create(&self.spool, seq, started, None).await {
                         Ok(f) => {
-                            self.files.insert(seq, (f, Utc::now()));
+                            self.files.insert(seq, (f, started));
                         }
                         Err(e) => {
                             error!(stream = %self.id, "cannot create a spool file, this file is lost: {e}")
@@ -173,19 +197,17 @@ impl Recording {
     /// `{End…}` placeholders take the start time there (the end is not known yet).
     async fn open_hls(&mut self, seq: u64, start_dts: i64) {
         let started = Utc::now();
-        let name = self.render_name(seq, started, started);
-        match self.ctx.sink.claim(&self.id, &name, "m3u8").await {
-            Ok(key) => {
-                let name = key
-                    .rsplit('/')
-                    .next()
-                    .and_then(|f| f.strip_suffix(".m3u8"))
+        let name = self.spool.meta.render(seq, started, started);
+        match self.ctx.sink.open_playlist(&self.spool, seq, &name).await {
+            Ok(handle) => {
+                let name = crate::sink::file_of(&handle.key)
+                    .strip_suffix(".m3u8")
                     .unwrap_or(&name)
                     .to_string();
                 self.hls.insert(
                     seq,
                     HlsFile {
-                        key,
+                        handle,
                         name,
                         started,
                         start_dts,
@@ -195,7 +217,7 @@ impl Recording {
                 );
             }
             Err(e) => {
-                error!(stream = %self.id, "cannot name the playlist, this recording is lost: {e}")
+                error!(stream = %self.id, "cannot open the playlist, this recording is lost: {e}")
             }
         }
     }
@@ -207,31 +229,31 @@ impl Recording {
         let Some(f) = h.segments.remove(&n) else {
             return;
         };
-        let key = match self
-            .ctx
-            .sink
-            .finish(f, &[], &self.id, &format!("{}_{n}", h.name), "ts")
-            .await
-        {
-            Ok(k) => k,
-            Err(e) => {
-                error!(stream = %self.id, "finishing segment {n} failed: {e}");
-                return;
-            }
-        };
-        let uri = key.rsplit('/').next().unwrap_or(&key).to_string();
+        let name = format!("{}_{n}", h.name);
         let pdt = h.started + chrono::Duration::milliseconds(start_dts - h.start_dts);
-        h.playlist.push_segment(hls::Segment {
-            uri,
+        let mut seg = hls::Segment {
+            uri: format!("{name}.ts"),
             duration: duration_ms as f64 / 1000.0,
             program_date_time: Some(pdt),
             discontinuity: false,
-        });
-        // Rewritten after every segment, so a crash leaves a playlist that lists only
-        // complete segments (R-FM-2).
-        let text = h.playlist.render(false);
-        if let Err(e) = self.ctx.sink.put_atomic(&h.key, text.into_bytes()).await {
-            error!(stream = %self.id, "writing playlist failed: {e}");
+        };
+        // The playlist is rewritten after every segment, so a crash leaves one that lists
+        // only complete segments (R-FM-2). The segment's key may differ from its name
+        // (`_N` on collision); the sink stores under the key and we list the key's file.
+        let mut with = h.playlist.clone();
+        with.push_segment(seg.clone());
+        let text = with.render(false);
+        match self
+            .ctx
+            .sink
+            .segment_done(&mut h.handle, f, &self.id, &name, seg.clone(), text)
+            .await
+        {
+            Ok(key) => {
+                seg.uri = crate::sink::file_of(&key).to_string();
+                h.playlist.push_segment(seg);
+            }
+            Err(e) => error!(stream = %self.id, "finishing segment {n} failed: {e}"),
         }
     }
 
@@ -240,31 +262,16 @@ impl Recording {
             return;
         };
         let text = h.playlist.render(true);
-        match self.ctx.sink.put_atomic(&h.key, text.into_bytes()).await {
+        let key = h.handle.key.clone();
+        let segments = h.playlist.segments().len();
+        match self.ctx.sink.close_playlist(h.handle, text).await {
             Ok(()) => info!(
-                stream = %self.id, key = %h.key, segments = h.playlist.segments().len(), duration_ms = summary.duration_ms,
+                stream = %self.id, key = %key, segments, duration_ms = summary.duration_ms,
                 bytes = summary.bytes, video_frames = summary.video_frames, audio_frames = summary.audio_frames,
                 "file finished"
             ),
             Err(e) => error!(stream = %self.id, "finalizing playlist failed: {e}"),
         }
-        self.ctx.sink.release(&h.key);
-    }
-
-    fn render_name(&self, seq: u64, start: DateTime<Utc>, end: DateTime<Utc>) -> String {
-        record::naming::render(
-            &self.file_name,
-            &record::naming::NameVars {
-                stream: &self.id.stream,
-                domain: &self.id.domain,
-                app: &self.id.app,
-                task_id: "",
-                format: self.format.ext(),
-                seq,
-                start,
-                end,
-            },
-        )
     }
 
     async fn close(&mut self, seq: u64, summary: FileSummary, patches: Vec<Patch>) {
@@ -278,11 +285,11 @@ impl Recording {
         // Names use wall-clock start and start + media duration as end, so the name
         // states the span the file really holds.
         let end = started + chrono::Duration::milliseconds(summary.duration_ms);
-        let name = self.render_name(seq, started, end);
+        let name = self.spool.meta.render(seq, started, end);
         match self
             .ctx
             .sink
-            .finish(f, &patches, &self.id, &name, self.format.ext())
+            .finish(f, &patches, &self.spool.meta, &name)
             .await
         {
             Ok(key) => info!(

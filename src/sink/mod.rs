@@ -1,22 +1,45 @@
-//! Where recorded bytes go: a spool file per open recording file, then the storage
-//! backend under its final key (R-ST-1, R-ST-3).
+//! Where recorded bytes go (R-ST-1…5): every file is written to a spool file first, then
+//! stored under its final key — by rename into the recordings directory (local backend,
+//! no second copy of the bytes) or by upload to S3 (`upload.rs`), retried until the store
+//! confirms it; only then does the spool copy go away.
 //!
-//! The recorder only ever sees `create`/`append`/`finish`, so adding S3 (issue 4) changes
-//! this module alone. With the local backend a finished file is moved into the
-//! recordings directory by rename, never copied a second time.
+//! Spool layout, per stream directory `{spool}/{domain}/{app}/{stream}/` (what crash
+//! recovery, `recover.rs`, reads back):
+//! - `{rec}.rec.json` — one per recording (stream × format): the name pattern and what it
+//!   needs, so a file left behind by a crash can still be named.
+//! - `{rec}.{seq}.{start_ms}.{ext}.part` — a file being written (`seq` = file number in
+//!   the recording, `start_ms` = its wall-clock start).
+//! - `{rec}.{seq}.{start_ms}.s{n}.ts.part` — HLS segment `n` of playlist `seq`.
+//! - `{file}.up` + `{file}.up.json` (S3) — finished and patched, waiting for its upload;
+//!   the JSON holds the key.
+//! - `{rec}.{seq}.m3u8.json` — an open playlist's key; with S3 also `{rec}.{seq}.m3u8`,
+//!   the playlist as last written.
+
+mod recover;
+pub mod retention;
+pub mod store;
+mod upload;
 
 use std::collections::HashSet;
 use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use flv::mux::Patch;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
+use crate::config::Config;
 use crate::ingest::identity::StreamId;
+use store::Backend;
+use upload::{HlsLane, Uploader};
+
+pub use recover::RecoveryReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -32,26 +55,123 @@ pub enum SinkError {
         key: String,
         source: object_store::path::Error,
     },
+    #[error("{0}")]
+    Backend(#[from] store::StoreError),
     #[error("background write task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
 
+fn spool_err(path: &Path) -> impl FnOnce(std::io::Error) -> SinkError + '_ {
+    move |source| SinkError::Spool {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a recording's files need to be named and kept, also after a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecMeta {
+    pub domain: String,
+    pub app: String,
+    pub stream: String,
+    /// Extension = format (`flv`, `mp4`, `m3u8`, `aac`).
+    pub ext: String,
+    pub file_name: String,
+    #[serde(default)]
+    pub task_id: String,
+    /// Seconds the files are kept (0 = forever, R-ST-5).
+    #[serde(default)]
+    pub storage_time: u64,
+}
+
+impl RecMeta {
+    fn id(&self) -> StreamId {
+        StreamId {
+            domain: self.domain.clone(),
+            app: self.app.clone(),
+            stream: self.stream.clone(),
+        }
+    }
+
+    /// The file name for file `seq` spanning `start..end` (R-ST-3).
+    pub fn render(&self, seq: u64, start: DateTime<Utc>, end: DateTime<Utc>) -> String {
+        record::naming::render(
+            &self.file_name,
+            &record::naming::NameVars {
+                stream: &self.stream,
+                domain: &self.domain,
+                app: &self.app,
+                task_id: &self.task_id,
+                format: &self.ext,
+                seq,
+                start,
+                end,
+            },
+        )
+    }
+}
+
+/// One recording's place in the spool.
+pub struct Rec {
+    pub meta: RecMeta,
+    dir: PathBuf,
+    tag: String,
+}
+
+impl Rec {
+    fn manifest(&self) -> PathBuf {
+        self.dir.join(format!("{}.rec.json", self.tag))
+    }
+}
+
+/// Bytes in the spool against `[spool] max_bytes` (R-ST-4).
+pub struct Quota {
+    used: AtomicU64,
+    max: u64,
+}
+
+impl Quota {
+    fn add(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+    fn sub(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+    pub fn is_full(&self) -> bool {
+        self.used() >= self.max
+    }
+}
+
 pub struct Sink {
     spool: PathBuf,
-    root: PathBuf,
-    /// The object-store view of `root`, used for the cross-device fallback (spool and
-    /// recordings on different filesystems).
-    store: LocalFileSystem,
+    backend: Arc<Backend>,
+    uploader: Option<Arc<Uploader>>,
+    pub quota: Arc<Quota>,
+    index: Arc<retention::Index>,
     next_id: AtomicU64,
-    /// Keys handed out but maybe not yet visible on disk, so two files closing in the
-    /// same second never get one name (R-ST-3).
+    /// Distinguishes this run's spool names from a previous run's.
+    boot: u64,
+    /// Keys handed out but maybe not yet visible in the store, so two files closing in
+    /// the same second never get one name (R-ST-3).
     taken: Mutex<HashSet<String>>,
 }
 
 /// Appends are buffered up to this many bytes before a write, so 100 streams cost a few
 /// writes per second each, not one per frame. What a crash can lose is therefore the
-/// last ≤ 256 KiB of each open file (< 1 s at 3 Mb/s); nothing is fsynced (as in
-/// nginx-rtmp and MediaMTX), so power loss can lose what the page cache held.
+/// last ≤ 256 KiB of each open file (< 1 s at 3 Mb/s). Nothing is fsynced (as in
+/// nginx-rtmp and MediaMTX): a daemon crash loses nothing the kernel has, power loss can
+/// lose what the page cache held; an fsync per flush cost ~10 ms of disk latency per
+/// stream per second on this machine's ext4 and is not worth it for live media.
 const FLUSH_BYTES: usize = 256 * 1024;
 
 pub struct SpoolFile {
@@ -59,6 +179,7 @@ pub struct SpoolFile {
     file: Option<std::fs::File>,
     pending: Vec<Bytes>,
     pending_len: usize,
+    quota: Arc<Quota>,
 }
 
 impl SpoolFile {
@@ -86,18 +207,18 @@ impl SpoolFile {
         // Keep the queue's capacity for the next batch instead of regrowing it.
         let cap = self.pending.capacity();
         let bufs = std::mem::replace(&mut self.pending, Vec::with_capacity(cap));
-        self.pending_len = 0;
+        let len = std::mem::take(&mut self.pending_len);
         let Some(mut file) = self.file.take() else {
             return Ok(());
         };
-        let path = self.path.clone();
         let (file, res) = tokio::task::spawn_blocking(move || {
             let res = write_all_vectored(&mut file, &bufs);
             (file, res)
         })
         .await?;
         self.file = Some(file);
-        res.map_err(|source| SinkError::Spool { path, source })
+        self.quota.add(len as u64);
+        res.map_err(spool_err(&self.path))
     }
 }
 
@@ -129,34 +250,148 @@ fn write_all_vectored(f: &mut std::fs::File, bufs: &[Bytes]) -> std::io::Result<
     Ok(())
 }
 
+/// Writes `data` to `path` through a temporary file and a rename, so a reader or a crash
+/// sees the old or the new content, never a mix.
+fn write_atomic(path: &Path, data: &[u8], n: u64) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UpMeta {
+    key: String,
+    #[serde(default)]
+    storage_time: u64,
+}
+
+/// An open HLS playlist: its key, fixed when it opens, and (S3) the lane that uploads its
+/// segments and then the playlist, in order.
+pub struct PlaylistHandle {
+    pub key: String,
+    marker: PathBuf,
+    copy: PathBuf,
+    lane: Option<HlsLane>,
+    storage_time: u64,
+    segment_keys: Vec<String>,
+}
+
 impl Sink {
-    pub fn new(spool: PathBuf, root: PathBuf) -> Result<Arc<Self>, SinkError> {
-        for d in [&spool, &root] {
-            std::fs::create_dir_all(d).map_err(|source| SinkError::Spool {
-                path: d.clone(),
-                source,
-            })?;
+    /// Builds the backend, then recovers what a previous run left in the spool (files
+    /// finalized and stored, playlists ended) before anything new is recorded.
+    pub async fn start(config: &Config) -> Result<(Arc<Self>, RecoveryReport), SinkError> {
+        let spool = config.spool.dir.clone();
+        let backend = Arc::new(store::build(&config.storage)?);
+        let mk = |d: &PathBuf| std::fs::create_dir_all(d).map_err(spool_err(d));
+        mk(&spool)?;
+        if let Backend::Local { root } = &*backend {
+            mk(root)?;
         }
-        let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| SinkError::Store {
-            key: root.display().to_string(),
-            source: std::io::Error::other(e),
-        })?;
-        Ok(Arc::new(Self {
+        if let Backend::S3(s3) = &*backend {
+            match tokio::time::timeout(Duration::from_secs(10), s3.check()).await {
+                Ok(Ok(())) => info!(bucket = %s3.bucket, "S3 bucket reachable"),
+                Ok(Err(e)) => {
+                    warn!(bucket = %s3.bucket, "S3 bucket NOT reachable, recording to the spool until it is: {e}")
+                }
+                Err(_) => {
+                    warn!(bucket = %s3.bucket, "S3 bucket did not answer within 10 s, recording to the spool until it does")
+                }
+            }
+        }
+        let quota = Arc::new(Quota {
+            used: AtomicU64::new(0),
+            max: config.spool.max_bytes,
+        });
+        let index = Arc::new(retention::Index::new(spool.join(".index")));
+        let uploader = match &*backend {
+            Backend::S3(_) => Some(Uploader::new(backend.clone(), quota.clone(), index.clone())),
+            Backend::Local { .. } => None,
+        };
+        let boot = Utc::now().timestamp_millis().max(0) as u64;
+        let sink = Arc::new(Sink {
             spool,
-            root,
-            store,
+            backend,
+            uploader,
+            quota,
+            index,
             next_id: AtomicU64::new(0),
+            boot,
             taken: Mutex::new(HashSet::new()),
-        }))
+        });
+        let report = recover::run(&sink).await;
+        Ok((sink, report))
     }
 
-    /// Opens a new spool file for a stream's next file.
-    pub async fn create(&self, id: &StreamId, ext: &str) -> Result<SpoolFile, SinkError> {
+    /// Files and playlists whose upload has not been confirmed yet (0 for local).
+    pub fn pending_uploads(&self) -> usize {
+        self.uploader.as_ref().map_or(0, |u| u.queued_len())
+    }
+
+    pub fn index(&self) -> &Arc<retention::Index> {
+        &self.index
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    /// Waits (up to `grace`) for pending uploads; what is left stays in the spool and
+    /// is uploaded by the next start.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        match &self.uploader {
+            Some(u) => u.drain(grace).await,
+            None => true,
+        }
+    }
+
+    /// Registers a recording in the spool (its manifest), before its first file.
+    pub async fn begin(&self, meta: RecMeta) -> Result<Rec, SinkError> {
+        let dir = self
+            .spool
+            .join(&meta.domain)
+            .join(&meta.app)
+            .join(&meta.stream);
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let dir = self.spool.join(&id.domain).join(&id.app).join(&id.stream);
-        let pid = std::process::id();
-        let path = dir.join(format!("{pid}-{n}.{ext}.part"));
+        let rec = Rec {
+            meta,
+            dir,
+            tag: format!("r{}-{n}", self.boot),
+        };
+        let path = rec.manifest();
+        let json = serde_json::to_vec(&rec.meta).map_err(|e| SinkError::Spool {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
         let p2 = path.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&p2, &json, n))
+            .await?
+            .map_err(spool_err(&path))?;
+        Ok(rec)
+    }
+
+    /// The recording is over; its manifest goes (its finished files carry their keys).
+    pub async fn end(&self, rec: Rec) {
+        let _ = tokio::fs::remove_file(rec.manifest()).await;
+    }
+
+    /// Opens the spool file of file `seq` of a recording (`segment`: HLS segment number).
+    pub async fn create(
+        &self,
+        rec: &Rec,
+        seq: u64,
+        start: DateTime<Utc>,
+        segment: Option<u64>,
+    ) -> Result<SpoolFile, SinkError> {
+        let ms = start.timestamp_millis().max(0);
+        let name = match segment {
+            Some(n) => format!("{}.{seq}.{ms}.s{n}.ts.part", rec.tag),
+            None => format!("{}.{seq}.{ms}.{}.part", rec.tag, rec.meta.ext),
+        };
+        let path = rec.dir.join(name);
+        let (dir, p2) = (rec.dir.clone(), path.clone());
         let file = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)?;
             std::fs::OpenOptions::new()
@@ -165,31 +400,28 @@ impl Sink {
                 .open(&p2)
         })
         .await?
-        .map_err(|source| SinkError::Spool {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(spool_err(&path))?;
         Ok(SpoolFile {
             path,
             file: Some(file),
             pending: Vec::new(),
             pending_len: 0,
+            quota: self.quota.clone(),
         })
     }
 
-    /// Completes a file: flush, patch in place (FLV metadata), then store it under
-    /// `{domain}/{app}/{stream}/{name}.{ext}`, with `_N` added if that key is taken.
-    /// Returns the key.
+    /// Completes a file: flush, patch in place (FLV metadata, MP4 duration), then store
+    /// it as `{domain}/{app}/{stream}/{name}.{ext}` (`_N` added if taken). Returns the key;
+    /// with S3 the upload goes on in the background (retried until it succeeds).
     pub async fn finish(
         &self,
         mut f: SpoolFile,
         patches: &[Patch],
-        id: &StreamId,
+        rec: &RecMeta,
         name: &str,
-        ext: &str,
     ) -> Result<String, SinkError> {
         f.flush().await?;
-        let Some(mut file) = f.file.take() else {
+        let Some(file) = f.file.take() else {
             return Err(SinkError::Spool {
                 path: f.path,
                 source: std::io::ErrorKind::NotFound.into(),
@@ -197,107 +429,246 @@ impl Sink {
         };
         let patches = patches.to_vec();
         let path = f.path.clone();
+        tokio::task::spawn_blocking(move || patch_file(file, &patches))
+            .await?
+            .map_err(spool_err(&path))?;
+        self.store_finished(&path, &rec.id(), name, &rec.ext, rec.storage_time)
+            .await
+    }
+
+    /// Stores a complete spool file under a fresh key (also used by crash recovery).
+    async fn store_finished(
+        &self,
+        path: &Path,
+        id: &StreamId,
+        name: &str,
+        ext: &str,
+        storage_time: u64,
+    ) -> Result<String, SinkError> {
+        let key = self.claim_key(id, name, ext).await?;
+        let res = match &*self.backend {
+            Backend::Local { root } => self.move_into_root(path, root, &key).await,
+            Backend::S3(_) => self.queue_upload(path, &key, storage_time).await.map(|up| {
+                if let Some(u) = &self.uploader {
+                    u.upload_file(up);
+                }
+            }),
+        };
+        if let (Ok(()), Backend::Local { .. }) = (&res, &*self.backend) {
+            self.index.add(&key, storage_time);
+        }
+        self.release_key(&key);
+        res.map(|()| key)
+    }
+
+    /// Renames `{file}.part` to `{file}.up` and writes the key beside it, so the upload
+    /// survives a restart (R-ST-4).
+    async fn queue_upload(
+        &self,
+        path: &Path,
+        key: &str,
+        storage_time: u64,
+    ) -> Result<upload::Job, SinkError> {
+        let up = path.with_extension("up");
+        let meta = upload::meta_path(&up);
+        let json = serde_json::to_vec(&UpMeta {
+            key: key.into(),
+            storage_time,
+        })
+        .map_err(|e| SinkError::Spool {
+            path: meta.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (src, up2, meta2) = (path.to_path_buf(), up.clone(), meta.clone());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            for p in &patches {
-                file.seek(SeekFrom::Start(p.offset))?;
-                file.write_all(&p.bytes)?;
-            }
-            file.flush()
+            write_atomic(&meta2, &json, n)?;
+            std::fs::rename(&src, &up2)
         })
         .await?
-        .map_err(|source| SinkError::Spool {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(spool_err(path))?;
+        Ok(upload::Job {
+            path: up,
+            meta,
+            key: key.into(),
+            storage_time,
+            closed: std::time::Instant::now(),
+        })
+    }
 
-        let key = self.claim_key(id, name, ext).await?;
-        let dest = self.root.join(&key);
-        let src = f.path.clone();
-        let renamed = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-            if let Some(parent) = dest.parent() {
+    async fn move_into_root(&self, src: &Path, root: &Path, key: &str) -> Result<(), SinkError> {
+        let dest = root.join(key);
+        let (src2, dest2) = (src.to_path_buf(), dest.clone());
+        let size = tokio::fs::metadata(src).await.map(|m| m.len()).unwrap_or(0);
+        let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Some(parent) = dest2.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            match std::fs::rename(&src, &dest) {
-                Ok(()) => Ok(true),
-                // EXDEV: spool and recordings live on different filesystems.
-                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => Ok(false),
+            match std::fs::rename(&src2, &dest2) {
+                Ok(()) => Ok(()),
+                // EXDEV: spool and recordings live on different filesystems; copy, then
+                // drop the spool copy only once the copy is complete.
+                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                    let tmp = dest2.with_extension(format!("tmp-{}", std::process::id()));
+                    std::fs::copy(&src2, &tmp)?;
+                    std::fs::rename(&tmp, &dest2)?;
+                    std::fs::remove_file(&src2)
+                }
                 Err(e) => Err(e),
             }
         })
         .await?
         .map_err(|source| SinkError::Store {
-            key: key.clone(),
-            source,
-        });
-        let result = match renamed {
-            Ok(true) => Ok(()),
-            Ok(false) => self.copy_into_store(&f.path, &key).await,
-            Err(e) => Err(e),
-        };
-        self.release_key(&key);
-        result.map(|()| key)
-    }
-
-    async fn copy_into_store(&self, src: &Path, key: &str) -> Result<(), SinkError> {
-        use object_store::ObjectStoreExt;
-        let loc = ObjectPath::parse(key).map_err(|source| SinkError::Key {
             key: key.into(),
             source,
+        });
+        if res.is_ok() {
+            self.quota.sub(size);
+        }
+        res
+    }
+
+    /// Opens an HLS playlist: claims `{name}.m3u8` (the name is fixed now, it is
+    /// published while it grows) and records the key in the spool for crash recovery.
+    pub async fn open_playlist(
+        &self,
+        rec: &Rec,
+        seq: u64,
+        name: &str,
+    ) -> Result<PlaylistHandle, SinkError> {
+        let key = self.claim_key(&rec.meta.id(), name, "m3u8").await?;
+        let marker = rec.dir.join(format!("{}.{seq}.m3u8.json", rec.tag));
+        let copy = rec.dir.join(format!("{}.{seq}.m3u8", rec.tag));
+        let json = serde_json::to_vec(&UpMeta {
+            key: key.clone(),
+            storage_time: rec.meta.storage_time,
+        })
+        .map_err(|e| SinkError::Spool {
+            path: marker.clone(),
+            source: std::io::Error::other(e),
         })?;
-        let data = tokio::fs::read(src)
-            .await
-            .map_err(|source| SinkError::Spool {
-                path: src.into(),
-                source,
-            })?;
-        self.store
-            .put(&loc, data.into())
-            .await
-            .map_err(|e| SinkError::Store {
-                key: key.into(),
-                source: std::io::Error::other(e),
-            })?;
-        tokio::fs::remove_file(src)
-            .await
-            .map_err(|source| SinkError::Spool {
-                path: src.into(),
-                source,
-            })
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (dir, m2) = (rec.dir.clone(), marker.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            write_atomic(&m2, &json, n)
+        })
+        .await?
+        .map_err(spool_err(&marker));
+        if let Err(e) = res {
+            self.release_key(&key);
+            return Err(e);
+        }
+        let lane = self.uploader.as_ref().map(|u| {
+            u.hls_lane(
+                key.clone(),
+                copy.clone(),
+                marker.clone(),
+                rec.meta.storage_time,
+            )
+        });
+        Ok(PlaylistHandle {
+            key,
+            marker,
+            copy,
+            lane,
+            storage_time: rec.meta.storage_time,
+            segment_keys: Vec::new(),
+        })
     }
 
-    /// Reserves `{domain}/{app}/{stream}/{name}.{ext}` (or `{name}_N.{ext}`) for a file
-    /// that is written in place while it grows (an HLS playlist); `release` when done.
-    pub async fn claim(&self, id: &StreamId, name: &str, ext: &str) -> Result<String, SinkError> {
-        self.claim_key(id, name, ext).await
+    /// A segment is complete: store it, then the playlist `text` that lists it. With the
+    /// local backend the playlist is replaced atomically in place; with S3 the spool copy
+    /// is, and the lane uploads segment then playlist in that order, so the stored
+    /// playlist never names a segment the store does not have.
+    pub async fn segment_done(
+        &self,
+        pl: &mut PlaylistHandle,
+        f: SpoolFile,
+        id: &StreamId,
+        name: &str,
+        seg: hls::Segment,
+        text: String,
+    ) -> Result<String, SinkError> {
+        let mut f = f;
+        f.flush().await?;
+        drop(f.file.take());
+        let path = f.path.clone();
+        let key = self.claim_key(id, name, "ts").await?;
+        let res = match (&*self.backend, &pl.lane) {
+            (Backend::S3(_), Some(lane)) => {
+                let job = self.queue_upload(&path, &key, pl.storage_time).await;
+                match job {
+                    Ok(job) => {
+                        let mut seg = seg;
+                        seg.uri = file_of(&key).into();
+                        self.write_copy(&pl.copy, text.as_bytes()).await?;
+                        lane.segment(job, seg);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (Backend::Local { root }, _) => {
+                let r = self.move_into_root(&path, root, &key).await;
+                if r.is_ok() {
+                    self.put_local(root, &pl.key, text.into_bytes()).await?;
+                }
+                r
+            }
+            (Backend::S3(_), None) => Ok(()),
+        };
+        self.release_key(&key);
+        res?;
+        pl.segment_keys.push(key.clone());
+        Ok(key)
     }
 
-    pub fn release(&self, key: &str) {
-        self.release_key(key);
+    /// Ends a playlist (`text` has `#EXT-X-ENDLIST`).
+    pub async fn close_playlist(&self, pl: PlaylistHandle, text: String) -> Result<(), SinkError> {
+        let res = match (&*self.backend, pl.lane) {
+            (Backend::S3(_), Some(lane)) => {
+                self.write_copy(&pl.copy, text.as_bytes()).await?;
+                lane.finish(pl.segment_keys);
+                Ok(())
+            }
+            (Backend::Local { root }, _) => {
+                let r = self.put_local(root, &pl.key, text.into_bytes()).await;
+                if r.is_ok() {
+                    for k in pl.segment_keys.iter().chain(std::iter::once(&pl.key)) {
+                        self.index.add(k, pl.storage_time);
+                    }
+                    let _ = tokio::fs::remove_file(&pl.marker).await;
+                }
+                r
+            }
+            (Backend::S3(_), None) => Ok(()),
+        };
+        self.release_key(&pl.key);
+        res
     }
 
-    /// Replaces the object at `key` with `data` atomically (write beside it, then rename),
-    /// so a reader or a crash sees the old or the new version, never a mix (R-FM-2: a
-    /// playlist rewritten after each segment).
-    pub async fn put_atomic(&self, key: &str, data: Vec<u8>) -> Result<(), SinkError> {
+    async fn write_copy(&self, path: &Path, data: &[u8]) -> Result<(), SinkError> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (p2, d) = (path.to_path_buf(), data.to_vec());
+        tokio::task::spawn_blocking(move || write_atomic(&p2, &d, n))
+            .await?
+            .map_err(spool_err(path))
+    }
+
+    async fn put_local(&self, root: &Path, key: &str, data: Vec<u8>) -> Result<(), SinkError> {
         ObjectPath::parse(key).map_err(|source| SinkError::Key {
             key: key.into(),
             source,
         })?;
-        let dest = self.root.join(key);
+        let dest = root.join(key);
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let tmp = dest.with_extension(format!("tmp-{}-{n}", std::process::id()));
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&tmp, &data)?;
-            std::fs::rename(&tmp, &dest)
-        })
-        .await?
-        .map_err(|source| SinkError::Store {
-            key: key.into(),
-            source,
-        })
+        tokio::task::spawn_blocking(move || write_atomic(&dest, &data, n))
+            .await?
+            .map_err(|source| SinkError::Store {
+                key: key.into(),
+                source,
+            })
     }
 
     async fn claim_key(&self, id: &StreamId, name: &str, ext: &str) -> Result<String, SinkError> {
@@ -315,10 +686,7 @@ impl Sink {
                 key: key.clone(),
                 source,
             })?;
-            let exists = tokio::fs::try_exists(self.root.join(&key))
-                .await
-                .unwrap_or(true);
-            if !exists
+            if !self.key_exists(&key).await
                 && self
                     .taken
                     .lock()
@@ -331,10 +699,47 @@ impl Sink {
         }
     }
 
+    /// Whether a key is already used: on disk (local), or (S3) in what this node stored
+    /// or has queued, else a HEAD with a short deadline — during an outage the name is
+    /// assumed free rather than stalling the recorder.
+    async fn key_exists(&self, key: &str) -> bool {
+        match &*self.backend {
+            Backend::Local { root } => tokio::fs::try_exists(root.join(key)).await.unwrap_or(true),
+            Backend::S3(s3) => {
+                if self.index.recently_stored(key)
+                    || self.uploader.as_ref().is_some_and(|u| u.is_queued(key))
+                {
+                    return true;
+                }
+                let Ok(path) = s3.path(key) else {
+                    return true;
+                };
+                use object_store::ObjectStoreExt;
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(2), s3.store.head(&path)).await,
+                    Ok(Ok(_))
+                )
+            }
+        }
+    }
+
     fn release_key(&self, key: &str) {
         self.taken
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
     }
+}
+
+fn patch_file(mut file: std::fs::File, patches: &[Patch]) -> std::io::Result<()> {
+    for p in patches {
+        file.seek(SeekFrom::Start(p.offset))?;
+        file.write_all(&p.bytes)?;
+    }
+    file.flush()
+}
+
+/// The last segment of a key: what a playlist names its segments by.
+pub fn file_of(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
 }

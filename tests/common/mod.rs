@@ -147,39 +147,31 @@ impl Daemon {
     /// Like [`Daemon::start`], with `rtmp_keys` (e.g. `"idle_timeout = 1\n"`) added to the
     /// `[rtmp]` table (which `start` already opens for `listen`, so `extra` cannot repeat it).
     pub fn start_with(rtmp_keys: &str, extra: &str) -> Daemon {
+        Self::start_full(rtmp_keys, None, extra)
+    }
+
+    /// Like [`Daemon::start_with`], with the whole `[storage]` table given (S3 tests);
+    /// `None` = local storage under the temp dir.
+    pub fn start_full(rtmp_keys: &str, storage: Option<&str>, extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("recordings");
         let spool = dir.path().join("spool");
-        let cfg = format!(
-            "[rtmp]\nlisten = \"127.0.0.1:0\"\n{rtmp_keys}\n[api]\nlisten = \"127.0.0.1:0\"\n[storage]\nroot = {root:?}\n[spool]\ndir = {spool:?}\n{extra}\n"
-        );
-        let cfg_path = dir.path().join("config.toml");
-        std::fs::write(&cfg_path, cfg).expect("write config");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_liverec"))
-            .args(["run", "-c"])
-            .arg(&cfg_path)
-            .env("RUST_LOG", "info,liverec=debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn liverec");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read ready line");
-        let log_text =
-            || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
-        let field = |k: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .unwrap_or_else(|| panic!("no {k} in ready line {line:?}; log: {}", log_text()))
-                .parse()
-                .expect("addr")
+        let storage = match storage {
+            Some(s) => s.replace("{root}", &root.display().to_string()),
+            None => format!("[storage]\nroot = {root:?}\n"),
         };
-        let rtmp = field("rtmp=");
-        let api = field("api=");
+        // `extra` may open `[spool]` itself (a quota test); the spool dir goes into it.
+        let spool_line = format!("[spool]\ndir = {spool:?}\n");
+        let (spool_table, extra) = if extra.contains("[spool]\n") {
+            (String::new(), extra.replacen("[spool]\n", &spool_line, 1))
+        } else {
+            (spool_line, extra.to_string())
+        };
+        let cfg = format!(
+            "[rtmp]\nlisten = \"127.0.0.1:0\"\n{rtmp_keys}\n[api]\nlisten = \"127.0.0.1:0\"\n{storage}\n{spool_table}{extra}\n"
+        );
+        std::fs::write(dir.path().join("config.toml"), cfg).expect("write config");
+        let (child, rtmp, api) = spawn(dir.path());
         Daemon {
             child: Some(child),
             rtmp,
@@ -187,6 +179,75 @@ impl Daemon {
             dir,
         }
     }
+
+    /// Starts the daemon again on the same directory and config (after `kill9` or
+    /// `stop`): what the last run left in the spool is recovered at start.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running daemon");
+        let (child, rtmp, api) = spawn(self.dir.path());
+        self.child = Some(child);
+        self.rtmp = rtmp;
+        self.api = api;
+    }
+
+    /// GET on the API; returns (status, body).
+    pub fn api_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.api).expect("connect API");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.api
+        )
+        .expect("write request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read response");
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+/// Spawns `liverec run -c {dir}/config.toml`, logging (appended) to `{dir}/daemon.log`,
+/// and reads the bound addresses from its ready line.
+fn spawn(dir: &Path) -> (Child, SocketAddr, SocketAddr) {
+    let cfg_path = dir.join("config.toml");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_liverec"))
+        .args(["run", "-c"])
+        .arg(&cfg_path)
+        .env("RUST_LOG", "info,liverec=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn liverec");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read ready line");
+    let log_text = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    let field = |k: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in ready line {line:?}; log: {}", log_text()))
+            .parse()
+            .expect("addr")
+    };
+    let rtmp = field("rtmp=");
+    let api = field("api=");
+    (child, rtmp, api)
 }
 
 /// Every file and directory under `dir` (recursively), as paths relative to `dir`, sorted.

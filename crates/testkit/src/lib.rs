@@ -16,6 +16,7 @@ pub mod eflv;
 pub mod handshake;
 pub mod probe;
 pub mod publisher;
+pub mod s3;
 pub mod url;
 
 pub use conn::RawConn;

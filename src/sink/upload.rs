@@ -1,0 +1,391 @@
+//! S3 uploads (R-ST-2, R-ST-4): whole objects for small files and HLS segments,
+//! multipart (parts of `storage.part_size`, read back from the spool file) for large
+//! ones; every failure is retried with exponential backoff and jitter, forever — the
+//! spool copy is the data until the store has confirmed it, and only then deleted.
+//!
+//! Memory stays bounded whatever the store does: at most `upload_concurrency` uploads run
+//! at once, each holding at most one part in memory; everything waiting is a file in the
+//! spool (bounded by the quota) plus a small job record.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use object_store::multipart::MultipartStore;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutPayload};
+use rand::Rng;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::retention::Index;
+use super::store::{Backend, S3Backend};
+use super::Quota;
+
+pub struct Job {
+    /// The finished spool file (`….up`).
+    pub path: PathBuf,
+    /// Its key record (`….up.json`).
+    pub meta: PathBuf,
+    pub key: String,
+    pub storage_time: u64,
+    /// When the file closed, for the close-to-stored delay in the log.
+    pub closed: Instant,
+}
+
+pub fn meta_path(up: &Path) -> PathBuf {
+    let mut s = up.as_os_str().to_owned();
+    s.push(".json");
+    PathBuf::from(s)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    #[error("reading the spool file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Store(#[from] object_store::Error),
+    #[error("key: {0}")]
+    Key(#[from] object_store::path::Error),
+    #[error("background read failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub struct Uploader {
+    s3: Arc<Backend>,
+    sem: Arc<Semaphore>,
+    quota: Arc<Quota>,
+    index: Arc<Index>,
+    tracker: TaskTracker,
+    /// Keys whose upload is pending, so no second file gets one of them.
+    queued: Mutex<HashMap<String, ()>>,
+}
+
+impl Uploader {
+    pub fn new(backend: Arc<Backend>, quota: Arc<Quota>, index: Arc<Index>) -> Arc<Self> {
+        let n = match &*backend {
+            Backend::S3(s3) => s3.concurrency,
+            Backend::Local { .. } => 1,
+        };
+        Arc::new(Uploader {
+            s3: backend,
+            sem: Arc::new(Semaphore::new(n)),
+            quota,
+            index,
+            tracker: TaskTracker::new(),
+            queued: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn s3(&self) -> &S3Backend {
+        match &*self.s3 {
+            Backend::S3(s3) => s3,
+            // Constructed only for the S3 backend (Sink::start).
+            Backend::Local { .. } => unreachable!("uploader without S3"),
+        }
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_queued(&self, key: &str) -> bool {
+        self.queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
+    fn mark(&self, key: &str, on: bool) {
+        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            q.insert(key.to_string(), ());
+        } else {
+            q.remove(key);
+        }
+    }
+
+    /// Uploads a finished file in the background.
+    pub fn upload_file(self: &Arc<Self>, job: Job) {
+        self.mark(&job.key, true);
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            me.upload_until_done(&job).await;
+            me.index.add(&job.key, job.storage_time);
+            me.mark(&job.key, false);
+        });
+    }
+
+    /// Waits up to `grace` for every pending upload; false when some are left (they stay
+    /// in the spool for the next start).
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Retries until the store has the file, then deletes the spool copy.
+    async fn upload_until_done(&self, job: &Job) {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let res = {
+                let _permit = self.sem.acquire().await;
+                self.upload_once(&job.path, &job.key).await
+            };
+            match res {
+                Ok(size) => {
+                    let ms = job.closed.elapsed().as_millis();
+                    if attempt > 1 {
+                        info!(key = %job.key, bytes = size, attempts = attempt, delay_ms = ms as u64, "uploaded after retries");
+                    } else {
+                        debug!(key = %job.key, bytes = size, delay_ms = ms as u64, "uploaded");
+                    }
+                    let _ = tokio::fs::remove_file(&job.path).await;
+                    let _ = tokio::fs::remove_file(&job.meta).await;
+                    self.quota.sub(size);
+                    return;
+                }
+                Err(e) => {
+                    let wait = backoff(attempt);
+                    // The first failure and then every tenth: an outage of an hour must
+                    // not write a line per file per retry.
+                    if attempt == 1 || attempt.is_multiple_of(10) {
+                        warn!(key = %job.key, attempt, retry_in_ms = wait.as_millis() as u64, "upload failed, the file stays in the spool: {e}");
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn upload_once(&self, path: &Path, key: &str) -> Result<u64, UploadError> {
+        let s3 = self.s3();
+        let loc = s3.path(key)?;
+        let size = tokio::fs::metadata(path).await?.len();
+        if size as usize <= s3.part_size {
+            let data = tokio::fs::read(path).await?;
+            s3.store.put(&loc, PutPayload::from(data)).await?;
+            return Ok(size);
+        }
+        let id = s3.store.create_multipart(&loc).await?;
+        let res = self.put_parts(s3, &loc, &id, path, size).await;
+        if res.is_err() {
+            // Best effort: an upload left behind costs storage until the bucket's
+            // lifecycle rule removes it; the retry starts a new one.
+            let _ = s3.store.abort_multipart(&loc, &id).await;
+        }
+        res.map(|()| size)
+    }
+
+    async fn put_parts(
+        &self,
+        s3: &S3Backend,
+        loc: &ObjectPath,
+        id: &String,
+        path: &Path,
+        size: u64,
+    ) -> Result<(), UploadError> {
+        let part = s3.part_size as u64;
+        let mut parts = Vec::new();
+        let mut off = 0u64;
+        let mut idx = 0usize;
+        while off < size {
+            let len = part.min(size - off);
+            let data = read_at(path.to_path_buf(), off, len as usize).await?;
+            parts.push(
+                s3.store
+                    .put_part(loc, id, idx, PutPayload::from(data))
+                    .await?,
+            );
+            off += len;
+            idx += 1;
+        }
+        s3.store.complete_multipart(loc, id, parts).await?;
+        Ok(())
+    }
+
+    async fn put_small(&self, key: &str, data: Vec<u8>) -> Result<(), UploadError> {
+        let s3 = self.s3();
+        let loc = s3.path(key)?;
+        let _permit = self.sem.acquire().await;
+        s3.store.put(&loc, PutPayload::from(data)).await?;
+        Ok(())
+    }
+
+    /// Puts a small object, retrying like a file upload.
+    async fn put_small_until_done(&self, key: &str, data: &[u8]) {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.put_small(key, data.to_vec()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    let wait = backoff(attempt);
+                    if attempt == 1 || attempt.is_multiple_of(10) {
+                        warn!(key = %key, attempt, retry_in_ms = wait.as_millis() as u64, "playlist upload failed: {e}");
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// The ordered upload lane of one HLS playlist.
+    pub fn hls_lane(
+        self: &Arc<Self>,
+        key: String,
+        copy: PathBuf,
+        marker: PathBuf,
+        storage_time: u64,
+    ) -> HlsLane {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let me = self.clone();
+        self.mark(&key, true);
+        self.tracker.spawn(async move {
+            me.run_lane(key, copy, marker, storage_time, rx).await;
+        });
+        HlsLane { tx }
+    }
+
+    async fn run_lane(
+        &self,
+        key: String,
+        copy: PathBuf,
+        marker: PathBuf,
+        storage_time: u64,
+        mut rx: mpsc::UnboundedReceiver<LaneMsg>,
+    ) {
+        let mut playlist = hls::MediaPlaylist::new();
+        let mut dirty = false;
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                LaneMsg::Segment(job, seg) => {
+                    self.upload_until_done(&job).await;
+                    playlist.push_segment(seg);
+                    dirty = true;
+                    // With a backlog (after an outage) only the newest playlist is put.
+                    if rx.is_empty() {
+                        self.put_small_until_done(&key, playlist.render(false).as_bytes())
+                            .await;
+                        dirty = false;
+                    }
+                }
+                LaneMsg::Finish(segment_keys) => {
+                    self.put_small_until_done(&key, playlist.render(true).as_bytes())
+                        .await;
+                    for k in segment_keys.iter().chain(std::iter::once(&key)) {
+                        self.index.add(k, storage_time);
+                    }
+                    let _ = tokio::fs::remove_file(&copy).await;
+                    let _ = tokio::fs::remove_file(&marker).await;
+                    self.mark(&key, false);
+                    return;
+                }
+            }
+        }
+        // The recorder went away without finishing (shutdown deadline): leave the marker
+        // so the next start ends the playlist.
+        if dirty {
+            self.put_small_until_done(&key, playlist.render(false).as_bytes())
+                .await;
+        }
+        self.mark(&key, false);
+    }
+}
+
+impl Uploader {
+    /// Crash recovery of an S3 playlist: its remaining segments, then the playlist with
+    /// ENDLIST, in the background and in that order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn recover_playlist(
+        self: &Arc<Self>,
+        jobs: Vec<Job>,
+        key: String,
+        text: String,
+        segment_keys: Vec<String>,
+        storage_time: u64,
+        copy: PathBuf,
+        marker: PathBuf,
+    ) {
+        let me = self.clone();
+        self.mark(&key, true);
+        for j in &jobs {
+            self.mark(&j.key, true);
+        }
+        self.tracker.spawn(async move {
+            for j in &jobs {
+                me.upload_until_done(j).await;
+                me.mark(&j.key, false);
+            }
+            me.put_small_until_done(&key, text.as_bytes()).await;
+            for k in segment_keys.iter().chain(std::iter::once(&key)) {
+                me.index.add(k, storage_time);
+            }
+            let _ = tokio::fs::remove_file(&copy).await;
+            let _ = tokio::fs::remove_file(&marker).await;
+            me.mark(&key, false);
+            info!(key = %key, segments = segment_keys.len(), "recovered playlist stored");
+        });
+    }
+}
+
+pub enum LaneMsg {
+    Segment(Job, hls::Segment),
+    Finish(Vec<String>),
+}
+
+pub struct HlsLane {
+    tx: mpsc::UnboundedSender<LaneMsg>,
+}
+
+impl HlsLane {
+    pub fn segment(&self, job: Job, seg: hls::Segment) {
+        let _ = self.tx.send(LaneMsg::Segment(job, seg));
+    }
+
+    pub fn finish(self, segment_keys: Vec<String>) {
+        let _ = self.tx.send(LaneMsg::Finish(segment_keys));
+    }
+}
+
+/// 250 ms doubling to 30 s, each wait drawn from [½, 1] of that so many streams retrying
+/// after one outage do not hit the store in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let base = 250u64.saturating_mul(1u64 << attempt.min(8).saturating_sub(1));
+    let cap = base.min(30_000);
+    let ms = rand::rng().random_range(cap / 2..=cap);
+    Duration::from_millis(ms)
+}
+
+async fn read_at(path: PathBuf, off: u64, len: usize) -> Result<Vec<u8>, UploadError> {
+    Ok(
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(&path)?;
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, off)?;
+            Ok(buf)
+        })
+        .await??,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_cap_with_jitter() {
+        for attempt in 1..40 {
+            let d = backoff(attempt).as_millis() as u64;
+            let cap = (250u64 << (attempt.min(8) - 1)).min(30_000);
+            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d} ms");
+        }
+        assert!(backoff(1) <= Duration::from_millis(250));
+        assert!(backoff(30) >= Duration::from_secs(15));
+    }
+}

@@ -1,0 +1,444 @@
+//! End to end storage (R-ST-1…5): recordings uploaded to a real S3 protocol server
+//! (s3s-fs, in-process, SigV4 checked), a storage outage, a crash and restart, the spool
+//! quota, and retention — always with the real daemon and real pushes.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use testkit::s3::S3Server;
+use testkit::{ffprobe_errors, flv_summary, require_tool, PublishOptions};
+
+const ALL_FORMATS: &str = "[record]\ndefault_template = 1\n[[template]]\nid = 1\nname = \"all\"\nflv = { enable = true, record_interval = 4, file_name = \"{StreamID}-{Seq}\" }\nmp4 = { enable = true, record_interval = 4, file_name = \"{StreamID}-{Seq}\" }\naac = { enable = true, record_interval = 4, file_name = \"{StreamID}-{Seq}\" }\nhls = { enable = true, record_interval = 600, segment_duration = 2, file_name = \"{StreamID}-{Seq}\" }\n";
+
+fn push(d: &Daemon, stream: &str, fixture: &str, opts: PublishOptions) -> Result<(), String> {
+    let url = d.url("live", stream);
+    let tags = Arc::new(testkit::fixture_tags(fixture));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move { testkit::publish_flv(&url, &tags, &opts).await })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Every `.part`/`.up` file (open or waiting for upload) under the spool.
+fn spool_files(d: &Daemon) -> Vec<PathBuf> {
+    common::walk(&d.spool())
+        .into_iter()
+        .filter(|p| {
+            let s = p.to_string_lossy();
+            s.ends_with(".part") || s.ends_with(".up") || s.ends_with(".m3u8.json")
+        })
+        .collect()
+}
+
+/// Waits until the spool holds nothing open or waiting and the daemon says no upload is
+/// pending, for 1 s in a row.
+fn wait_drained(d: &Daemon, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut since: Option<Instant> = None;
+    loop {
+        let (status, body) = d.api_get("/healthz");
+        let idle =
+            status == 200 && body.contains("\"uploads_pending\":0") && spool_files(d).is_empty();
+        match (idle, since) {
+            (true, Some(t)) if t.elapsed() > Duration::from_secs(1) => return,
+            (true, None) => since = Some(Instant::now()),
+            (false, _) => since = None,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spool not drained: {:?}, healthz {body}; log:\n{}",
+            spool_files(d),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The objects of one stream in the bucket, by extension, in recording order.
+fn objects(s3: &S3Server, prefix: &str, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = s3
+        .list()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(prefix) && k.ends_with(&format!(".{ext}")))
+        .map(|(k, _)| s3.object_path(&k))
+        .collect();
+    v = common::ordered(v);
+    v
+}
+
+/// Asserts the FLV objects hold exactly `expected` frames (hash and kind), in order.
+fn assert_flv_frames(files: &[PathBuf], expected: &[(media::TrackKind, [u8; 32])]) {
+    let mut got = Vec::new();
+    for f in files {
+        let errors = ffprobe_errors(f);
+        assert!(errors.is_empty(), "{}: {errors}", f.display());
+        got.extend(flv_summary(f).frame_hashes());
+    }
+    assert_eq!(got.len(), expected.len(), "frame count");
+    assert!(got == expected, "frames differ from the input");
+}
+
+fn input_frames(fixture: &str, times: usize) -> Vec<(media::TrackKind, [u8; 32])> {
+    let one = flv_summary(&testkit::fixture(fixture)).frame_hashes();
+    let mut all = Vec::new();
+    for _ in 0..times {
+        all.extend(one.iter().cloned());
+    }
+    all
+}
+
+#[test]
+fn s3_push_with_all_formats_lands_in_the_bucket() {
+    require_tool("ffprobe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let d = Daemon::start_full("", Some(&s3.storage_toml("pre/fix")), ALL_FORMATS);
+    assert!(d.log().contains("S3 bucket reachable"), "{}", d.log());
+    push(&d, "s3", "avc_aac_2s.flv", PublishOptions::default()).expect("publish");
+    wait_drained(&d, Duration::from_secs(60));
+
+    let prefix = "pre/fix/localhost/live/s3/";
+    let keys: Vec<String> = s3.list().into_iter().map(|(k, _)| k).collect();
+    assert!(
+        keys.iter().all(|k| k.starts_with(prefix)),
+        "every key is {{prefix}}/{{domain}}/{{app}}/{{stream}}/…: {keys:?}"
+    );
+    for ext in ["flv", "mp4", "aac", "m3u8", "ts"] {
+        assert!(
+            !objects(&s3, prefix, ext).is_empty(),
+            "no .{ext} object: {keys:?}"
+        );
+    }
+    // Every object probes cleanly; the FLV objects hold exactly the input's frames.
+    for ext in ["mp4", "aac", "ts"] {
+        for f in objects(&s3, prefix, ext) {
+            let errors = ffprobe_errors(&f);
+            assert!(errors.is_empty(), "{}: {errors}", f.display());
+        }
+    }
+    assert_flv_frames(
+        &objects(&s3, prefix, "flv"),
+        &input_frames("avc_aac_2s.flv", 1),
+    );
+    // The playlist is final and names only segments the bucket has.
+    let playlists = objects(&s3, prefix, "m3u8");
+    assert_eq!(playlists.len(), 1, "{keys:?}");
+    let text = std::fs::read_to_string(&playlists[0]).expect("playlist");
+    let (pl, ended) = hls::MediaPlaylist::parse(&text).expect("parse playlist");
+    assert!(ended, "ENDLIST: {text}");
+    for s in pl.segments() {
+        let key = format!("{prefix}{}", s.uri);
+        assert!(keys.contains(&key), "{key} listed but not stored");
+    }
+    let out = std::process::Command::new(require_tool("ffmpeg"))
+        .args(["-v", "error", "-i"])
+        .arg(&playlists[0])
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s3.open_multipart_uploads(), 0);
+}
+
+#[test]
+fn s3_large_files_go_up_in_parts() {
+    // A part size of 5 MiB (the S3 minimum) and a file bigger than that: multipart.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let storage = format!("{}part_size = 5242880\n", s3.storage_toml(""));
+    let d = Daemon::start_full(
+        "",
+        Some(&storage),
+        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 600, file_name = \"{StreamID}\" }\n",
+    );
+    let opts = PublishOptions {
+        loops: 4,
+        ..PublishOptions::default()
+    };
+    push(&d, "big", "avc_aac_2s.flv", opts).expect("publish");
+    wait_drained(&d, Duration::from_secs(60));
+    let files = objects(&s3, "localhost/live/big/", "flv");
+    assert_eq!(files.len(), 1);
+    let size = std::fs::metadata(&files[0]).expect("object").len();
+    assert!(size > 5 << 20, "{size} bytes: not a multipart-sized file");
+    assert_flv_frames(&files, &input_frames("avc_aac_2s.flv", 5));
+    assert_eq!(s3.open_multipart_uploads(), 0);
+}
+
+#[test]
+fn s3_outage_of_30_s_mid_push_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3_root = dir.path().join("s3");
+    let mut s3 = S3Server::start(&s3_root);
+    let addr = s3.addr;
+    let d = Daemon::start_full(
+        "",
+        Some(&s3.storage_toml("")),
+        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 4, file_name = \"{StreamID}-{Seq}\" }\nhls = { enable = true, record_interval = 600, segment_duration = 2, file_name = \"{StreamID}\" }\n",
+    );
+    let url = d.url("live", "outage");
+    let tags = Arc::new(testkit::fixture_tags("avc_aac_2s.flv"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // 40 s in real time (the fixture twice); the store is down from 4 s to 34 s.
+    let pushing = rt.spawn(async move {
+        let opts = PublishOptions {
+            realtime: true,
+            loops: 1,
+            ..PublishOptions::default()
+        };
+        testkit::publish_flv(&url, &tags, &opts).await
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    s3.stop();
+    std::thread::sleep(Duration::from_secs(30));
+    // Files kept closing during the outage: they are in the spool.
+    let waiting = spool_files(&d)
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".up"))
+        .count();
+    assert!(
+        waiting >= 5,
+        "expected files waiting in the spool, found {waiting}"
+    );
+    let s3 = S3Server::start_on(&s3_root, addr);
+    rt.block_on(pushing).expect("join").expect("publish");
+    wait_drained(&d, Duration::from_secs(90));
+
+    let prefix = "localhost/live/outage/";
+    assert_flv_frames(
+        &objects(&s3, prefix, "flv"),
+        &input_frames("avc_aac_2s.flv", 2),
+    );
+    let playlists = objects(&s3, prefix, "m3u8");
+    assert_eq!(playlists.len(), 1);
+    let text = std::fs::read_to_string(&playlists[0]).expect("playlist");
+    let (pl, ended) = hls::MediaPlaylist::parse(&text).expect("parse");
+    assert!(ended, "{text}");
+    let total: f64 = pl.segments().iter().map(|s| s.duration).sum();
+    assert!((total - 40.0).abs() < 0.2, "playlist spans {total} s");
+    for s in pl.segments() {
+        let f = s3.object_path(&format!("{prefix}{}", s.uri));
+        assert!(f.exists(), "{} missing", s.uri);
+    }
+    assert_eq!(s3.open_multipart_uploads(), 0);
+    assert!(d.log().contains("upload failed"), "the outage is logged");
+}
+
+#[test]
+fn s3_kill_9_then_restart_stores_every_file() {
+    require_tool("ffprobe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let mut d = Daemon::start_full(
+        "",
+        Some(&s3.storage_toml("")),
+        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 600, file_name = \"{StreamID}\" }\nmp4 = { enable = true, record_interval = 600, file_name = \"{StreamID}\" }\nhls = { enable = true, record_interval = 600, segment_duration = 2, file_name = \"{StreamID}\" }\n",
+    );
+    let url = d.url("live", "crash");
+    let tags = Arc::new(testkit::fixture_tags("avc_aac_2s.flv"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pushing = rt.spawn(async move {
+        let opts = PublishOptions {
+            realtime: true,
+            ..PublishOptions::default()
+        };
+        testkit::publish_flv(&url, &tags, &opts).await
+    });
+    std::thread::sleep(Duration::from_secs(9));
+    // What had reached the spool when the daemon died.
+    let dir_spool = d.spool().join("localhost/live/crash");
+    let flv_part = common::list(&dir_spool, "part")
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".flv.part"))
+        .expect("open FLV in the spool");
+    d.kill9();
+    pushing.abort();
+    let spooled = std::fs::read(&flv_part).expect("spool FLV");
+    let spooled_frames = testkit::probe::flv_summary_bytes(spooled.into()).frame_hashes();
+    assert!(
+        spooled_frames.len() > 100,
+        "{} frames spooled",
+        spooled_frames.len()
+    );
+
+    d.restart();
+    wait_drained(&d, Duration::from_secs(60));
+    let prefix = "localhost/live/crash/";
+    let flv = objects(&s3, prefix, "flv");
+    assert_eq!(flv.len(), 1, "{:?}", s3.list());
+    // Finalized (duration patched) and holding every frame that was in the spool: the
+    // repair may only drop a torn last tag.
+    let summary = flv_summary(&flv[0]);
+    let got = summary.frame_hashes();
+    assert!(got.len() >= spooled_frames.len().saturating_sub(1));
+    assert_eq!(got[..], spooled_frames[..got.len()]);
+    let meta_duration = summary.duration.unwrap_or(0.0);
+    assert!(
+        meta_duration > 3.0,
+        "duration {meta_duration} patched in onMetaData"
+    );
+    assert_eq!(
+        summary.filesize,
+        Some(summary.file_size as f64),
+        "filesize patched"
+    );
+    for ext in ["flv", "mp4", "ts"] {
+        let files = objects(&s3, prefix, ext);
+        assert!(
+            !files.is_empty(),
+            "no .{ext} after recovery: {:?}",
+            s3.list()
+        );
+        for f in files {
+            let errors = ffprobe_errors(&f);
+            assert!(errors.is_empty(), "{}: {errors}", f.display());
+        }
+    }
+    let playlists = objects(&s3, prefix, "m3u8");
+    assert_eq!(playlists.len(), 1);
+    let text = std::fs::read_to_string(&playlists[0]).expect("playlist");
+    let (pl, ended) = hls::MediaPlaylist::parse(&text).expect("parse");
+    assert!(ended, "recovery ends the playlist: {text}");
+    for s in pl.segments() {
+        assert!(
+            s3.object_path(&format!("{prefix}{}", s.uri)).exists(),
+            "{} listed, not stored",
+            s.uri
+        );
+    }
+    assert!(
+        d.log().contains("recovered unfinished files"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(s3.open_multipart_uploads(), 0);
+}
+
+#[test]
+fn spool_quota_refuses_new_publishes_while_the_store_is_down() {
+    require_tool("ffprobe");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3_root = dir.path().join("s3");
+    let mut s3 = S3Server::start(&s3_root);
+    let addr = s3.addr;
+    let storage = s3.storage_toml("");
+    s3.stop();
+    let d = Daemon::start_full(
+        "",
+        Some(&storage),
+        "[spool]\nmax_bytes = 400000\n[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 4, file_name = \"{StreamID}-{Seq}\" }\n",
+    );
+    assert!(d.log().contains("NOT reachable"), "{}", d.log());
+    push(&d, "first", "avc_aac_2s.flv", PublishOptions::default()).expect("first publish");
+    // Its files wait in the spool, over the quota; the next publish is refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.api_get("/healthz").1.contains("spool_full") {
+        assert!(
+            Instant::now() < deadline,
+            "spool never full: {}",
+            d.api_get("/healthz").1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = push(&d, "second", "avc_aac_2s.flv", PublishOptions::default());
+    assert!(refused.is_err(), "publish past the quota must be refused");
+    assert!(d.log().contains("spool full"), "{}", d.log());
+    let (_, metrics) = d.api_get("/metrics");
+    assert!(
+        metrics.contains("liverec_publish_refused_spool_full_total 1"),
+        "{metrics}"
+    );
+    let (_, health) = d.api_get("/healthz");
+    assert!(health.contains("spool_full"), "{health}");
+    // The store comes back: the first push's files are stored whole, nothing of the
+    // refused one exists.
+    let s3 = S3Server::start_on(&s3_root, addr);
+    wait_drained(&d, Duration::from_secs(60));
+    assert_flv_frames(
+        &objects(&s3, "localhost/live/first/", "flv"),
+        &input_frames("avc_aac_2s.flv", 1),
+    );
+    assert!(objects(&s3, "localhost/live/second/", "flv").is_empty());
+    // And publishing works again.
+    push(&d, "third", "avc_only.flv", PublishOptions::default()).expect("publish after drain");
+}
+
+#[test]
+fn retention_deletes_expired_files_but_never_an_open_one() {
+    let d = Daemon::start_full(
+        "",
+        Some("[storage]\nroot = \"{root}\"\nretention_sweep_interval = 1\n"),
+        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 600, storage_time = 2, file_name = \"{StreamID}\" }\n",
+    );
+    // A short push: its file closes at once and expires 2 s later.
+    push(&d, "done", "avc_only.flv", PublishOptions::default()).expect("publish");
+    let done = d.wait_files(
+        "localhost",
+        "live",
+        "done",
+        "flv",
+        1,
+        Duration::from_secs(20),
+    );
+    // A long real-time push with the same template: its file stays open meanwhile.
+    let url = d.url("live", "open");
+    let tags = Arc::new(testkit::fixture_tags("avc_aac_2s.flv"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pushing = rt.spawn(async move {
+        let opts = PublishOptions {
+            realtime: true,
+            duration: Some(Duration::from_secs(8)),
+            ..PublishOptions::default()
+        };
+        testkit::publish_flv(&url, &tags, &opts).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while done[0].exists() {
+        assert!(
+            Instant::now() < deadline,
+            "expired file not deleted; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !d.root().join("localhost/live/done").exists(),
+        "its empty directory goes too"
+    );
+    // The open recording was not touched: still open in the spool, still growing.
+    let open: Vec<_> = common::list(&d.spool().join("localhost/live/open"), "part");
+    assert_eq!(open.len(), 1, "{open:?}");
+    // Batched writes (256 KiB): wait for the first batch to land in it.
+    let deadline = Instant::now() + Duration::from_secs(7);
+    while std::fs::metadata(&open[0]).expect("open file").len() == 0 {
+        assert!(Instant::now() < deadline, "open file never written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rt.block_on(pushing).expect("join").expect("publish");
+    // Closed now: kept for its 2 s, then deleted.
+    let files = d.wait_files(
+        "localhost",
+        "live",
+        "open",
+        "flv",
+        1,
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(files[0].exists(), "deleted before its storage_time ran out");
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while files[0].exists() {
+        assert!(Instant::now() < deadline, "expired file not deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(d.log().contains("retention: deleted expired file"));
+}
