@@ -160,8 +160,9 @@ fn s3_large_files_go_up_in_parts() {
         Some(&storage),
         "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 600, file_name = \"{StreamID}\" }\n",
     );
+    // ~12 MB: more than two parts, so parts go up while the file is still recorded.
     let opts = PublishOptions {
-        loops: 4,
+        loops: 9,
         ..PublishOptions::default()
     };
     push(&d, "big", "avc_aac_2s.flv", opts).expect("publish");
@@ -169,8 +170,22 @@ fn s3_large_files_go_up_in_parts() {
     let files = objects(&s3, "localhost/live/big/", "flv");
     assert_eq!(files.len(), 1);
     let size = std::fs::metadata(&files[0]).expect("object").len();
-    assert!(size > 5 << 20, "{size} bytes: not a multipart-sized file");
-    assert_flv_frames(&files, &input_frames("avc_aac_2s.flv", 5));
+    assert!(size > 10 << 20, "{size} bytes: not a multipart-sized file");
+    assert_flv_frames(&files, &input_frames("avc_aac_2s.flv", 10));
+    // Finalized: the patched first part made it into the object.
+    let summary = flv_summary(&files[0]);
+    assert_eq!(summary.filesize, Some(size as f64));
+    assert!(
+        summary.duration.unwrap_or(0.0) > 190.0,
+        "{:?}",
+        summary.duration
+    );
+    assert!(d.log().contains("uploaded (streamed)"), "{}", d.log());
+    let keys: Vec<String> = s3.list().into_iter().map(|(k, _)| k).collect();
+    assert!(
+        keys.iter().all(|k| !k.starts_with(".liverec/")),
+        "temporary upload keys left: {keys:?}"
+    );
     assert_eq!(s3.open_multipart_uploads(), 0);
 }
 

@@ -180,6 +180,9 @@ pub struct SpoolFile {
     pending: Vec<Bytes>,
     pending_len: usize,
     quota: Arc<Quota>,
+    written: u64,
+    /// S3: the upload that follows this file while it grows (R-ST-2).
+    stream: Option<upload::StreamHandle>,
 }
 
 impl SpoolFile {
@@ -218,7 +221,12 @@ impl SpoolFile {
         .await?;
         self.file = Some(file);
         self.quota.add(len as u64);
-        res.map_err(spool_err(&self.path))
+        res.map_err(spool_err(&self.path))?;
+        self.written += len as u64;
+        if let Some(s) = &self.stream {
+            s.flushed(self.written);
+        }
+        Ok(())
     }
 }
 
@@ -401,12 +409,28 @@ impl Sink {
         })
         .await?
         .map_err(spool_err(&path))?;
+        // HLS segments are small whole objects; other files follow their spool file up.
+        let stream = match (&self.uploader, segment) {
+            (Some(u), None) => {
+                let temp = format!(
+                    ".liverec/uploading/{}/{}/{}/{}",
+                    rec.meta.domain,
+                    rec.meta.app,
+                    rec.meta.stream,
+                    file_of(&path.to_string_lossy()).trim_end_matches(".part")
+                );
+                u.start_stream(&path, temp)
+            }
+            _ => None,
+        };
         Ok(SpoolFile {
             path,
             file: Some(file),
             pending: Vec::new(),
             pending_len: 0,
             quota: self.quota.clone(),
+            written: 0,
+            stream,
         })
     }
 
@@ -432,7 +456,8 @@ impl Sink {
         tokio::task::spawn_blocking(move || patch_file(file, &patches))
             .await?
             .map_err(spool_err(&path))?;
-        self.store_finished(&path, &rec.id(), name, &rec.ext, rec.storage_time)
+        let stream = f.stream.take();
+        self.store_finished(&path, &rec.id(), name, &rec.ext, rec.storage_time, stream)
             .await
     }
 
@@ -444,13 +469,19 @@ impl Sink {
         name: &str,
         ext: &str,
         storage_time: u64,
+        stream: Option<upload::StreamHandle>,
     ) -> Result<String, SinkError> {
         let key = self.claim_key(id, name, ext).await?;
         let res = match &*self.backend {
             Backend::Local { root } => self.move_into_root(path, root, &key).await,
             Backend::S3(_) => self.queue_upload(path, &key, storage_time).await.map(|up| {
-                if let Some(u) = &self.uploader {
-                    u.upload_file(up);
+                match (stream, &self.uploader) {
+                    (Some(s), Some(u)) => {
+                        u.mark_queued(&up.key);
+                        s.finish(up);
+                    }
+                    (None, Some(u)) => u.upload_file(up),
+                    _ => {}
                 }
             }),
         };

@@ -79,6 +79,8 @@ struct Dir {
     ups: Vec<(PathBuf, SpoolName)>,
     /// `{tag}.{seq}` → marker path.
     playlists: BTreeMap<(String, u64), PathBuf>,
+    /// Streaming uploads left open.
+    mpus: Vec<PathBuf>,
 }
 
 pub async fn run(sink: &Arc<Sink>) -> RecoveryReport {
@@ -143,6 +145,8 @@ fn scan(spool: &Path) -> std::io::Result<BTreeMap<PathBuf, Dir>> {
                     None => warn!(file = %path.display(), "unreadable recording manifest"),
                 }
                 d.manifests.push(path);
+            } else if name.ends_with(".mpu.json") {
+                d.mpus.push(path);
             } else if let Some(stem) = name.strip_suffix(".m3u8.json") {
                 if let Some((tag, seq)) = stem.split_once('.') {
                     if let Ok(seq) = seq.parse() {
@@ -177,6 +181,19 @@ fn stream_of(sink: &Sink, dir: &Path) -> Option<StreamId> {
 }
 
 async fn recover_dir(sink: &Arc<Sink>, dir: &Path, mut d: Dir, report: &mut RecoveryReport) {
+    // Streaming uploads of files the last run never finished: aborted; the files are
+    // uploaded whole below.
+    for rec in std::mem::take(&mut d.mpus) {
+        let meta = std::fs::read(&rec)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<super::upload::MpuMeta>(&b).ok());
+        match (meta, &sink.uploader) {
+            (Some(m), Some(u)) => u.abort_orphan(m, rec),
+            _ => {
+                let _ = std::fs::remove_file(&rec);
+            }
+        }
+    }
     for (p, _) in d.parts.iter().chain(d.ups.iter()) {
         report.bytes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     }
@@ -300,7 +317,7 @@ async fn finalize_file(sink: &Arc<Sink>, path: &Path, n: &SpoolName, meta: &RecM
     let end = start + chrono::Duration::milliseconds(r.duration_ms);
     let name = meta.render(n.seq, start, end);
     match sink
-        .store_finished(path, &meta.id(), &name, &meta.ext, meta.storage_time)
+        .store_finished(path, &meta.id(), &name, &meta.ext, meta.storage_time, None)
         .await
     {
         Ok(key) => {

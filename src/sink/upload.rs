@@ -87,6 +87,10 @@ impl Uploader {
         }
     }
 
+    pub fn mark_queued(&self, key: &str) {
+        self.mark(key, true);
+    }
+
     pub fn queued_len(&self) -> usize {
         self.queued.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -331,6 +335,349 @@ impl Uploader {
             info!(key = %key, segments = segment_keys.len(), "recovered playlist stored");
         });
     }
+}
+
+/// The multipart upload of a file still being recorded (R-ST-2): parts are sent as the
+/// spool file grows, to a temporary key (the final name holds the end time, unknown until
+/// the file closes); on close the first part — which the finalizing patches touch — and
+/// the tail go up, the upload completes, and the object is copied to its key server-side.
+/// Files that never reach two parts are uploaded whole at close, as before.
+pub struct StreamHandle {
+    flushed: tokio::sync::watch::Sender<u64>,
+    fin: Option<tokio::sync::oneshot::Sender<Job>>,
+}
+
+impl StreamHandle {
+    pub fn flushed(&self, len: u64) {
+        self.flushed.send_replace(len);
+    }
+
+    pub fn finish(mut self, job: Job) {
+        if let Some(f) = self.fin.take() {
+            let _ = f.send(job);
+        }
+    }
+}
+
+/// Where a streaming upload goes before its file has a name; recorded in the spool so a
+/// restart can abort it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct MpuMeta {
+    pub temp_key: String,
+    pub upload_id: String,
+}
+
+pub fn mpu_path(part: &Path) -> PathBuf {
+    let mut s = part.as_os_str().to_owned();
+    s.push(".mpu.json");
+    PathBuf::from(s)
+}
+
+impl Uploader {
+    pub fn start_stream(self: &Arc<Self>, path: &Path, temp_key: String) -> Option<StreamHandle> {
+        let file = std::fs::File::open(path).ok()?;
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let (fin_tx, fin_rx) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        let mpu = mpu_path(path);
+        self.tracker.spawn(async move {
+            me.run_stream(Arc::new(file), temp_key, mpu, rx, fin_rx)
+                .await;
+        });
+        Some(StreamHandle {
+            flushed: tx,
+            fin: Some(fin_tx),
+        })
+    }
+
+    async fn run_stream(
+        &self,
+        file: Arc<std::fs::File>,
+        temp_key: String,
+        mpu: PathBuf,
+        mut flushed: tokio::sync::watch::Receiver<u64>,
+        mut fin: tokio::sync::oneshot::Receiver<Job>,
+    ) {
+        let s3 = self.s3();
+        let p = s3.part_size as u64;
+        let Ok(temp) = s3.path(&temp_key) else {
+            return;
+        };
+        let mut upload: Option<String> = None;
+        let mut parts: Vec<Option<object_store::multipart::PartId>> = vec![None];
+        let job = loop {
+            let len = *flushed.borrow_and_update();
+            let next = parts.len() as u64;
+            // Part k (k ≥ 1) is [k·P, (k+1)·P); it goes once the file is past it, and the
+            // upload starts only for a file past two parts.
+            if len >= (next + 1) * p && len >= 2 * p {
+                if upload.is_none() {
+                    upload = self
+                        .create_until_done(&temp, &mpu, &temp_key, &mut fin, &flushed)
+                        .await;
+                    if upload.is_none() {
+                        // Finished (or abandoned) while the store was unreachable.
+                        match fin.try_recv() {
+                            Ok(job) => break job,
+                            Err(_) => return,
+                        }
+                    }
+                }
+                let id = upload.clone().unwrap_or_default();
+                let part = self
+                    .part_until_done(&temp, &id, &file, next * p, p as usize, next as usize)
+                    .await;
+                parts.push(Some(part));
+                continue;
+            }
+            tokio::select! {
+                // The job before the closed flush channel: finishing drops both at once.
+                biased;
+                j = &mut fin => match j {
+                    Ok(job) => break job,
+                    Err(_) => {
+                        self.abandon(&temp, upload.as_ref(), &mpu).await;
+                        return;
+                    }
+                },
+                r = flushed.changed() => if r.is_err() {
+                    match (&mut fin).await {
+                        Ok(job) => break job,
+                        Err(_) => {
+                            self.abandon(&temp, upload.as_ref(), &mpu).await;
+                            return;
+                        }
+                    }
+                },
+            }
+        };
+        self.mark(&job.key, true);
+        let done = match &upload {
+            Some(id) => self.complete_stream(&temp, id, &file, parts, &job).await,
+            None => false,
+        };
+        if let Some(id) = &upload {
+            if !done {
+                let _ = s3.store.abort_multipart(&temp, id).await;
+            }
+        }
+        if done {
+            let size = tokio::fs::metadata(&job.path).await.map_or(0, |m| m.len());
+            let _ = tokio::fs::remove_file(&job.path).await;
+            let _ = tokio::fs::remove_file(&job.meta).await;
+            self.quota.sub(size);
+        } else {
+            // Small file, or the multipart path failed for good: whole upload.
+            self.upload_until_done(&job).await;
+        }
+        let _ = tokio::fs::remove_file(&mpu).await;
+        self.index.add(&job.key, job.storage_time);
+        self.mark(&job.key, false);
+    }
+
+    /// The recording dropped the file without finishing it (it lost its spool file).
+    async fn abandon(&self, temp: &ObjectPath, upload: Option<&String>, mpu: &Path) {
+        if let Some(id) = upload {
+            let _ = self.s3().store.abort_multipart(temp, id).await;
+        }
+        let _ = tokio::fs::remove_file(mpu).await;
+    }
+
+    /// A streaming upload a killed daemon left open: aborted in the background (best
+    /// effort; a bucket lifecycle rule for incomplete uploads catches the rest).
+    pub fn abort_orphan(self: &Arc<Self>, meta: MpuMeta, record: PathBuf) {
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            let s3 = me.s3();
+            if let Ok(temp) = s3.path(&meta.temp_key) {
+                match s3.store.abort_multipart(&temp, &meta.upload_id).await {
+                    Ok(()) => info!(key = %meta.temp_key, "aborted an upload left open by the last run"),
+                    Err(e) => warn!(key = %meta.temp_key, "cannot abort an upload left open by the last run: {e}"),
+                }
+            }
+            let _ = tokio::fs::remove_file(&record).await;
+        });
+    }
+
+    /// Creates the multipart upload, retrying; gives up (None) only when the file is
+    /// finished or dropped meanwhile, so the close path can take over.
+    async fn create_until_done(
+        &self,
+        temp: &ObjectPath,
+        mpu: &Path,
+        temp_key: &str,
+        fin: &mut tokio::sync::oneshot::Receiver<Job>,
+        flushed: &tokio::sync::watch::Receiver<u64>,
+    ) -> Option<String> {
+        let s3 = self.s3();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let r = {
+                let _permit = self.sem.acquire().await;
+                s3.store.create_multipart(temp).await
+            };
+            match r {
+                Ok(id) => {
+                    let meta = MpuMeta {
+                        temp_key: temp_key.to_string(),
+                        upload_id: id.clone(),
+                    };
+                    if let Ok(json) = serde_json::to_vec(&meta) {
+                        let _ = tokio::fs::write(mpu, json).await;
+                    }
+                    return Some(id);
+                }
+                Err(e) => {
+                    let wait = backoff(attempt);
+                    if attempt == 1 || attempt.is_multiple_of(10) {
+                        warn!(key = %temp_key, attempt, "starting a multipart upload failed, the file stays in the spool: {e}");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = fin_ready(fin, flushed) => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn part_until_done(
+        &self,
+        temp: &ObjectPath,
+        id: &String,
+        file: &Arc<std::fs::File>,
+        off: u64,
+        len: usize,
+        idx: usize,
+    ) -> object_store::multipart::PartId {
+        let s3 = self.s3();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let r: Result<_, UploadError> = async {
+                let data = pread(file.clone(), off, len).await?;
+                let _permit = self.sem.acquire().await;
+                Ok(s3
+                    .store
+                    .put_part(temp, id, idx, PutPayload::from(data))
+                    .await?)
+            }
+            .await;
+            match r {
+                Ok(part) => return part,
+                Err(e) => {
+                    let wait = backoff(attempt);
+                    if attempt == 1 || attempt.is_multiple_of(10) {
+                        warn!(key = %temp, part = idx, attempt, "part upload failed, retrying: {e}");
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// The rest of a streamed file once it is closed and patched: the missing full parts,
+    /// the tail, part 0, complete, then copy to the final key. False when it cannot be
+    /// done this way (the caller uploads the file whole instead).
+    async fn complete_stream(
+        &self,
+        temp: &ObjectPath,
+        id: &String,
+        file: &Arc<std::fs::File>,
+        mut parts: Vec<Option<object_store::multipart::PartId>>,
+        job: &Job,
+    ) -> bool {
+        let s3 = self.s3();
+        let p = s3.part_size as u64;
+        let Ok(size) = tokio::fs::metadata(&job.path).await.map(|m| m.len()) else {
+            return false;
+        };
+        loop {
+            let next = parts.len() as u64;
+            if next * p >= size {
+                break;
+            }
+            let len = p.min(size - next * p) as usize;
+            let part = self
+                .part_until_done(temp, id, file, next * p, len, next as usize)
+                .await;
+            parts.push(Some(part));
+        }
+        // Part 0 last: the finalizing patches (FLV metadata, MP4 duration) are in it.
+        parts[0] = Some(self.part_until_done(temp, id, file, 0, p as usize, 0).await);
+        let parts: Vec<_> = parts.into_iter().flatten().collect();
+        let Ok(dest) = s3.path(&job.key) else {
+            return false;
+        };
+        for attempt in 1..=20u32 {
+            let r: Result<(), object_store::Error> = async {
+                let _permit = self.sem.acquire().await;
+                s3.store.complete_multipart(temp, id, parts.clone()).await?;
+                Ok(())
+            }
+            .await;
+            match r {
+                Ok(()) => break,
+                Err(e) if attempt == 20 => {
+                    warn!(key = %job.key, "completing the multipart upload failed, uploading the file whole: {e}");
+                    return false;
+                }
+                Err(e) => {
+                    if attempt == 1 {
+                        warn!(key = %job.key, "completing the multipart upload failed, retrying: {e}");
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let r = {
+                let _permit = self.sem.acquire().await;
+                s3.store.copy(temp, &dest).await
+            };
+            match r {
+                Ok(()) => break,
+                Err(e) => {
+                    if attempt == 1 || attempt.is_multiple_of(10) {
+                        warn!(key = %job.key, attempt, "server-side copy failed, retrying: {e}");
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        let _ = s3.store.delete(temp).await;
+        debug!(key = %job.key, bytes = size, delay_ms = job.closed.elapsed().as_millis() as u64, "uploaded (streamed)");
+        true
+    }
+}
+
+/// Resolves once the file is finished (the job waits in the channel for `try_recv`) or
+/// dropped (its flush channel closed), without taking the job out.
+async fn fin_ready(
+    fin: &mut tokio::sync::oneshot::Receiver<Job>,
+    flushed: &tokio::sync::watch::Receiver<u64>,
+) {
+    loop {
+        if !fin.is_empty() || flushed.has_changed().is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn pread(file: Arc<std::fs::File>, off: u64, len: usize) -> Result<Vec<u8>, UploadError> {
+    Ok(
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, off)?;
+            Ok(buf)
+        })
+        .await??,
+    )
 }
 
 pub enum LaneMsg {
