@@ -173,6 +173,8 @@ pub struct RecordConfig {
     pub default_template: Spanned<i64>,
     /// A file is cut at `hard_cap_factor × record_interval` even without a keyframe (R-SG-2).
     pub hard_cap_factor: Spanned<f64>,
+    /// Time zone of the `{Start…}`/`{End…}` name fields (R-ST-3): `UTC` or `+HH:MM`.
+    pub time_zone: Spanned<String>,
 }
 
 impl Default for RecordConfig {
@@ -180,7 +182,15 @@ impl Default for RecordConfig {
         Self {
             default_template: unspanned(0),
             hard_cap_factor: unspanned(2.0),
+            time_zone: unspanned("UTC".into()),
         }
+    }
+}
+
+impl Config {
+    /// `[record] time_zone` in seconds east of UTC (validated at load).
+    pub fn utc_offset_s(&self) -> i32 {
+        record::naming::parse_offset(self.record.time_zone.get_ref()).unwrap_or(0)
     }
 }
 
@@ -538,6 +548,10 @@ fn validate(config: Config, text: &str, source: Option<&Path>) -> Result<Loaded,
                 uc.get_ref()
             ),
         );
+    }
+    let tz = &config.record.time_zone;
+    if let Err(e) = record::naming::parse_offset(tz.get_ref()) {
+        err(tz.span(), format!("record.time_zone = {e}"));
     }
     let f = &config.record.hard_cap_factor;
     if !(f.get_ref().is_finite() && *f.get_ref() >= 1.0) {

@@ -41,6 +41,7 @@ pub fn start(ctx: &Arc<Ctx>, id: &StreamId, ring: &ring::RingHandle) {
                 file_name: plan.file_name,
                 task_id: String::new(),
                 storage_time: plan.storage_time,
+                utc_offset_s: ctx2.config.config.utc_offset_s(),
             };
             let spool = match ctx2.sink.begin(meta).await {
                 Ok(r) => r,

@@ -82,6 +82,9 @@ pub struct RecMeta {
     /// Seconds the files are kept (0 = forever, R-ST-5).
     #[serde(default)]
     pub storage_time: u64,
+    /// Time zone of the name's time fields (`[record] time_zone`), seconds east of UTC.
+    #[serde(default)]
+    pub utc_offset_s: i32,
 }
 
 impl RecMeta {
@@ -106,6 +109,7 @@ impl RecMeta {
                 seq,
                 start,
                 end,
+                utc_offset_s: self.utc_offset_s,
             },
         )
     }
@@ -773,4 +777,94 @@ fn patch_file(mut file: std::fs::File, patches: &[Patch]) -> std::io::Result<()>
 /// The last segment of a key: what a playlist names its segments by.
 pub fn file_of(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn local_sink(dir: &Path) -> Arc<Sink> {
+        let mut config = Config::default();
+        config.spool.dir = dir.join("spool");
+        config.storage.root = dir.join("rec");
+        Sink::start(&config).await.expect("sink").0
+    }
+
+    fn id() -> StreamId {
+        StreamId {
+            domain: "d".into(),
+            app: "a".into(),
+            stream: "s".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_never_collide_and_never_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = local_sink(dir.path()).await;
+        // Two files closing with one name at once: the second gets `_1`.
+        let a = sink.claim_key(&id(), "x", "flv").await.unwrap();
+        let b = sink.claim_key(&id(), "x", "flv").await.unwrap();
+        assert_eq!((a.as_str(), b.as_str()), ("d/a/s/x.flv", "d/a/s/x_1.flv"));
+        sink.release_key(&a);
+        sink.release_key(&b);
+        // A name already on disk is not reused either.
+        std::fs::create_dir_all(dir.path().join("rec/d/a/s")).unwrap();
+        std::fs::write(dir.path().join("rec/d/a/s/x.flv"), b"").unwrap();
+        assert_eq!(
+            sink.claim_key(&id(), "x", "flv").await.unwrap(),
+            "d/a/s/x_1.flv"
+        );
+        // `Path::parse` refuses what `Path::from` would silently rewrite.
+        for bad in ["a//b", "x/../y", "x/./y"] {
+            assert!(
+                matches!(
+                    sink.claim_key(&id(), bad, "flv").await,
+                    Err(SinkError::Key { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        let dotdot = StreamId {
+            domain: "..".into(),
+            app: "a".into(),
+            stream: "s".into(),
+        };
+        assert!(matches!(
+            sink.claim_key(&dotdot, "x", "flv").await,
+            Err(SinkError::Key { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn local_finish_moves_the_spool_file_by_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = local_sink(dir.path()).await;
+        let meta = RecMeta {
+            domain: "d".into(),
+            app: "a".into(),
+            stream: "s".into(),
+            ext: "flv".into(),
+            file_name: "{StreamID}".into(),
+            task_id: String::new(),
+            storage_time: 0,
+            utc_offset_s: 0,
+        };
+        let rec = sink.begin(meta.clone()).await.unwrap();
+        let mut f = sink.create(&rec, 0, Utc::now(), None).await.unwrap();
+        f.append(vec![Bytes::from_static(b"hello")]).await.unwrap();
+        f.flush().await.unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(f.path()).unwrap().ino();
+        let key = sink.finish(f, &[], &meta, "s").await.unwrap();
+        let stored = dir.path().join("rec").join(&key);
+        assert_eq!(std::fs::read(&stored).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::metadata(&stored).unwrap().ino(),
+            inode,
+            "renamed, not copied"
+        );
+        assert_eq!(sink.quota.used(), 0, "moved out of the spool");
+        sink.end(rec).await;
+    }
 }

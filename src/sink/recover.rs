@@ -222,6 +222,7 @@ async fn recover_dir(sink: &Arc<Sink>, dir: &Path, mut d: Dir, report: &mut Reco
                 file_name: format!("{{StreamID}}_recovered_{}_{}", n.tag, n.seq),
                 task_id: String::new(),
                 storage_time: 0,
+                utc_offset_s: 0,
             })
         });
         let Some(meta) = meta else {

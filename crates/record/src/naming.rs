@@ -4,7 +4,7 @@
 //! result is a safe key segment as long as the pattern's literal text is; `check_pattern`
 //! makes sure of that when the config is loaded.
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, Timelike, Utc};
 
 pub struct NameVars<'a> {
     pub stream: &'a str,
@@ -15,6 +15,34 @@ pub struct NameVars<'a> {
     pub seq: u64,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
+    /// Seconds east of UTC the time placeholders are written in (R-ST-3: UTC unless a
+    /// time zone is configured).
+    pub utc_offset_s: i32,
+}
+
+/// Parses a configured time zone: `UTC`, `Z`, or a fixed offset `+HH:MM` / `-HH:MM`.
+/// Named zones (with daylight saving) are not supported: a file name must not jump an
+/// hour twice a year.
+pub fn parse_offset(s: &str) -> Result<i32, String> {
+    if s.eq_ignore_ascii_case("utc") || s == "Z" {
+        return Ok(0);
+    }
+    let bad = || format!("{s:?}: expected \"UTC\" or an offset like \"+08:00\"");
+    let (sign, rest) = match s.as_bytes().first() {
+        Some(b'+') => (1, &s[1..]),
+        Some(b'-') => (-1, &s[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let h: i32 = h.parse().map_err(|_| bad())?;
+    let m: i32 = m.parse().map_err(|_| bad())?;
+    if h > 14 || m > 59 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 3600 + m * 60))
 }
 
 const TIME_FIELDS: [&str; 7] = [
@@ -27,7 +55,7 @@ const TIME_FIELDS: [&str; 7] = [
     "Millisecond",
 ];
 
-fn time_field(t: &DateTime<Utc>, field: &str) -> Option<String> {
+fn time_field(t: &DateTime<FixedOffset>, field: &str) -> Option<String> {
     Some(match field {
         "Year" => format!("{:04}", t.year()),
         "Month" => format!("{:02}", t.month()),
@@ -49,10 +77,12 @@ fn placeholder(name: &str, v: &NameVars<'_>) -> Option<String> {
         "Format" => Some(v.format.to_string()),
         "Seq" => Some(v.seq.to_string()),
         _ => {
+            let tz = FixedOffset::east_opt(v.utc_offset_s)
+                .unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC"));
             if let Some(f) = name.strip_prefix("Start") {
-                time_field(&v.start, f)
+                time_field(&v.start.with_timezone(&tz), f)
             } else if let Some(f) = name.strip_prefix("End") {
-                time_field(&v.end, f)
+                time_field(&v.end.with_timezone(&tz), f)
             } else {
                 None
             }
@@ -148,6 +178,23 @@ mod tests {
             start: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
                 + chrono::Duration::milliseconds(6),
             end: Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 58).unwrap(),
+            utc_offset_s: 0,
+        }
+    }
+
+    #[test]
+    fn configured_offset_moves_every_time_field_across_day_and_year() {
+        let p = "{StartYear}{StartMonth}{StartDay}-{StartHour}{StartMinute}_{EndYear}{EndMonth}{EndDay}-{EndHour}{EndMinute}{EndSecond}";
+        let mut v = vars();
+        v.utc_offset_s = parse_offset("+08:00").unwrap();
+        // 23:59:58 UTC on Dec 31 is 07:59:58 on Jan 1 of the next year at +08:00.
+        assert_eq!(render(p, &v), "20260102-1104_20270101-075958");
+        v.utc_offset_s = parse_offset("-05:30").unwrap();
+        assert_eq!(render(p, &v), "20260101-2134_20261231-182958");
+        assert_eq!(parse_offset("UTC"), Ok(0));
+        assert_eq!(parse_offset("Z"), Ok(0));
+        for bad in ["+8", "08:00", "+24:00", "+08:60", "Asia/Shanghai", ""] {
+            assert!(parse_offset(bad).is_err(), "{bad}");
         }
     }
 
