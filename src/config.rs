@@ -675,6 +675,26 @@ mod tests {
     }
 
     #[test]
+    fn storage_errors_name_their_line() {
+        let text = "[storage]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9000\"\nprefix = \"a/../b\"\npart_size = 1024\n[record]\ntime_zone = \"Europe/Paris\"\n";
+        let e = parse(text, None).unwrap_err();
+        let found: Vec<(usize, &str)> = e
+            .iter()
+            .map(|e| (e.location.as_ref().unwrap().line, e.message.as_str()))
+            .collect();
+        let has =
+            |line: usize, word: &str| found.iter().any(|(l, m)| *l == line && m.contains(word));
+        assert!(has(2, "needs storage.bucket"), "{found:?}");
+        assert!(has(3, "allow_http"), "{found:?}");
+        assert!(has(4, "prefix"), "{found:?}");
+        assert!(has(5, "part_size"), "{found:?}");
+        assert!(has(7, "time_zone"), "{found:?}");
+        let ok = "[storage]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\nprefix = \"/rec/\"\n[record]\ntime_zone = \"+08:00\"\n";
+        let l = parse(ok, None).unwrap();
+        assert_eq!(l.config.utc_offset_s(), 8 * 3600);
+    }
+
+    #[test]
     fn template_selects_flv_interval() {
         let text = "[record]\ndefault_template = 7\n[[template]]\nid = 7\nflv = { enable = true, record_interval = 5 }\n";
         let l = parse(text, None).unwrap();
