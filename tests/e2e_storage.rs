@@ -245,7 +245,13 @@ fn s3_outage_of_30_s_mid_push_loses_nothing() {
         assert!(f.exists(), "{} missing", s.uri);
     }
     assert_eq!(s3.open_multipart_uploads(), 0);
-    assert!(d.log().contains("upload failed"), "the outage is logged");
+    let log = d.log();
+    assert!(log.contains("storage failing"), "the outage is logged");
+    assert!(log.contains("storage answering again"), "and its end");
+    assert!(
+        log.matches("storage failing").count() <= 2,
+        "an outage is one warning, not one per file"
+    );
 }
 
 #[test]

@@ -61,6 +61,9 @@ pub struct Uploader {
     tracker: TaskTracker,
     /// Keys whose upload is pending, so no second file gets one of them.
     queued: Mutex<HashMap<String, ()>>,
+    /// When the store started failing (None: healthy). An outage is logged once when it
+    /// starts and once when it ends, not once per file and retry.
+    outage: Mutex<Option<Instant>>,
 }
 
 impl Uploader {
@@ -76,6 +79,7 @@ impl Uploader {
             index,
             tracker: TaskTracker::new(),
             queued: Mutex::new(HashMap::new()),
+            outage: Mutex::new(None),
         })
     }
 
@@ -84,6 +88,35 @@ impl Uploader {
             Backend::S3(s3) => s3,
             // Constructed only for the S3 backend (Sink::start).
             Backend::Local { .. } => unreachable!("uploader without S3"),
+        }
+    }
+
+    /// A request failed: the first failure of an outage is a warning.
+    fn failed(&self, what: &str, key: &str, attempt: u32, e: &dyn std::fmt::Display) {
+        let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        if o.is_none() {
+            *o = Some(Instant::now());
+            drop(o);
+            warn!(key, "storage failing ({what}): {e}; files stay in the spool and are retried with backoff until it answers");
+        } else if attempt.is_power_of_two() && attempt >= 16 {
+            drop(o);
+            warn!(key, attempt, "{what} still failing: {e}");
+        } else {
+            drop(o);
+            debug!(key, attempt, "{what} failed: {e}");
+        }
+    }
+
+    /// A request succeeded: ends an outage, with a line saying so.
+    fn succeeded(&self) {
+        let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = o.take() {
+            drop(o);
+            info!(
+                outage_s = since.elapsed().as_secs(),
+                pending = self.queued_len(),
+                "storage answering again; catching up on the spool"
+            );
         }
     }
 
@@ -142,6 +175,7 @@ impl Uploader {
             };
             match res {
                 Ok(size) => {
+                    self.succeeded();
                     let ms = job.closed.elapsed().as_millis();
                     if attempt > 1 {
                         info!(key = %job.key, bytes = size, attempts = attempt, delay_ms = ms as u64, "uploaded after retries");
@@ -155,11 +189,7 @@ impl Uploader {
                 }
                 Err(e) => {
                     let wait = backoff(attempt);
-                    // The first failure and then every tenth: an outage of an hour must
-                    // not write a line per file per retry.
-                    if attempt == 1 || attempt.is_multiple_of(10) {
-                        warn!(key = %job.key, attempt, retry_in_ms = wait.as_millis() as u64, "upload failed, the file stays in the spool: {e}");
-                    }
+                    self.failed("upload", &job.key, attempt, &e);
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -226,12 +256,13 @@ impl Uploader {
         loop {
             attempt += 1;
             match self.put_small(key, data.to_vec()).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.succeeded();
+                    return;
+                }
                 Err(e) => {
                     let wait = backoff(attempt);
-                    if attempt == 1 || attempt.is_multiple_of(10) {
-                        warn!(key = %key, attempt, retry_in_ms = wait.as_millis() as u64, "playlist upload failed: {e}");
-                    }
+                    self.failed("playlist upload", key, attempt, &e);
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -519,6 +550,7 @@ impl Uploader {
             };
             match r {
                 Ok(id) => {
+                    self.succeeded();
                     let meta = MpuMeta {
                         temp_key: temp_key.to_string(),
                         upload_id: id.clone(),
@@ -530,9 +562,7 @@ impl Uploader {
                 }
                 Err(e) => {
                     let wait = backoff(attempt);
-                    if attempt == 1 || attempt.is_multiple_of(10) {
-                        warn!(key = %temp_key, attempt, "starting a multipart upload failed, the file stays in the spool: {e}");
-                    }
+                    self.failed("starting a multipart upload", temp_key, attempt, &e);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = fin_ready(fin, flushed) => return None,
@@ -565,12 +595,13 @@ impl Uploader {
             }
             .await;
             match r {
-                Ok(part) => return part,
+                Ok(part) => {
+                    self.succeeded();
+                    return part;
+                }
                 Err(e) => {
                     let wait = backoff(attempt);
-                    if attempt == 1 || attempt.is_multiple_of(10) {
-                        warn!(key = %temp, part = idx, attempt, "part upload failed, retrying: {e}");
-                    }
+                    self.failed("part upload", temp.as_ref(), attempt, &e);
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -641,9 +672,7 @@ impl Uploader {
             match r {
                 Ok(()) => break,
                 Err(e) => {
-                    if attempt == 1 || attempt.is_multiple_of(10) {
-                        warn!(key = %job.key, attempt, "server-side copy failed, retrying: {e}");
-                    }
+                    self.failed("server-side copy", &job.key, attempt, &e);
                     tokio::time::sleep(backoff(attempt)).await;
                 }
             }
