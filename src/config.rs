@@ -32,6 +32,7 @@ pub struct Config {
     pub record: RecordConfig,
     pub ingest: IngestConfig,
     pub log: LogConfig,
+    pub runtime: RuntimeConfig,
     #[serde(rename = "template")]
     pub templates: Vec<Spanned<Template>>,
 }
@@ -92,6 +93,26 @@ impl Default for ApiConfig {
             listen: unspanned("127.0.0.1:8080".into()),
             token: String::new(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Async worker threads; 0 = half the cores (at least 1). Fewer threads hand work
+    /// between threads less: on the 2-core benchmark machine one worker used ~25 % less
+    /// CPU than two for 100 streams (benches/README.md) and handles ~250 streams of
+    /// 3 Mb/s; raise it for more.
+    pub worker_threads: usize,
+}
+
+impl RuntimeConfig {
+    pub fn threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / 2).max(1)
     }
 }
 
