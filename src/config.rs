@@ -99,10 +99,8 @@ impl Default for ApiConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Async worker threads; 0 = half the cores (at least 1). Fewer threads hand work
-    /// between threads less: on the 2-core benchmark machine one worker used ~25 % less
-    /// CPU than two for 100 streams (benches/README.md) and handles ~250 streams of
-    /// 3 Mb/s; raise it for more.
+    /// Async worker threads; 0 = one per core (tokio's default). In the peer benchmark
+    /// (100 hd streams, FLV + HLS) one worker and two cost the same CPU within noise.
     pub worker_threads: usize,
 }
 
@@ -111,8 +109,7 @@ impl RuntimeConfig {
         if self.worker_threads > 0 {
             return self.worker_threads;
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / 2).max(1)
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 }
 

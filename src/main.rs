@@ -103,9 +103,4 @@ fn init_logging(cfg: &config::LogConfig) {
     }
 }
 
-/// glibc malloc was ~11 % of the daemon's CPU under load (many short-lived frame
-/// buffers freed on other threads); mimalloc's thread-local free lists cost a fraction.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod daemon;

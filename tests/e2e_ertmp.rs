@@ -384,7 +384,7 @@ fn hevc_and_av1_over_enhanced_rtmp_are_recorded_in_every_format() {
         let log = d.log();
         assert!(
             log.lines().any(|l| l.contains("av1_video")
-                && l.contains("not recording HLS: no track MPEG-TS can hold")),
+                && l.contains("not recording HLS: no track MPEG-TS can carry")),
             "no warning that HLS is not recorded; log:\n{log}"
         );
     }

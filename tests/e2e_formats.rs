@@ -293,6 +293,23 @@ fn kill_9_mid_push_leaves_playable_spool_files() {
     );
     let mp4 = d.files("localhost", "live", "crash", "mp4");
     assert_eq!(mp4.len(), 1, "{mp4:?}");
+    // The recovered MP4 states its duration in mehd like a normally closed one; it was
+    // cut back to its last whole fragment (≤ 2 s), the FLV to its last whole tag.
+    let bytes = std::fs::read(&mp4[0]).expect("read mp4");
+    let mut buf = &bytes[..];
+    use mp4_atom::Decode;
+    mp4_atom::Ftyp::decode(&mut buf).expect("ftyp");
+    let moov = mp4_atom::Moov::decode(&mut buf).expect("moov");
+    let mehd_ms = moov
+        .mvex
+        .as_ref()
+        .and_then(|m| m.mehd.as_ref())
+        .map_or(0, |m| m.fragment_duration) as f64;
+    let flv_ms = summary.duration.unwrap_or(0.0) * 1000.0;
+    assert!(
+        mehd_ms > 1000.0 && (mehd_ms - flv_ms).abs() < 3000.0,
+        "mehd {mehd_ms} ms vs FLV {flv_ms} ms"
+    );
     for f in flv.iter().chain(mp4.iter()) {
         let errors = ffprobe_errors(f);
         assert!(errors.is_empty(), "{}: {errors}", f.display());

@@ -439,13 +439,19 @@ pub fn repair_aac(f: &std::fs::File) -> std::io::Result<Repaired> {
     })
 }
 
-/// Fragmented MP4: keep `ftyp`/`moov` and every complete `moof` + `mdat` pair. The
-/// duration in `mehd` stays as written at the start: players take the length from the
-/// fragments.
+/// Fragmented MP4: keep `ftyp`/`moov` and every complete `moof` + `mdat` pair, then state
+/// the kept duration in `mehd` as a normal close does (each track's end = its last
+/// fragment's `tfdt` plus its sample durations, in its own timescale).
 pub fn repair_mp4(f: &std::fs::File) -> std::io::Result<Repaired> {
+    use mp4_atom::{Decode, Moof, Moov};
     let len = f.metadata()?.len();
     let (mut pos, mut keep) = (0u64, 0u64);
     let mut in_fragment = false;
+    let mut moov: Option<(u64, Vec<u8>)> = None;
+    // Per track: (end in the track timescale) of the complete fragments so far, and of the
+    // fragment being read (committed when its mdat is complete).
+    let mut ends: HashMap<u32, u64> = HashMap::new();
+    let mut pending: HashMap<u32, u64> = HashMap::new();
     while let Some(h) = read_at(f, pos, 8)? {
         let mut size = u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
         let kind = [h[4], h[5], h[6], h[7]];
@@ -460,68 +466,77 @@ pub fn repair_mp4(f: &std::fs::File) -> std::io::Result<Repaired> {
         if size < 8 || pos + size > len {
             break;
         }
+        match &kind {
+            b"moov" if size < 16 << 20 => {
+                moov = read_at(f, pos, size as usize)?.map(|b| (pos, b));
+            }
+            b"moof" if size < 64 << 20 => {
+                pending.clear();
+                if let Some(b) = read_at(f, pos, size as usize)? {
+                    if let Ok(m) = Moof::decode(&mut &b[..]) {
+                        for traf in &m.traf {
+                            let base = traf.tfdt.as_ref().map_or(0, |t| t.base_media_decode_time);
+                            let default = traf.tfhd.default_sample_duration.unwrap_or(0);
+                            let dur: u64 = traf
+                                .trun
+                                .iter()
+                                .flat_map(|t| t.samples.iter())
+                                .map(|s| u64::from(s.duration.unwrap_or(default)))
+                                .sum();
+                            pending.insert(traf.tfhd.track_id, base + dur);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
         pos += size;
         match &kind {
             b"moof" => in_fragment = true,
             b"mdat" => {
                 in_fragment = false;
                 keep = pos;
+                for (id, end) in pending.drain() {
+                    let e = ends.entry(id).or_default();
+                    *e = (*e).max(end);
+                }
             }
             _ if !in_fragment => keep = pos,
             _ => {}
         }
     }
+    let mut duration_ms = 0i64;
+    let mut patches = Vec::new();
+    if let Some((at, bytes)) = &moov {
+        if let Ok(m) = Moov::decode(&mut &bytes[..]) {
+            for t in &m.trak {
+                let ts = u64::from(t.mdia.mdhd.timescale.max(1));
+                if let Some(end) = ends.get(&t.tkhd.track_id) {
+                    let ms = (u128::from(*end) * 1000).div_ceil(u128::from(ts));
+                    duration_ms = duration_ms.max(i64::try_from(ms).unwrap_or(i64::MAX));
+                }
+            }
+            // mehd's fragment_duration, in the movie timescale.
+            let movie_ts = u128::from(m.mvhd.timescale.max(1));
+            if let Some(p) = bytes.windows(4).position(|w| w == b"mehd") {
+                let v = bytes.get(p + 4).copied().unwrap_or(0);
+                let value = (duration_ms.max(0) as u128 * movie_ts / 1000) as u64;
+                let offset = at + p as u64 + 8;
+                // Our muxer writes version 1 (64-bit); anything else is left as it is.
+                if v == 1 && offset + 8 <= keep {
+                    patches.push(Patch {
+                        offset,
+                        bytes: value.to_be_bytes(),
+                    });
+                }
+            }
+        }
+    }
     Ok(Repaired {
         len: keep,
-        duration_ms: fragments_duration(f, keep)?,
-        patches: Vec::new(),
+        duration_ms,
+        patches,
     })
-}
-
-/// The span of the fragments' decode times, from each `moof`'s `tfdt` in its track's
-/// timescale — an estimate good enough for a file name.
-fn fragments_duration(f: &std::fs::File, len: u64) -> std::io::Result<i64> {
-    let Some(data) = read_at(f, 0, len.min(256 << 20) as usize)? else {
-        return Ok(0);
-    };
-    // mdhd timescale of the first track, then the last tfdt.
-    let find = |pat: &[u8], from: usize| {
-        data[from..]
-            .windows(pat.len())
-            .position(|w| w == pat)
-            .map(|p| p + from)
-    };
-    let Some(mdhd) = find(b"mdhd", 0) else {
-        return Ok(0);
-    };
-    let v = data.get(mdhd + 4).copied().unwrap_or(0);
-    let ts_at = if v == 1 {
-        mdhd + 4 + 4 + 16
-    } else {
-        mdhd + 4 + 4 + 8
-    };
-    let timescale = data
-        .get(ts_at..ts_at + 4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        .unwrap_or(0);
-    if timescale == 0 {
-        return Ok(0);
-    }
-    let mut last = 0u64;
-    let mut at = 0;
-    while let Some(p) = find(b"tfdt", at) {
-        let v = data.get(p + 4).copied().unwrap_or(0);
-        let t = if v == 1 {
-            data.get(p + 8..p + 16)
-                .map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
-        } else {
-            data.get(p + 8..p + 12)
-                .map(|b| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
-        };
-        last = last.max(t.unwrap_or(0));
-        at = p + 4;
-    }
-    Ok((last as i128 * 1000 / i128::from(timescale)) as i64)
 }
 
 /// MPEG-TS: whole 188-byte packets, cut before the last video PES (it may be partial);

@@ -662,15 +662,20 @@ impl Uploader {
                 }
             }
         }
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
+        // CopyObject fails for objects over 5 GiB and on stores without it; after a few
+        // minutes of failures the file goes up whole instead (the spool still has it).
+        for attempt in 1..=20u32 {
             let r = {
                 let _permit = self.sem.acquire().await;
                 s3.store.copy(temp, &dest).await
             };
             match r {
                 Ok(()) => break,
+                Err(e) if attempt == 20 => {
+                    warn!(key = %job.key, "server-side copy keeps failing, uploading the file whole: {e}");
+                    let _ = s3.store.delete(temp).await;
+                    return false;
+                }
                 Err(e) => {
                     self.failed("server-side copy", &job.key, attempt, &e);
                     tokio::time::sleep(backoff(attempt)).await;

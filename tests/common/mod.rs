@@ -293,29 +293,18 @@ pub struct HashedPacket {
 }
 
 pub fn packet_hashes(path: &Path) -> Vec<HashedPacket> {
-    let out = Command::new(testkit::require_tool("ffprobe"))
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "packet=codec_type,pts_time,dts_time,data_hash",
-        ])
-        .args(["-show_data_hash", "SHA256", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .expect("run ffprobe");
-    assert!(out.status.success(), "ffprobe failed on {}", path.display());
-    let ms = |s: &str| s.parse::<f64>().map(|v| v * 1000.0).unwrap_or(f64::NAN);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f.len() == 4).then(|| HashedPacket {
-                kind: f[0].to_string(),
-                pts_ms: ms(f[1]),
-                dts_ms: ms(f[2]),
-                hash: f[3].to_string(),
-            })
+    // Through testkit's JSON reader: ffprobe's CSV splits packets that carry side data
+    // (AAC priming in ffmpeg-made MP4s) over two lines.
+    testkit::probe::probe_packet_hashes(path)
+        .into_iter()
+        .map(|p| HashedPacket {
+            kind: match p.kind {
+                media::TrackKind::Video => "video".to_string(),
+                media::TrackKind::Audio => "audio".to_string(),
+            },
+            pts_ms: p.pts_ms,
+            dts_ms: p.dts_ms,
+            hash: p.sha256,
         })
         .collect()
 }
