@@ -35,6 +35,38 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(rename = "template")]
     pub templates: Vec<Spanned<Template>>,
+    #[serde(rename = "rule")]
+    pub rules: Vec<Spanned<Rule>>,
+}
+
+/// Binds a template to a domain and optionally an app and a stream (R-TP-3).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub domain: String,
+    #[serde(default)]
+    pub app: String,
+    #[serde(default)]
+    pub stream: String,
+    pub template_id: Spanned<i64>,
+}
+
+impl Rule {
+    /// R-TP-3's priority (1 = most specific) when the rule matches `id`, else None.
+    pub fn priority(&self, domain: &str, app: &str, stream: &str) -> Option<u8> {
+        if self.domain != domain
+            || (!self.app.is_empty() && self.app != app)
+            || (!self.stream.is_empty() && self.stream != stream)
+        {
+            return None;
+        }
+        Some(match (self.app.is_empty(), self.stream.is_empty()) {
+            (false, false) => 1,
+            (true, false) => 2,
+            (false, true) => 3,
+            (true, true) => 4,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -80,7 +112,7 @@ impl Default for RtmpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub listen: Spanned<String>,
@@ -96,7 +128,7 @@ impl Default for ApiConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Async worker threads; 0 = one per core (tokio's default). In the peer benchmark
@@ -113,7 +145,7 @@ impl RuntimeConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub kind: Spanned<String>,
@@ -137,7 +169,7 @@ pub struct StorageConfig {
     /// Prepended to every key (`{prefix}/{domain}/{app}/{stream}/…`, R-ST-3).
     pub prefix: Spanned<String>,
     /// Base URL of the stored files, for `video_url` in callbacks and queries.
-    pub public_url: String,
+    pub public_base_url: String,
     /// Multipart part size in bytes (S3 needs ≥ 5 MiB for every part but the last).
     pub part_size: Spanned<u64>,
     /// Uploads running at once, over all streams.
@@ -160,7 +192,7 @@ impl Default for StorageConfig {
             secret_access_key: String::new(),
             session_token: String::new(),
             prefix: unspanned(String::new()),
-            public_url: String::new(),
+            public_base_url: String::new(),
             part_size: unspanned(8 << 20),
             upload_concurrency: unspanned(8),
             retention_sweep_interval: unspanned(60),
@@ -168,7 +200,7 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
@@ -193,6 +225,9 @@ pub struct RecordConfig {
     pub hard_cap_factor: Spanned<f64>,
     /// Time zone of the `{Start…}`/`{End…}` name fields (R-ST-3): `UTC` or `+HH:MM`.
     pub time_zone: Spanned<String>,
+    /// Limits on templates and rules (R-TP-4).
+    pub max_templates: usize,
+    pub max_rules: usize,
 }
 
 impl Default for RecordConfig {
@@ -201,6 +236,8 @@ impl Default for RecordConfig {
             default_template: unspanned(0),
             hard_cap_factor: unspanned(2.0),
             time_zone: unspanned("UTC".into()),
+            max_templates: 50,
+            max_rules: 50,
         }
     }
 }
@@ -237,7 +274,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -328,8 +365,51 @@ pub struct Loaded {
 impl Loaded {
     /// What a stream records (one plan per enabled format; empty = nothing) and the
     /// name of the template that said so.
+    /// What a stream no rule matches records (the default template).
+    #[cfg(test)]
     pub fn plans(&self) -> (Vec<Plan>, String) {
-        let id = *self.config.record.default_template.get_ref();
+        self.template_plans(*self.config.record.default_template.get_ref())
+    }
+
+    /// The rule that applies to a stream (R-TP-3): the most specific match; none = the
+    /// default template. Returns the template id and a description for the log.
+    pub fn template_for(&self, domain: &str, app: &str, stream: &str) -> (i64, String) {
+        self.config
+            .rules
+            .iter()
+            .filter_map(|r| {
+                let r = r.get_ref();
+                r.priority(domain, app, stream).map(|p| (p, r))
+            })
+            .min_by_key(|(p, _)| *p)
+            .map(|(p, r)| {
+                (
+                    *r.template_id.get_ref(),
+                    format!(
+                        "rule domain={} app={} stream={} (priority {p})",
+                        r.domain,
+                        if r.app.is_empty() { "*" } else { &r.app },
+                        if r.stream.is_empty() { "*" } else { &r.stream }
+                    ),
+                )
+            })
+            .unwrap_or_else(|| {
+                (
+                    *self.config.record.default_template.get_ref(),
+                    "record.default_template".into(),
+                )
+            })
+    }
+
+    /// What a stream records: the plans of the template its rule (or the default) names.
+    pub fn plans_for(&self, domain: &str, app: &str, stream: &str) -> (Vec<Plan>, String) {
+        let (id, why) = self.template_for(domain, app, stream);
+        let (plans, name) = self.template_plans(id);
+        (plans, format!("{name} by {why}"))
+    }
+
+    /// The plans of template `id` (0 = built in, negative = record nothing).
+    pub fn template_plans(&self, id: i64) -> (Vec<Plan>, String) {
         let factor = *self.config.record.hard_cap_factor.get_ref();
         let make = |format, f: &FormatConfig| {
             let interval = f.record_interval as i64 * 1000;
@@ -637,6 +717,67 @@ fn validate(config: Config, text: &str, source: Option<&Path>) -> Result<Loaded,
     if id != 0 && id != -1 && !seen.contains(&id) {
         err(dt.span(), format!("record.default_template = {id} names no template (0 = built-in, -1 = record nothing)"));
     }
+    let rc = &config.record;
+    if let Some(t) = config.templates.get(rc.max_templates) {
+        err(
+            t.span(),
+            format!(
+                "{} templates: at most record.max_templates = {} (R-TP-4)",
+                config.templates.len(),
+                rc.max_templates
+            ),
+        );
+    }
+    if let Some(r) = config.rules.get(rc.max_rules) {
+        err(
+            r.span(),
+            format!(
+                "{} rules: at most record.max_rules = {} (R-TP-4)",
+                config.rules.len(),
+                rc.max_rules
+            ),
+        );
+    }
+    let mut keys = std::collections::HashMap::new();
+    for r in &config.rules {
+        let rule = r.get_ref();
+        let tid = *rule.template_id.get_ref();
+        if tid != 0 && !seen.contains(&tid) {
+            err(
+                rule.template_id.span(),
+                format!("rule template_id = {tid} names no template (0 = built-in)"),
+            );
+        }
+        let names = [
+            ("domain", &rule.domain),
+            ("app", &rule.app),
+            ("stream", &rule.stream),
+        ];
+        for (what, v) in names {
+            let required = what == "domain";
+            if (required || !v.is_empty()) && crate::ingest::identity::validate_name(v).is_err() {
+                err(
+                    r.span(),
+                    format!(
+                        "rule {what} = {v:?} is not a valid name (1-128 bytes of [A-Za-z0-9._-])"
+                    ),
+                );
+            }
+        }
+        let key = (rule.domain.clone(), rule.app.clone(), rule.stream.clone());
+        if let Some(first) = keys.insert(key, r.span()) {
+            err(
+                r.span(),
+                format!(
+                    "a rule for domain={} app={:?} stream={:?} already exists (line {}): one template per key (R-TP-3)",
+                    rule.domain,
+                    rule.app,
+                    rule.stream,
+                    line_of(text, first.start)
+                ),
+            );
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -710,6 +851,82 @@ mod tests {
         let ok = "[storage]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\nprefix = \"/rec/\"\n[record]\ntime_zone = \"+08:00\"\n";
         let l = parse(ok, None).unwrap();
         assert_eq!(l.config.utc_offset_s(), 8 * 3600);
+    }
+
+    #[test]
+    fn rules_apply_by_priority_at_publish_time() {
+        // Templates: 1..=4 record FLV with interval = their id; 9 records nothing.
+        let mut text = String::from("[record]\ndefault_template = 0\n");
+        for id in 1..=4 {
+            text += &format!("[[template]]\nid = {id}\nname = \"t{id}\"\nflv = {{ enable = true, record_interval = {id} }}\n");
+        }
+        text += "[[template]]\nid = 9\nname = \"off\"\nflv = { enable = false }\n";
+        for (d, a, st, t) in [
+            ("d", "live", "cam", 1),
+            ("d", "", "cam", 2),
+            ("d", "live", "", 3),
+            ("d", "", "", 4),
+            ("d", "", "quiet", 9),
+            ("e", "live", "", 9),
+        ] {
+            text += &format!("[[rule]]\ndomain = \"{d}\"\n");
+            if !a.is_empty() {
+                text += &format!("app = \"{a}\"\n");
+            }
+            if !st.is_empty() {
+                text += &format!("stream = \"{st}\"\n");
+            }
+            text += &format!("template_id = {t}\n");
+        }
+        let l = parse(&text, None).unwrap();
+        let interval = |d: &str, a: &str, s: &str| -> Option<i64> {
+            let (plans, _) = l.plans_for(d, a, s);
+            plans.first().map(|p| p.record_interval_ms / 1000)
+        };
+        // (domain, app, stream) -> FLV interval (= template id), None = not recorded.
+        let table: &[(&str, &str, &str, Option<i64>)] = &[
+            ("d", "live", "cam", Some(1)),  // 1: domain+app+stream beats everything
+            ("d", "other", "cam", Some(2)), // 2: domain+stream beats domain+app
+            ("d", "live", "x", Some(3)),    // 3: domain+app
+            ("d", "other", "x", Some(4)),   // 4: domain only
+            ("d", "live", "quiet", None),   // 2 (an exclusion template) beats 3
+            ("e", "live", "x", None),       // exclusion template: nothing enabled
+            ("e", "vod", "x", Some(1800)),  // no rule: default template 0 (built in)
+            ("z", "live", "cam", Some(1800)),
+        ];
+        for &(d, a, s, want) in table {
+            assert_eq!(interval(d, a, s), want, "{d}/{a}/{s}");
+        }
+        // Record nothing by default when configured so.
+        let text2 = text.replace("default_template = 0", "default_template = -1");
+        let l2 = parse(&text2, None).unwrap();
+        assert!(l2.plans_for("z", "live", "cam").0.is_empty());
+    }
+
+    #[test]
+    fn rule_errors() {
+        let t = "[[template]]\nid = 1\nflv = { enable = true }\n";
+        let dup = format!("{t}[[rule]]\ndomain = \"d\"\napp = \"a\"\ntemplate_id = 1\n[[rule]]\ndomain = \"d\"\napp = \"a\"\ntemplate_id = 0\n");
+        let e = parse(&dup, None).unwrap_err();
+        assert!(
+            e.iter().any(|e| e.message.contains("already exists")),
+            "{e:?}"
+        );
+        let unknown = format!("{t}[[rule]]\ndomain = \"d\"\ntemplate_id = 7\n");
+        let e = parse(&unknown, None).unwrap_err();
+        assert!(e[0].message.contains("names no template"), "{e:?}");
+        let bad = format!("{t}[[rule]]\ndomain = \"d/x\"\ntemplate_id = 1\n");
+        assert!(parse(&bad, None).is_err());
+        let mut many = format!("[record]\nmax_rules = 2\n{t}");
+        for i in 0..3 {
+            many += &format!("[[rule]]\ndomain = \"d{i}\"\ntemplate_id = 1\n");
+        }
+        let e = parse(&many, None).unwrap_err();
+        assert!(
+            e[0].message.contains("at most record.max_rules = 2"),
+            "{e:?}"
+        );
+        assert_eq!(e[0].location.as_ref().map(|l| l.line), Some(12));
     }
 
     #[test]

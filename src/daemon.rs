@@ -19,7 +19,11 @@ use crate::sink::Sink;
 
 /// What every task shares.
 pub struct Ctx {
-    pub config: Arc<Loaded>,
+    /// The configuration new connections and pushes use; replaced by a reload (R-TP-6).
+    /// A push takes its own `Arc` when it starts and keeps it.
+    pub config: arc_swap::ArcSwap<Loaded>,
+    /// Where the config came from (None: embedded defaults), for reloads.
+    pub config_path: Option<std::path::PathBuf>,
     pub hub: Arc<Hub>,
     pub sink: Arc<Sink>,
     pub tracker: TaskTracker,
@@ -54,7 +58,10 @@ pub enum DaemonError {
 /// How long shutdown waits for recordings to finalize before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
+pub async fn run(
+    loaded: Loaded,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<(), DaemonError> {
     let cfg = &loaded.config;
     // Recovery of what a previous run left in the spool happens here, before the
     // listeners open (R-ST-4).
@@ -81,7 +88,8 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     })?;
 
     let ctx = Arc::new(Ctx {
-        config: Arc::new(loaded),
+        config: arc_swap::ArcSwap::from_pointee(loaded),
+        config_path,
         hub: Hub::new(),
         sink,
         tracker: TaskTracker::new(),
@@ -92,7 +100,14 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     tokio::spawn(crate::sink::retention::sweeper(
         ctx.sink.index().clone(),
         ctx.sink.backend().clone(),
-        Duration::from_secs(*ctx.config.config.storage.retention_sweep_interval.get_ref()),
+        Duration::from_secs(
+            *ctx.config
+                .load()
+                .config
+                .storage
+                .retention_sweep_interval
+                .get_ref(),
+        ),
         ctx.shutdown.clone(),
     ));
 
@@ -110,7 +125,7 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
         })
     };
 
-    info!(rtmp = %rtmp_addr, api = %api_addr, root = %ctx.config.config.storage.root.display(), "liverec ready");
+    info!(rtmp = %rtmp_addr, api = %api_addr, root = %ctx.config.load().config.storage.root.display(), "liverec ready");
     // Tests and scripts read the bound addresses (ports may be ephemeral) from stdout.
     println!("liverec ready rtmp={rtmp_addr} api={api_addr}");
 
@@ -119,7 +134,7 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
         tokio::spawn(async move { accept_loop(ctx, rtmp).await })
     };
 
-    wait_for_signal().await.map_err(DaemonError::Signal)?;
+    wait_for_signal(&ctx).await.map_err(DaemonError::Signal)?;
     info!("shutting down: finalizing open recordings");
     ctx.shutdown.cancel();
     accept.abort();
@@ -140,7 +155,7 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
 
 async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
     let ids = AtomicU64::new(1);
-    let max = ctx.config.config.rtmp.max_connections;
+    let max = ctx.config.load().config.rtmp.max_connections;
     let live = Arc::new(tokio::sync::Semaphore::new(max));
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -192,7 +207,29 @@ fn metrics_text(ctx: &Ctx) -> String {
 fn router(ctx: Arc<Ctx>) -> Router {
     let c1 = ctx.clone();
     let c2 = ctx.clone();
+    let c3 = ctx.clone();
     Router::new()
+        .route(
+            "/v1/reload",
+            axum::routing::post(move || {
+                let ctx = c3.clone();
+                async move {
+                    match reload(&ctx) {
+                        Ok(warnings) => (
+                            axum::http::StatusCode::OK,
+                            Json(serde_json::json!({"status": "reloaded", "warnings": warnings})),
+                        ),
+                        Err(errors) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            Json(serde_json::json!({
+                                "code": "invalid_config",
+                                "message": errors.join("; "),
+                            })),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/healthz",
             get(move || {
@@ -245,13 +282,88 @@ fn router(ctx: Arc<Ctx>) -> Router {
         )
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+async fn wait_for_signal(ctx: &Arc<Ctx>) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM received"); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT received"); return Ok(()); }
+            _ = hup.recv() => {
+                info!("SIGHUP received: reloading the config");
+                let _ = reload(ctx);
+            }
+        }
     }
-    Ok(())
+}
+
+/// Keys a running daemon cannot change (sockets, storage, runtime): a reload keeps the
+/// running values and says so.
+fn restart_only_changes(old: &Loaded, new: &Loaded) -> Vec<&'static str> {
+    let (o, n) = (&old.config, &new.config);
+    let mut v = Vec::new();
+    if old.rtmp_listen != new.rtmp_listen {
+        v.push("rtmp.listen");
+    }
+    if old.api_listen != new.api_listen || o.api.token != n.api.token {
+        v.push("api");
+    }
+    if o.storage != n.storage {
+        v.push("storage");
+    }
+    if o.spool != n.spool {
+        v.push("spool");
+    }
+    if o.runtime != n.runtime {
+        v.push("runtime");
+    }
+    if o.log != n.log {
+        v.push("log");
+    }
+    v
+}
+
+/// Re-reads the config file (R-TP-6). A bad file is refused with its errors and the
+/// running config stays; a good one applies to connections and pushes that start from now
+/// on (recordings in progress keep the settings they started with). Returns the warnings.
+pub fn reload(ctx: &Ctx) -> Result<Vec<String>, Vec<String>> {
+    let new = match crate::config::load(ctx.config_path.as_deref()) {
+        Ok(l) => l,
+        Err(errors) => {
+            let msgs: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            for m in &msgs {
+                warn!("reload refused, the running config stays: {m}");
+            }
+            return Err(msgs);
+        }
+    };
+    let old = ctx.config.load_full();
+    let fixed = restart_only_changes(&old, &new);
+    let mut new = new;
+    let mut warnings = Vec::new();
+    if !fixed.is_empty() {
+        // Keep what cannot change live, take the rest.
+        new.rtmp_listen = old.rtmp_listen;
+        new.api_listen = old.api_listen;
+        new.config.api = old.config.api.clone();
+        new.config.storage = old.config.storage.clone();
+        new.config.spool = old.config.spool.clone();
+        new.config.runtime = old.config.runtime.clone();
+        new.config.log = old.config.log.clone();
+        let w = format!(
+            "changes to {} need a restart; the running values stay",
+            fixed.join(", ")
+        );
+        warn!("{w}");
+        warnings.push(w);
+    }
+    ctx.config.store(Arc::new(new));
+    info!(
+        templates = ctx.config.load().config.templates.len(),
+        rules = ctx.config.load().config.rules.len(),
+        "config reloaded; new pushes use it"
+    );
+    Ok(warnings)
 }

@@ -71,7 +71,9 @@ impl Publishing {
 
 pub async fn handle(ctx: Arc<Ctx>, socket: TcpStream, peer: SocketAddr, conn_id: u64) {
     let _ = socket.set_nodelay(true);
-    let cfg = &ctx.config.config.rtmp;
+    // This connection's settings: a reload applies to connections that start later.
+    let config = ctx.config.load_full();
+    let cfg = &config.config.rtmp;
     let session = ServerSession::new(rtmp::ServerConfig {
         limits: rtmp::Limits {
             max_message_bytes: *cfg.max_message_bytes.get_ref(),
@@ -122,7 +124,8 @@ struct Conn {
 
 impl Conn {
     async fn run(&mut self, mut socket: TcpStream) -> Result<(), ConnEnd> {
-        let rtmp_cfg = &self.ctx.config.config.rtmp;
+        let config = self.ctx.config.load_full();
+        let rtmp_cfg = &config.config.rtmp;
         let handshake_timeout = Duration::from_secs(*rtmp_cfg.handshake_timeout.get_ref());
         let idle_timeout = Duration::from_secs(*rtmp_cfg.idle_timeout.get_ref());
         // One deadline for handshake + connect + publish, not an idle timer each byte
@@ -276,7 +279,10 @@ impl Conn {
     }
 
     fn start_publish(&mut self, req: &PublishRequest) -> Result<(), String> {
-        let cfg = &self.ctx.config.config.rtmp;
+        // The config as of this publish: rules and templates apply when a push starts
+        // (R-TP-6), and the recording keeps them whatever a later reload says.
+        let config = self.ctx.config.load_full();
+        let cfg = &config.config.rtmp;
         if self.publishing.is_some() {
             let reason = "this connection is already publishing".to_string();
             self.session
@@ -319,7 +325,7 @@ impl Conn {
                 .reject_publish(req.stream_id, "NetStream.Publish.Rejected", &reason);
             return Err(reason);
         }
-        let ingest = &self.ctx.config.config.ingest;
+        let ingest = &config.config.ingest;
         let (writer, handle) = ring::ring(ring::RingConfig {
             max_duration_ms: (*ingest.ring_seconds.get_ref() * 1000.0) as i64,
             max_bytes: ingest.ring_max_bytes,
@@ -341,7 +347,7 @@ impl Conn {
             return Err(reason);
         }
         info!(conn = self.conn_id, peer = %self.peer, stream = %id, query = query.as_deref().unwrap_or(""), "publish started");
-        crate::recording::start(&self.ctx, &id, &handle);
+        crate::recording::start(&self.ctx, &config, &id, &handle);
         self.session.accept_publish(req.stream_id);
         self.publishing = Some(Publishing {
             id,

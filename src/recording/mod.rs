@@ -17,8 +17,14 @@ use crate::sink::{PlaylistHandle, Rec, RecMeta, SpoolFile};
 /// its template, each reading the ring on its own (a slow or failing format never holds
 /// up another). Formats with equal intervals see the same packets and apply the same cut
 /// policy, so their files cover the same spans (R-SG-4).
-pub fn start(ctx: &Arc<Ctx>, id: &StreamId, ring: &ring::RingHandle) {
-    let (plans, template) = ctx.config.plans();
+pub fn start(
+    ctx: &Arc<Ctx>,
+    config: &crate::config::Loaded,
+    id: &StreamId,
+    ring: &ring::RingHandle,
+) {
+    let (plans, template) = config.plans_for(&id.domain, &id.app, &id.stream);
+    let utc_offset_s = config.config.utc_offset_s();
     if plans.is_empty() {
         info!(stream = %id, template = %template, "not recording: the template records nothing");
         return;
@@ -41,7 +47,7 @@ pub fn start(ctx: &Arc<Ctx>, id: &StreamId, ring: &ring::RingHandle) {
                 file_name: plan.file_name,
                 task_id: String::new(),
                 storage_time: plan.storage_time,
-                utc_offset_s: ctx2.config.config.utc_offset_s(),
+                utc_offset_s,
             };
             let spool = match ctx2.sink.begin(meta).await {
                 Ok(r) => r,

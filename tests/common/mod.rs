@@ -180,6 +180,20 @@ impl Daemon {
         }
     }
 
+    /// The config file the daemon runs with (tests rewrite it, then reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// Sends a signal (e.g. "HUP") to the daemon.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+
     /// Starts the daemon again on the same directory and config (after `kill9` or
     /// `stop`): what the last run left in the spool is recovered at start.
     pub fn restart(&mut self) {
@@ -192,12 +206,22 @@ impl Daemon {
 
     /// GET on the API; returns (status, body).
     pub fn api_get(&self, path: &str) -> (u16, String) {
+        self.api_request("GET", path, "")
+    }
+
+    /// POST a JSON body on the API; returns (status, body).
+    pub fn api_post(&self, path: &str, body: &str) -> (u16, String) {
+        self.api_request("POST", path, body)
+    }
+
+    pub fn api_request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.api).expect("connect API");
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.api
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.api,
+            body.len()
         )
         .expect("write request");
         let mut out = String::new();

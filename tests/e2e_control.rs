@@ -1,0 +1,149 @@
+//! End to end control plane: rules choose the template at publish time (R-TP-3), and a
+//! reload (R-TP-6: `POST /v1/reload` or SIGHUP) applies to pushes that start afterwards
+//! while a recording in progress keeps its settings; a broken file is refused.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use testkit::{flv_summary, PublishOptions};
+
+fn push(d: &Daemon, stream: &str, fixture: &str) {
+    let url = d.url("live", stream);
+    let tags = Arc::new(testkit::fixture_tags(fixture));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move { testkit::publish_flv(&url, &tags, &PublishOptions::default()).await })
+        .expect("publish");
+}
+
+const TEMPLATES: &str = "[record]\ndefault_template = 1\n[[template]]\nid = 1\nname = \"flv\"\nflv = { enable = true, record_interval = 4, file_name = \"{StreamID}-{Seq}\" }\n[[template]]\nid = 2\nname = \"mp4\"\nmp4 = { enable = true, record_interval = 600, file_name = \"{StreamID}\" }\n[[template]]\nid = 3\nname = \"off\"\nflv = { enable = false }\n";
+
+#[test]
+fn rules_pick_the_template_when_a_push_starts() {
+    let rules = "[[rule]]\ndomain = \"localhost\"\napp = \"live\"\nstream = \"special\"\ntemplate_id = 2\n[[rule]]\ndomain = \"localhost\"\nstream = \"hidden\"\ntemplate_id = 3\n";
+    let d = Daemon::start(&format!("{TEMPLATES}{rules}"));
+    push(&d, "special", "avc_only.flv");
+    push(&d, "plain", "avc_only.flv");
+    push(&d, "hidden", "avc_only.flv");
+    let mp4 = d.wait_files(
+        "localhost",
+        "live",
+        "special",
+        "mp4",
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(mp4.len(), 1);
+    assert!(d.files("localhost", "live", "special", "flv").is_empty());
+    let flv = d.wait_files(
+        "localhost",
+        "live",
+        "plain",
+        "flv",
+        1,
+        Duration::from_secs(20),
+    );
+    assert!(!flv.is_empty());
+    assert!(d.files("localhost", "live", "plain", "mp4").is_empty());
+    // The exclusion template (nothing enabled) records nothing, and says so.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!d.root().join("localhost/live/hidden").exists());
+    let log = d.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("hidden") && l.contains("not recording")),
+        "{log}"
+    );
+    assert!(
+        log.contains("priority 1"),
+        "the log names the rule that applied: {log}"
+    );
+}
+
+#[test]
+fn reload_applies_to_new_pushes_and_keeps_running_recordings() {
+    let mut d = Daemon::start(TEMPLATES);
+    // A real-time push recording with 4 s files while the config changes under it.
+    let url = d.url("live", "long");
+    let tags = Arc::new(testkit::fixture_tags("avc_aac_2s.flv"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let long = rt.spawn(async move {
+        let opts = PublishOptions {
+            realtime: true,
+            duration: Some(Duration::from_secs(12)),
+            ..PublishOptions::default()
+        };
+        testkit::publish_flv(&url, &tags, &opts).await
+    });
+    std::thread::sleep(Duration::from_secs(2));
+
+    // A broken file is refused with its line; the daemon keeps the running config.
+    let path = d.config_path();
+    let good = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, format!("{good}\n[rtmp]\nbogus = 1\n")).expect("write");
+    let (status, body) = d.api_post("/v1/reload", "");
+    assert_eq!(status, 400, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
+    assert_eq!(v["code"], "invalid_config", "{body}");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("config.toml:"),
+        "{body}"
+    );
+    assert!(d.is_running());
+
+    // Template 1 now cuts every 2 s.
+    let changed = good.replace("record_interval = 4,", "record_interval = 2,");
+    assert_ne!(changed, good);
+    std::fs::write(&path, &changed).expect("write");
+    let (status, body) = d.api_post("/v1/reload", "");
+    assert_eq!(status, 200, "{body}");
+    push(&d, "after", "avc_aac_2s.flv");
+    rt.block_on(long).expect("join").expect("publish");
+
+    // The push that started before keeps 4 s files; the one after gets 2 s files.
+    let long_files = d.wait_files(
+        "localhost",
+        "live",
+        "long",
+        "flv",
+        2,
+        Duration::from_secs(20),
+    );
+    for f in &long_files[..long_files.len() - 1] {
+        let dur = flv_summary(f).duration.unwrap_or(0.0);
+        assert!(
+            dur >= 3.9,
+            "{}: {dur} s, cut by the new interval",
+            f.display()
+        );
+    }
+    let after = d.wait_files(
+        "localhost",
+        "live",
+        "after",
+        "flv",
+        8,
+        Duration::from_secs(20),
+    );
+    let first = flv_summary(&after[0]).duration.unwrap_or(0.0);
+    assert!(
+        (1.9..3.9).contains(&first),
+        "new push uses the new 2 s interval: {first} s"
+    );
+
+    // SIGHUP reloads too.
+    std::fs::write(&path, &good).expect("write");
+    d.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.log().matches("config reloaded").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no reload on SIGHUP: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(d.stop(), Some(0));
+}
