@@ -208,6 +208,12 @@ fn router(ctx: Arc<Ctx>) -> Router {
     let c1 = ctx.clone();
     let c2 = ctx.clone();
     let c3 = ctx.clone();
+    let c4 = ctx.clone();
+    let token = {
+        let t = &ctx.config.load().config.api.token;
+        (!t.is_empty()).then(|| Arc::new(t.clone()))
+    };
+    let token: Option<Arc<String>> = token;
     Router::new()
         .route(
             "/v1/reload",
@@ -280,6 +286,167 @@ fn router(ctx: Arc<Ctx>) -> Router {
                 }
             }),
         )
+        .route(
+            "/v1/templates",
+            get({
+                let ctx = c4.clone();
+                move || {
+                    let ctx = ctx.clone();
+                    async move {
+                        let cfg = ctx.config.load_full();
+                        let mut list = vec![builtin_template_json()];
+                        list.extend(cfg.config.templates.iter().map(|t| template_json(t.get_ref())));
+                        Json(serde_json::json!({ "templates": list }))
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/templates/{id}",
+            get({
+                let ctx = c4.clone();
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let ctx = ctx.clone();
+                    async move {
+                        let cfg = ctx.config.load_full();
+                        let found = match id.parse::<i64>() {
+                            Ok(0) => Some(builtin_template_json()),
+                            Ok(n) => cfg
+                                .config
+                                .templates
+                                .iter()
+                                .find(|t| *t.get_ref().id.get_ref() == n)
+                                .map(|t| template_json(t.get_ref())),
+                            Err(_) => None,
+                        };
+                        match found {
+                            Some(t) => (axum::http::StatusCode::OK, Json(t)),
+                            None => api_error(
+                                axum::http::StatusCode::NOT_FOUND,
+                                "template_not_found",
+                                &format!("no template {id:?}"),
+                            ),
+                        }
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/rules",
+            get({
+                let ctx = c4.clone();
+                move || {
+                    let ctx = ctx.clone();
+                    async move {
+                        let cfg = ctx.config.load_full();
+                        let list: Vec<_> = cfg
+                            .config
+                            .rules
+                            .iter()
+                            .map(|r| {
+                                let r = r.get_ref();
+                                serde_json::json!({
+                                    "domain": r.domain, "app": r.app, "stream": r.stream,
+                                    "template_id": r.template_id.get_ref(), "source": "config",
+                                })
+                            })
+                            .collect();
+                        Json(serde_json::json!({ "rules": list }))
+                    }
+                }
+            }),
+        )
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let token = token.clone();
+            async move { check_token(token.as_deref().map(|t| t.as_str()), req, next).await }
+        }))
+}
+
+/// R-OP-4: with `api.token` set, every route but `/healthz` needs
+/// `Authorization: Bearer <token>`.
+async fn check_token(
+    token: Option<&str>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(token) = token else {
+        return next.run(req).await;
+    };
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time comparison: the token is a secret.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        next.run(req).await
+    } else {
+        api_error(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token (api.token)",
+        )
+        .into_response()
+    }
+}
+
+fn api_error(
+    status: axum::http::StatusCode,
+    code: &str,
+    message: &str,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    (
+        status,
+        Json(serde_json::json!({ "code": code, "message": message })),
+    )
+}
+
+fn format_json(f: &crate::config::FormatConfig) -> serde_json::Value {
+    serde_json::json!({
+        "enable": f.enable,
+        "record_interval": f.record_interval,
+        "storage_time": f.storage_time,
+        "file_name": f.file_name.clone().unwrap_or_else(|| crate::config::DEFAULT_FILE_NAME.to_string()),
+        "segment_duration": f.segment_duration,
+        "continue_timeout": f.continue_timeout,
+    })
+}
+
+fn template_json(t: &crate::config::Template) -> serde_json::Value {
+    let mut v = serde_json::json!({ "id": t.id.get_ref(), "name": t.name, "source": "config" });
+    for (k, f) in [
+        ("flv", &t.flv),
+        ("hls", &t.hls),
+        ("mp4", &t.mp4),
+        ("aac", &t.aac),
+    ] {
+        if let Some(f) = f {
+            v[k] = format_json(f.get_ref());
+        }
+    }
+    v
+}
+
+/// Template 0 (R-TP-1): FLV in 1800 s files, kept forever.
+fn builtin_template_json() -> serde_json::Value {
+    serde_json::json!({
+        "id": 0, "name": "built-in", "source": "builtin",
+        "flv": {
+            "enable": true, "record_interval": 1800, "storage_time": 0,
+            "file_name": crate::config::DEFAULT_FILE_NAME,
+        },
+    })
 }
 
 async fn wait_for_signal(ctx: &Arc<Ctx>) -> std::io::Result<()> {

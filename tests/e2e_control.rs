@@ -147,3 +147,47 @@ fn reload_applies_to_new_pushes_and_keeps_running_recordings() {
     }
     assert_eq!(d.stop(), Some(0));
 }
+
+#[test]
+fn templates_and_rules_are_listed_and_the_token_is_enforced() {
+    let rules = "[[rule]]\ndomain = \"localhost\"\napp = \"live\"\ntemplate_id = 2\n";
+    let d = Daemon::start_api("token = \"s3cret\"\n", &format!("{TEMPLATES}{rules}"));
+    let auth = "Authorization: Bearer s3cret\r\n";
+    let (status, body) = d.api_get("/v1/templates");
+    assert_eq!(status, 401, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["code"], "unauthorized");
+    let (status, _) = d.api_request_with(
+        "GET",
+        "/v1/templates",
+        "Authorization: Bearer wrong\r\n",
+        "",
+    );
+    assert_eq!(status, 401);
+    assert_eq!(d.api_get("/healthz").0, 200, "health stays open");
+
+    let (status, body) = d.api_request_with("GET", "/v1/templates", auth, "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let ids: Vec<i64> = v["templates"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|t| t["id"].as_i64())
+        .collect();
+    assert_eq!(ids, [0, 1, 2, 3]);
+    assert_eq!(v["templates"][0]["flv"]["record_interval"], 1800);
+    let (status, body) = d.api_request_with("GET", "/v1/templates/2", auth, "");
+    assert_eq!(status, 200, "{body}");
+    let t: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(t["mp4"]["enable"], true);
+    assert_eq!(t["source"], "config");
+    let (status, body) = d.api_request_with("GET", "/v1/templates/99", auth, "");
+    assert_eq!(status, 404);
+    assert!(body.contains("template_not_found"), "{body}");
+    let (status, body) = d.api_request_with("GET", "/v1/rules", auth, "");
+    assert_eq!(status, 200);
+    let r: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(r["rules"][0]["template_id"], 2);
+    assert_eq!(r["rules"][0]["app"], "live");
+}

@@ -153,6 +153,20 @@ impl Daemon {
     /// Like [`Daemon::start_with`], with the whole `[storage]` table given (S3 tests);
     /// `None` = local storage under the temp dir.
     pub fn start_full(rtmp_keys: &str, storage: Option<&str>, extra: &str) -> Daemon {
+        Self::start_config(rtmp_keys, "", storage, extra)
+    }
+
+    /// With `api_keys` (e.g. `token = "x"`) added to the `[api]` table.
+    pub fn start_api(api_keys: &str, extra: &str) -> Daemon {
+        Self::start_config("", api_keys, None, extra)
+    }
+
+    pub fn start_config(
+        rtmp_keys: &str,
+        api_keys: &str,
+        storage: Option<&str>,
+        extra: &str,
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("recordings");
         let spool = dir.path().join("spool");
@@ -168,7 +182,7 @@ impl Daemon {
             (spool_line, extra.to_string())
         };
         let cfg = format!(
-            "[rtmp]\nlisten = \"127.0.0.1:0\"\n{rtmp_keys}\n[api]\nlisten = \"127.0.0.1:0\"\n{storage}\n{spool_table}{extra}\n"
+            "[rtmp]\nlisten = \"127.0.0.1:0\"\n{rtmp_keys}\n[api]\nlisten = \"127.0.0.1:0\"\n{api_keys}\n{storage}\n{spool_table}{extra}\n"
         );
         std::fs::write(dir.path().join("config.toml"), cfg).expect("write config");
         let (child, rtmp, api) = spawn(dir.path());
@@ -215,11 +229,22 @@ impl Daemon {
     }
 
     pub fn api_request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.api_request_with(method, path, "", body)
+    }
+
+    /// `headers`: extra header lines, each ending in `\r\n`.
+    pub fn api_request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &str,
+    ) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.api).expect("connect API");
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.api,
             body.len()
         )

@@ -443,7 +443,7 @@ impl Recorder {
 
     fn open_hls(&mut self) -> Result<(Writer, Vec<Bytes>), String> {
         let ts = mpegts::TsMuxer::new(self.video_config.as_ref(), self.audio_config.as_ref())
-            .map_err(|e| format!("not recording HLS: no track MPEG-TS can hold: {e}"))?;
+            .map_err(|e| format!("not recording HLS: {e}"))?;
         if !ts.skipped().is_empty() {
             self.skip_once(format!(
                 "left out of the HLS segments: {}",
