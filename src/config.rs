@@ -228,6 +228,8 @@ pub struct RecordConfig {
     /// Limits on templates and rules (R-TP-4).
     pub max_templates: usize,
     pub max_rules: usize,
+    /// Record tasks overlapping one window on one stream (R-TK-5).
+    pub max_tasks_per_stream: usize,
 }
 
 impl Default for RecordConfig {
@@ -238,6 +240,7 @@ impl Default for RecordConfig {
             time_zone: unspanned("UTC".into()),
             max_templates: 50,
             max_rules: 50,
+            max_tasks_per_stream: 10,
         }
     }
 }

@@ -29,6 +29,7 @@ pub struct Ctx {
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
     pub stats: Stats,
+    pub tasks: crate::tasks::Tasks,
 }
 
 /// Counters for `/metrics` (R-OP-3).
@@ -95,7 +96,9 @@ pub async fn run(
         tracker: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         stats: Stats::default(),
+        tasks: crate::tasks::Tasks::default(),
     });
+    tokio::spawn(crate::tasks::scheduler(ctx.clone()));
 
     tokio::spawn(crate::sink::retention::sweeper(
         ctx.sink.index().clone(),
@@ -283,6 +286,114 @@ fn router(ctx: Arc<Ctx>) -> Router {
                         })
                         .collect();
                     Json(serde_json::json!({ "streams": streams }))
+                }
+            }),
+        )
+        .route(
+            "/v1/tasks",
+            axum::routing::post({
+                let ctx = c4.clone();
+                move |body: Result<Json<crate::tasks::CreateTask>, axum::extract::rejection::JsonRejection>| {
+                    let ctx = ctx.clone();
+                    async move {
+                        let req = match body {
+                            Ok(Json(r)) => r,
+                            Err(e) => {
+                                return api_error(
+                                    axum::http::StatusCode::BAD_REQUEST,
+                                    "invalid_request",
+                                    &e.body_text(),
+                                )
+                            }
+                        };
+                        match ctx.tasks.create(&ctx, req) {
+                            Ok(t) => (
+                                axum::http::StatusCode::CREATED,
+                                Json(serde_json::json!({"task_id": t.task_id, "task": t})),
+                            ),
+                            Err(e) => api_error(
+                                axum::http::StatusCode::from_u16(e.status)
+                                    .unwrap_or(axum::http::StatusCode::BAD_REQUEST),
+                                e.code,
+                                &e.message,
+                            ),
+                        }
+                    }
+                }
+            })
+            .get({
+                let ctx = c4.clone();
+                move |q: Result<axum::extract::Query<crate::tasks::ListFilter>, axum::extract::rejection::QueryRejection>| {
+                    let ctx = ctx.clone();
+                    async move {
+                        let f = match q {
+                            Ok(axum::extract::Query(f)) => f,
+                            Err(e) => {
+                                return api_error(
+                                    axum::http::StatusCode::BAD_REQUEST,
+                                    "invalid_request",
+                                    &e.body_text(),
+                                )
+                            }
+                        };
+                        let all = ctx.tasks.list(&f);
+                        let from = match f.page_token.as_deref().map(str::parse::<usize>) {
+                            None => 0,
+                            Some(Ok(n)) => n,
+                            Some(Err(_)) => {
+                                return api_error(
+                                    axum::http::StatusCode::BAD_REQUEST,
+                                    "invalid_page_token",
+                                    "page_token is not one this API handed out",
+                                )
+                            }
+                        };
+                        let size = f.page_size.unwrap_or(100).clamp(1, 1000);
+                        let page: Vec<_> = all.iter().skip(from).take(size).cloned().collect();
+                        let next = (from + size < all.len()).then(|| (from + size).to_string());
+                        (
+                            axum::http::StatusCode::OK,
+                            Json(serde_json::json!({"tasks": page, "next_page_token": next})),
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/tasks/{id}",
+            get({
+                let ctx = c4.clone();
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let ctx = ctx.clone();
+                    async move {
+                        match ctx.tasks.get(&id) {
+                            Some(t) => (axum::http::StatusCode::OK, Json(serde_json::json!(t))),
+                            None => api_error(
+                                axum::http::StatusCode::NOT_FOUND,
+                                "task_not_found",
+                                &format!("no task {id:?}"),
+                            ),
+                        }
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/tasks/{id}/stop",
+            axum::routing::post({
+                let ctx = c4.clone();
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let ctx = ctx.clone();
+                    async move {
+                        match ctx.tasks.stop(&id) {
+                            Some(t) => (axum::http::StatusCode::OK, Json(serde_json::json!(t))),
+                            None => api_error(
+                                axum::http::StatusCode::NOT_FOUND,
+                                "task_not_found",
+                                &format!("no task {id:?}"),
+                            ),
+                        }
+                    }
                 }
             }),
         )

@@ -104,3 +104,4 @@ fn init_logging(cfg: &config::LogConfig) {
 }
 
 mod daemon;
+mod tasks;

@@ -85,6 +85,11 @@ impl Hub {
         }
     }
 
+    /// The ring of a live stream and the connection publishing it.
+    pub fn ring(&self, id: &StreamId) -> Option<(ring::RingHandle, u64)> {
+        self.lock().get(id).map(|e| (e.ring.clone(), e.conn_id))
+    }
+
     pub fn snapshot(&self) -> Vec<StreamInfo> {
         self.lock()
             .iter()

@@ -24,14 +24,41 @@ pub fn start(
     ring: &ring::RingHandle,
 ) {
     let (plans, template) = config.plans_for(&id.domain, &id.app, &id.stream);
-    let utc_offset_s = config.config.utc_offset_s();
     if plans.is_empty() {
         info!(stream = %id, template = %template, "not recording: the template records nothing");
         return;
     }
+    start_plans(ctx, config, id, ring, plans, &template, None);
+}
+
+/// What a record task adds to a recording (R-TK): its id (in names and manifests), the
+/// signal that ends it, and how much of the ring to start with.
+#[derive(Clone)]
+pub struct TaskRun {
+    pub task_id: String,
+    pub stop: tokio_util::sync::CancellationToken,
+    pub preroll_ms: i64,
+}
+
+/// Starts one recorder task per plan on `ring`.
+pub fn start_plans(
+    ctx: &Arc<Ctx>,
+    config: &crate::config::Loaded,
+    id: &StreamId,
+    ring: &ring::RingHandle,
+    plans: Vec<crate::config::Plan>,
+    template: &str,
+    task: Option<TaskRun>,
+) {
+    let utc_offset_s = config.config.utc_offset_s();
     for plan in plans {
-        info!(stream = %id, template = %template, format = plan.format.ext(), interval_s = plan.record_interval_ms / 1000, "recording");
-        let reader = ring.subscribe();
+        let task_id = task.as_ref().map(|t| t.task_id.clone()).unwrap_or_default();
+        info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), interval_s = plan.record_interval_ms / 1000, "recording");
+        let reader = match &task {
+            Some(t) if t.preroll_ms > 0 => ring.subscribe_preroll(t.preroll_ms),
+            _ => ring.subscribe(),
+        };
+        let stop = task.as_ref().map(|t| t.stop.clone());
         let ctx2 = ctx.clone();
         let id = id.clone();
         ctx.tracker.spawn(async move {
@@ -45,7 +72,7 @@ pub fn start(
                 stream: id.stream.clone(),
                 ext: plan.format.ext().to_string(),
                 file_name: plan.file_name,
-                task_id: String::new(),
+                task_id,
                 storage_time: plan.storage_time,
                 utc_offset_s,
             };
@@ -65,7 +92,7 @@ pub fn start(
                 files: HashMap::new(),
                 hls: HashMap::new(),
             };
-            task.run(reader).await;
+            task.run(reader, stop).await;
             let Recording { ctx, spool, .. } = task;
             ctx.sink.end(spool).await;
         });
@@ -94,8 +121,19 @@ struct Recording {
 }
 
 impl Recording {
-    async fn run(&mut self, mut reader: ring::Reader) {
-        while let Some(item) = reader.next().await {
+    async fn run(
+        &mut self,
+        mut reader: ring::Reader,
+        stop: Option<tokio_util::sync::CancellationToken>,
+    ) {
+        let stop = stop.unwrap_or_default();
+        loop {
+            let item = tokio::select! {
+                i = reader.next() => i,
+                // A task ended (its end time, or stopped): the open file ends here.
+                _ = stop.cancelled() => None,
+            };
+            let Some(item) = item else { break };
             match item {
                 ring::Item::Event(ev) => self.rec.handle_event(ev),
                 ring::Item::Lagged { skipped } => {
