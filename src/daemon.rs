@@ -30,6 +30,7 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     pub stats: Stats,
     pub tasks: crate::tasks::Tasks,
+    pub state: crate::state::State,
 }
 
 /// Counters for `/metrics` (R-OP-3).
@@ -52,6 +53,8 @@ pub enum DaemonError {
     },
     #[error("storage: {0}")]
     Sink(#[from] crate::sink::SinkError),
+    #[error("{0}")]
+    State(crate::state::StateError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -67,6 +70,7 @@ pub async fn run(
     // Recovery of what a previous run left in the spool happens here, before the
     // listeners open (R-ST-4).
     let (sink, _report) = Sink::start(cfg).await?;
+    let state = crate::state::State::new(sink.backend()).map_err(DaemonError::State)?;
     let rtmp = TcpListener::bind(loaded.rtmp_listen)
         .await
         .map_err(|source| DaemonError::RtmpBind {
@@ -97,7 +101,13 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         stats: Stats::default(),
         tasks: crate::tasks::Tasks::default(),
+        state,
     });
+    match ctx.tasks.load(&ctx.state).await {
+        Ok(0) => {}
+        Ok(n) => info!(tasks = n, "record tasks loaded from the store"),
+        Err(e) => warn!("cannot load record tasks from the store, starting without them: {e}"),
+    }
     tokio::spawn(crate::tasks::scheduler(ctx.clone()));
 
     tokio::spawn(crate::sink::retention::sweeper(
@@ -307,10 +317,21 @@ fn router(ctx: Arc<Ctx>) -> Router {
                             }
                         };
                         match ctx.tasks.create(&ctx, req) {
-                            Ok(t) => (
-                                axum::http::StatusCode::CREATED,
-                                Json(serde_json::json!({"task_id": t.task_id, "task": t})),
-                            ),
+                            Ok(t) => {
+                                // Persisted before it is acknowledged (R-TK-5).
+                                if let Err(e) = ctx.state.put("tasks", &t.task_id, &t).await {
+                                    ctx.tasks.remove(&t.task_id);
+                                    return api_error(
+                                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                        "storage_unavailable",
+                                        &format!("the task could not be stored: {e}"),
+                                    );
+                                }
+                                (
+                                    axum::http::StatusCode::CREATED,
+                                    Json(serde_json::json!({"task_id": t.task_id, "task": t})),
+                                )
+                            }
                             Err(e) => api_error(
                                 axum::http::StatusCode::from_u16(e.status)
                                     .unwrap_or(axum::http::StatusCode::BAD_REQUEST),
@@ -386,7 +407,12 @@ fn router(ctx: Arc<Ctx>) -> Router {
                     let ctx = ctx.clone();
                     async move {
                         match ctx.tasks.stop(&id) {
-                            Some(t) => (axum::http::StatusCode::OK, Json(serde_json::json!(t))),
+                            Some(t) => {
+                                if let Err(e) = ctx.state.put("tasks", &t.task_id, &t).await {
+                                    warn!(task = %t.task_id, "stopped, but the stop could not be stored: {e}");
+                                }
+                                (axum::http::StatusCode::OK, Json(serde_json::json!(t)))
+                            }
                             None => api_error(
                                 axum::http::StatusCode::NOT_FOUND,
                                 "task_not_found",

@@ -104,4 +104,5 @@ fn init_logging(cfg: &config::LogConfig) {
 }
 
 mod daemon;
+mod state;
 mod tasks;

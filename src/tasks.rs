@@ -3,8 +3,8 @@
 //!
 //! A scheduler pass every 250 ms starts a task's recording when its window is open and its
 //! stream is live, starts it again when the stream reconnects inside the window (a new
-//! publisher connection), and ends it at `end_time` or on `stop`. Tasks live in memory in
-//! this build; persistence in the store comes with the rest of the control plane.
+//! publisher connection), and ends it at `end_time` or on `stop`. Tasks are persisted in
+//! the store (`state.rs`) when created and stopped, and loaded at start.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +42,7 @@ pub struct CreateTask {
     pub preroll_seconds: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Task {
     pub task_id: String,
     pub domain: String,
@@ -57,7 +57,7 @@ pub struct Task {
     pub created: i64,
     /// `scheduled` | `recording` | `waiting` (window open, stream not live) | `finished` |
     /// `stopped`.
-    pub status: &'static str,
+    pub status: String,
 }
 
 /// A refused request: a stable code and a message (SPEC section 13 error shape).
@@ -225,7 +225,7 @@ impl Tasks {
             stream_type: req.stream_type,
             preroll_seconds: req.preroll_seconds,
             created: now,
-            status: "scheduled",
+            status: "scheduled".into(),
         };
         info!(task = %task_id, stream = %id, start, end = task.end_time, template_id, "record task created");
         entries.insert(
@@ -240,6 +240,40 @@ impl Tasks {
         // A real-time task starts now, not at the next scheduler pass.
         self.tick(ctx);
         Ok(self.get(&task.task_id).unwrap_or(task))
+    }
+
+    /// Forgets a task whose creation could not be persisted.
+    pub fn remove(&self, id: &str) {
+        if let Some(e) = self.lock().remove(id) {
+            if let Some((_, stop)) = e.running {
+                stop.cancel();
+            }
+        }
+    }
+
+    /// Loads the tasks a previous run persisted (R-TK-5); the scheduler takes it from there.
+    pub async fn load(
+        &self,
+        state: &crate::state::State,
+    ) -> Result<usize, crate::state::StateError> {
+        let tasks: Vec<Task> = state.list("tasks").await?;
+        let mut entries = self.lock();
+        let n = tasks.len();
+        for mut t in tasks {
+            let stopped = t.status == "stopped";
+            if !stopped && t.status != "finished" {
+                t.status = "scheduled".into();
+            }
+            entries.insert(
+                t.task_id.clone(),
+                Entry {
+                    task: t,
+                    running: None,
+                    stopped,
+                },
+            );
+        }
+        Ok(n)
     }
 
     pub fn get(&self, id: &str) -> Option<Task> {
@@ -271,9 +305,9 @@ impl Tasks {
         if let Some((_, stop)) = e.running.take() {
             stop.cancel();
         }
-        if !matches!(e.task.status, "finished") {
+        if e.task.status != "finished" {
             e.stopped = true;
-            e.task.status = "stopped";
+            e.task.status = "stopped".into();
             info!(task = id, "record task stopped");
         }
         Some(e.task.clone())
@@ -293,7 +327,7 @@ impl Tasks {
                     if let Some((_, stop)) = e.running.take() {
                         stop.cancel();
                     }
-                    e.task.status = "finished";
+                    e.task.status = "finished".into();
                     info!(task = %e.task.task_id, "record task window closed");
                     continue;
                 }
@@ -314,12 +348,12 @@ impl Tasks {
                         // stream came back inside the window).
                         let stop = CancellationToken::new();
                         e.running = Some((conn, stop.clone()));
-                        e.task.status = "recording";
+                        e.task.status = "recording".into();
                         to_start.push((e.task.clone(), id, ring, stop));
                     }
                     None => {
                         e.running = None;
-                        e.task.status = "waiting";
+                        e.task.status = "waiting".into();
                     }
                 }
             }

@@ -224,3 +224,49 @@ fn realtime_task_with_preroll_stops_at_once() {
     assert!((6.0..=10.5).contains(&dur), "task file {dur} s");
     rt.block_on(push).expect("join").expect("publish");
 }
+
+#[test]
+fn tasks_survive_a_restart_and_still_fire() {
+    let mut d = Daemon::start(CONFIG);
+    let t = now();
+    let (s, v) = create(
+        &d,
+        serde_json::json!({"domain": "localhost", "app": "live", "stream": "later", "start_time": t + 5, "end_time": t + 10, "template_id": 2, "extension": "kept"}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let id = v["task_id"].as_str().expect("id").to_string();
+    let (s, v) = create(
+        &d,
+        serde_json::json!({"domain": "localhost", "app": "live", "stream": "later", "start_time": t + 3000, "end_time": t + 3600}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let stopped = v["task_id"].as_str().expect("id").to_string();
+    assert_eq!(d.api_post(&format!("/v1/tasks/{stopped}/stop"), "").0, 200);
+    assert_eq!(d.stop(), Some(0));
+    d.restart();
+    let (s, body) = d.api_get(&format!("/v1/tasks/{id}"));
+    assert_eq!(s, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["extension"], "kept");
+    assert_eq!(v["end_time"], t + 10);
+    let (_, body) = d.api_get(&format!("/v1/tasks/{stopped}"));
+    assert_eq!(json(&body)["status"], "stopped", "a stop survives too");
+    // And it still fires: the push covers the window.
+    let (rt, push) = push_for(&d, "later", 12);
+    rt.block_on(push).expect("join").expect("publish");
+    let name = format!("task-{id}.flv");
+    let files = d.wait_files(
+        "localhost",
+        "live",
+        "later",
+        "flv",
+        2,
+        Duration::from_secs(20),
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f.file_name().is_some_and(|n| n.to_string_lossy() == name)),
+        "{files:?}"
+    );
+}

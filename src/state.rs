@@ -1,0 +1,88 @@
+//! Control-plane state in the store (DESIGN "State in the store"): small JSON objects under
+//! `{prefix}/.liverec/state/{kind}/{id}.json` of the storage backend, so one node uses its
+//! recordings directory and several nodes can share one bucket, with no database.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::warn;
+
+use crate::sink::store::Backend;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("state key: {0}")]
+    Key(#[from] object_store::path::Error),
+    #[error("state JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot open the state directory: {0}")]
+    Local(String),
+}
+
+pub struct State {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+impl State {
+    pub fn new(backend: &Backend) -> Result<Self, StateError> {
+        Ok(match backend {
+            Backend::Local { root } => {
+                std::fs::create_dir_all(root).map_err(|e| StateError::Local(e.to_string()))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(root)
+                    .map_err(|e| StateError::Local(e.to_string()))?;
+                State {
+                    store: Arc::new(fs),
+                    prefix: String::new(),
+                }
+            }
+            Backend::S3(s3) => State {
+                store: s3.store.clone(),
+                prefix: s3.prefix.clone(),
+            },
+        })
+    }
+
+    fn path(&self, kind: &str, id: &str) -> Result<ObjectPath, StateError> {
+        Ok(ObjectPath::parse(format!(
+            "{}.liverec/state/{kind}/{id}.json",
+            self.prefix
+        ))?)
+    }
+
+    /// Writes (replaces) one object.
+    pub async fn put<T: Serialize>(&self, kind: &str, id: &str, v: &T) -> Result<(), StateError> {
+        let data = serde_json::to_vec(v)?;
+        self.store
+            .put(&self.path(kind, id)?, PutPayload::from(data))
+            .await?;
+        Ok(())
+    }
+
+    /// Every object of a kind; unreadable ones are skipped with a warning.
+    pub async fn list<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, StateError> {
+        let dir = ObjectPath::parse(format!("{}.liverec/state/{kind}", self.prefix))?;
+        let mut out = Vec::new();
+        let mut s = self.store.list(Some(&dir));
+        while let Some(meta) = s.next().await {
+            let meta = match meta {
+                Ok(m) => m,
+                // An empty local state directory does not exist yet.
+                Err(object_store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let bytes = self.store.get(&meta.location).await?.bytes().await?;
+            match serde_json::from_slice(&bytes) {
+                Ok(v) => out.push(v),
+                Err(e) => warn!(key = %meta.location, "skipping unreadable state object: {e}"),
+            }
+        }
+        Ok(out)
+    }
+}
