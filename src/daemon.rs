@@ -292,6 +292,16 @@ fn router(ctx: Arc<Ctx>) -> Router {
                                 "started": s.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                                 "stream_param": s.query,
                                 "ring": {"bytes": s.ring.bytes, "gops": s.ring.gops, "duration_ms": s.ring.duration_ms, "readers": s.ring.readers},
+                                "tasks": ctx.tasks.list(&crate::tasks::ListFilter {
+                                    domain: Some(s.id.domain.clone()),
+                                    app: Some(s.id.app.clone()),
+                                    stream: Some(s.id.stream.clone()),
+                                    ..Default::default()
+                                })
+                                .into_iter()
+                                .filter(|t| t.status == "recording")
+                                .map(|t| t.task_id)
+                                .collect::<Vec<_>>(),
                             })
                         })
                         .collect();

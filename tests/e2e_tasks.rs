@@ -203,6 +203,14 @@ fn realtime_task_with_preroll_stops_at_once() {
     assert_eq!(v["task"]["status"], "recording", "{v}");
     assert_eq!(v["task"]["extension"], "clip");
     let id = v["task_id"].as_str().expect("id").to_string();
+    // /v1/streams says which tasks record the stream.
+    let (_, body) = d.api_get("/v1/streams");
+    let streams = json(&body);
+    let live = streams["streams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["stream"] == "live1"))
+        .unwrap_or_else(|| panic!("live1 not listed: {body}"));
+    assert_eq!(live["tasks"][0], id.as_str(), "{body}");
     std::thread::sleep(Duration::from_secs(3));
     let (s, body) = d.api_post(&format!("/v1/tasks/{id}/stop"), "");
     assert_eq!(s, 200, "{body}");
