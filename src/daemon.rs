@@ -434,6 +434,55 @@ fn router(ctx: Arc<Ctx>) -> Router {
             }),
         )
         .route(
+            "/v1/recordings",
+            get({
+                let ctx = c4.clone();
+                move |q: Result<
+                    axum::extract::Query<crate::sink::retention::RecordingFilter>,
+                    axum::extract::rejection::QueryRejection,
+                >| {
+                    let ctx = ctx.clone();
+                    async move {
+                        let f = match q {
+                            Ok(axum::extract::Query(f)) => f,
+                            Err(e) => {
+                                return api_error(
+                                    axum::http::StatusCode::BAD_REQUEST,
+                                    "invalid_request",
+                                    &e.body_text(),
+                                )
+                            }
+                        };
+                        let cfg = ctx.config.load_full();
+                        let base = cfg.config.storage.public_base_url.trim_end_matches('/');
+                        let list: Vec<_> = ctx
+                            .sink
+                            .index()
+                            .query(&f)
+                            .into_iter()
+                            .map(|r| {
+                                let url = (!base.is_empty()).then(|| format!("{base}/{}", r.key));
+                                serde_json::json!({
+                                    "key": r.key, "size": r.size, "format": r.format,
+                                    "domain": r.domain, "app": r.app, "stream": r.stream,
+                                    "task_id": r.task_id,
+                                    "start_time": r.start_ms.div_euclid(1000),
+                                    "end_time": r.end_ms.div_euclid(1000),
+                                    "start_time_ms": r.start_ms, "end_time_ms": r.end_ms,
+                                    "duration": r.duration_ms as f64 / 1000.0,
+                                    "url": url,
+                                })
+                            })
+                            .collect();
+                        (
+                            axum::http::StatusCode::OK,
+                            Json(serde_json::json!({ "recordings": list })),
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
             "/v1/templates",
             get({
                 let ctx = c4.clone();

@@ -147,6 +147,27 @@ fn s3_push_with_all_formats_lands_in_the_bucket() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(s3.open_multipart_uploads(), 0);
+    // Every stored file is in the recordings index once, with its object's size.
+    let (_, body) = d.api_get("/v1/recordings?stream=s3");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let recs = v["recordings"].as_array().expect("list");
+    for ext in ["flv", "mp4", "aac"] {
+        let objs = objects(&s3, prefix, ext);
+        let indexed: Vec<_> = recs.iter().filter(|r| r["format"] == ext).collect();
+        assert_eq!(indexed.len(), objs.len(), "{ext}: {body}");
+        for r in indexed {
+            let key = r["key"].as_str().expect("key");
+            let size = std::fs::metadata(s3.object_path(&format!("pre/fix/{key}")))
+                .map(|m| m.len())
+                .ok();
+            assert_eq!(r["size"].as_u64(), size, "{key}");
+        }
+    }
+    assert_eq!(
+        recs.iter().filter(|r| r["format"] == "hls").count(),
+        1,
+        "{body}"
+    );
 }
 
 #[test]

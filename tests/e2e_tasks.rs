@@ -150,7 +150,11 @@ fn task_requests_are_validated_with_clear_errors() {
 
 #[test]
 fn scheduled_task_records_its_window_beside_the_template_recording() {
-    let d = Daemon::start(CONFIG);
+    let d = Daemon::start_full(
+        "",
+        Some("[storage]\nroot = \"{root}\"\npublic_base_url = \"https://cdn.example/rec/\"\n"),
+        CONFIG,
+    );
     // Created before the stream exists: window from +4 s to +9 s.
     let t = now();
     let (s, v) = create(
@@ -187,6 +191,47 @@ fn scheduled_task_records_its_window_beside_the_template_recording() {
     assert!(always_s > 11.0, "template file {always_s} s");
     let (_, body) = d.api_get(&format!("/v1/tasks/{id}"));
     assert_eq!(json(&body)["status"], "finished", "{body}");
+
+    // R-QY-1: the finished files, by task and by stream and format.
+    let (s, body) = d.api_get(&format!("/v1/recordings?stream=sched&task_id={id}"));
+    assert_eq!(s, 200, "{body}");
+    let v = json(&body);
+    let recs = v["recordings"].as_array().expect("list");
+    assert_eq!(recs.len(), 1, "{body}");
+    let r = &recs[0];
+    let key = format!("localhost/live/sched/task-{id}.flv");
+    assert_eq!(r["key"], key.as_str());
+    assert_eq!(r["format"], "flv");
+    assert_eq!(
+        r["size"].as_u64(),
+        std::fs::metadata(task_file).ok().map(|m| m.len())
+    );
+    assert!(
+        (r["duration"].as_f64().unwrap_or(0.0) - task_s).abs() < 0.1,
+        "{r}"
+    );
+    assert!(r["end_time"].as_i64() >= r["start_time"].as_i64());
+    assert_eq!(r["url"], format!("https://cdn.example/rec/{key}").as_str());
+    let (_, body) = d.api_get("/v1/recordings?stream=sched&format=flv");
+    assert_eq!(
+        json(&body)["recordings"].as_array().map(|a| a.len()),
+        Some(2),
+        "{body}"
+    );
+    let (_, body) = d.api_get("/v1/recordings?stream=sched&format=mp4");
+    assert_eq!(
+        json(&body)["recordings"].as_array().map(|a| a.len()),
+        Some(0)
+    );
+    let (_, body) = d.api_get(&format!(
+        "/v1/recordings?stream=sched&from={}",
+        now() + 3600
+    ));
+    assert_eq!(
+        json(&body)["recordings"].as_array().map(|a| a.len()),
+        Some(0),
+        "time filter"
+    );
 }
 
 #[test]

@@ -309,7 +309,12 @@ impl Recording {
         let text = h.playlist.render(true);
         let key = h.handle.key.clone();
         let segments = h.playlist.segments().len();
-        match self.ctx.sink.close_playlist(h.handle, text).await {
+        match self
+            .ctx
+            .sink
+            .close_playlist(h.handle, text, summary.duration_ms)
+            .await
+        {
             Ok(()) => info!(
                 stream = %self.id, key = %key, segments, duration_ms = summary.duration_ms,
                 bytes = summary.bytes, video_frames = summary.video_frames, audio_frames = summary.audio_frames,
@@ -334,7 +339,13 @@ impl Recording {
         match self
             .ctx
             .sink
-            .finish(f, &patches, &self.spool.meta, &name)
+            .finish(
+                f,
+                &patches,
+                &self.spool.meta,
+                &name,
+                (started, summary.duration_ms),
+            )
             .await
         {
             Ok(key) => info!(

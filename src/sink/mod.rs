@@ -88,6 +88,23 @@ pub struct RecMeta {
 }
 
 impl RecMeta {
+    /// The index record of a file of this recording (key and size come when stored).
+    pub fn record(&self, start: DateTime<Utc>, duration_ms: i64) -> retention::FileRecord {
+        let start_ms = start.timestamp_millis();
+        retention::FileRecord {
+            key: String::new(),
+            format: self.ext.clone(),
+            domain: self.domain.clone(),
+            app: self.app.clone(),
+            stream: self.stream.clone(),
+            task_id: self.task_id.clone(),
+            start_ms,
+            end_ms: start_ms + duration_ms,
+            duration_ms,
+            size: 0,
+        }
+    }
+
     fn id(&self) -> StreamId {
         StreamId {
             domain: self.domain.clone(),
@@ -278,12 +295,16 @@ struct UpMeta {
     key: String,
     #[serde(default)]
     storage_time: u64,
+    /// What the recordings index gets once the store has the file.
+    #[serde(default)]
+    info: Option<retention::FileRecord>,
 }
 
 /// An open HLS playlist: its key, fixed when it opens, and (S3) the lane that uploads its
 /// segments and then the playlist, in order.
 pub struct PlaylistHandle {
     pub key: String,
+    info: retention::FileRecord,
     marker: PathBuf,
     copy: PathBuf,
     lane: Option<HlsLane>,
@@ -447,6 +468,7 @@ impl Sink {
         patches: &[Patch],
         rec: &RecMeta,
         name: &str,
+        span: (DateTime<Utc>, i64),
     ) -> Result<String, SinkError> {
         f.flush().await?;
         let Some(file) = f.file.take() else {
@@ -461,8 +483,17 @@ impl Sink {
             .await?
             .map_err(spool_err(&path))?;
         let stream = f.stream.take();
-        self.store_finished(&path, &rec.id(), name, &rec.ext, rec.storage_time, stream)
-            .await
+        let info = rec.record(span.0, span.1);
+        self.store_finished(
+            &path,
+            &rec.id(),
+            name,
+            &rec.ext,
+            rec.storage_time,
+            stream,
+            Some(info),
+        )
+        .await
     }
 
     /// Stores a complete spool file under a fresh key (also used by crash recovery).
@@ -474,20 +505,34 @@ impl Sink {
         ext: &str,
         storage_time: u64,
         stream: Option<upload::StreamHandle>,
+        info: Option<retention::FileRecord>,
     ) -> Result<String, SinkError> {
         let key = self.claim_key(id, name, ext).await?;
+        let size = tokio::fs::metadata(path).await.map_or(0, |m| m.len());
+        let info = info.map(|mut i| {
+            i.key = key.clone();
+            i.size = size;
+            i
+        });
         let res = match &*self.backend {
-            Backend::Local { root } => self.move_into_root(path, root, &key).await,
-            Backend::S3(_) => self.queue_upload(path, &key, storage_time).await.map(|up| {
-                match (stream, &self.uploader) {
+            Backend::Local { root } => {
+                let r = self.move_into_root(path, root, &key).await;
+                if let (Ok(()), Some(i)) = (&r, info) {
+                    self.index.record(i);
+                }
+                r
+            }
+            Backend::S3(_) => self
+                .queue_upload(path, &key, storage_time, info)
+                .await
+                .map(|up| match (stream, &self.uploader) {
                     (Some(s), Some(u)) => {
                         u.mark_queued(&up.key);
                         s.finish(up);
                     }
                     (None, Some(u)) => u.upload_file(up),
                     _ => {}
-                }
-            }),
+                }),
         };
         if let (Ok(()), Backend::Local { .. }) = (&res, &*self.backend) {
             self.index.add(&key, storage_time);
@@ -503,12 +548,14 @@ impl Sink {
         path: &Path,
         key: &str,
         storage_time: u64,
+        info: Option<retention::FileRecord>,
     ) -> Result<upload::Job, SinkError> {
         let up = path.with_extension("up");
         let meta = upload::meta_path(&up);
         let json = serde_json::to_vec(&UpMeta {
             key: key.into(),
             storage_time,
+            info: info.clone(),
         })
         .map_err(|e| SinkError::Spool {
             path: meta.clone(),
@@ -528,6 +575,7 @@ impl Sink {
             key: key.into(),
             storage_time,
             closed: std::time::Instant::now(),
+            info,
         })
     }
 
@@ -577,6 +625,7 @@ impl Sink {
         let json = serde_json::to_vec(&UpMeta {
             key: key.clone(),
             storage_time: rec.meta.storage_time,
+            info: None,
         })
         .map_err(|e| SinkError::Spool {
             path: marker.clone(),
@@ -602,8 +651,12 @@ impl Sink {
                 rec.meta.storage_time,
             )
         });
+        let mut info = rec.meta.record(Utc::now(), 0);
+        info.key = key.clone();
+        info.format = "hls".into();
         Ok(PlaylistHandle {
             key,
+            info,
             marker,
             copy,
             lane,
@@ -629,10 +682,11 @@ impl Sink {
         f.flush().await?;
         drop(f.file.take());
         let path = f.path.clone();
+        pl.info.size += f.written;
         let key = self.claim_key(id, name, "ts").await?;
         let res = match (&*self.backend, &pl.lane) {
             (Backend::S3(_), Some(lane)) => {
-                let job = self.queue_upload(&path, &key, pl.storage_time).await;
+                let job = self.queue_upload(&path, &key, pl.storage_time, None).await;
                 match job {
                     Ok(job) => {
                         let mut seg = seg;
@@ -659,12 +713,20 @@ impl Sink {
         Ok(key)
     }
 
-    /// Ends a playlist (`text` has `#EXT-X-ENDLIST`).
-    pub async fn close_playlist(&self, pl: PlaylistHandle, text: String) -> Result<(), SinkError> {
+    /// Ends a playlist (`text` has `#EXT-X-ENDLIST`) spanning `duration_ms`.
+    pub async fn close_playlist(
+        &self,
+        pl: PlaylistHandle,
+        text: String,
+        duration_ms: i64,
+    ) -> Result<(), SinkError> {
+        let mut info = pl.info.clone();
+        info.duration_ms = duration_ms;
+        info.end_ms = info.start_ms + duration_ms;
         let res = match (&*self.backend, pl.lane) {
             (Backend::S3(_), Some(lane)) => {
                 self.write_copy(&pl.copy, text.as_bytes()).await?;
-                lane.finish(pl.segment_keys);
+                lane.finish(pl.segment_keys, info);
                 Ok(())
             }
             (Backend::Local { root }, _) => {
@@ -673,6 +735,7 @@ impl Sink {
                     for k in pl.segment_keys.iter().chain(std::iter::once(&pl.key)) {
                         self.index.add(k, pl.storage_time);
                     }
+                    self.index.record(info);
                     let _ = tokio::fs::remove_file(&pl.marker).await;
                 }
                 r

@@ -274,6 +274,7 @@ async fn requeue(sink: &Arc<Sink>, path: &Path) -> bool {
                 key: up.key,
                 storage_time: up.storage_time,
                 closed: Instant::now(),
+                info: up.info,
             });
             true
         }
@@ -318,7 +319,15 @@ async fn finalize_file(sink: &Arc<Sink>, path: &Path, n: &SpoolName, meta: &RecM
     let end = start + chrono::Duration::milliseconds(r.duration_ms);
     let name = meta.render(n.seq, start, end);
     match sink
-        .store_finished(path, &meta.id(), &name, &meta.ext, meta.storage_time, None)
+        .store_finished(
+            path,
+            &meta.id(),
+            &name,
+            &meta.ext,
+            meta.storage_time,
+            None,
+            Some(meta.record(start, r.duration_ms)),
+        )
         .await
     {
         Ok(key) => {
@@ -707,10 +716,14 @@ async fn end_playlist(
                     key: m.key,
                     storage_time: up.storage_time,
                     closed: Instant::now(),
+                    info: None,
                 });
             }
             for (path, seg_key) in extra {
-                let Ok(job) = sink.queue_upload(&path, &seg_key, up.storage_time).await else {
+                let Ok(job) = sink
+                    .queue_upload(&path, &seg_key, up.storage_time, None)
+                    .await
+                else {
                     continue;
                 };
                 jobs.push(job);

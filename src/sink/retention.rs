@@ -26,11 +26,42 @@ pub struct Entry {
     pub expires: i64,
 }
 
+/// One stored recording file (R-QY-1), indexed when the store confirmed it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct FileRecord {
+    pub key: String,
+    pub format: String,
+    pub domain: String,
+    pub app: String,
+    pub stream: String,
+    #[serde(default)]
+    pub task_id: String,
+    /// Wall-clock start and end, unix milliseconds.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub duration_ms: i64,
+    pub size: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RecordingFilter {
+    pub domain: Option<String>,
+    pub app: Option<String>,
+    pub stream: Option<String>,
+    /// Unix seconds: files that end after `from` and start before `to`.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub format: Option<String>,
+    pub task_id: Option<String>,
+}
+
 /// How many recently stored keys are remembered for name-collision checks (R-ST-3).
 const RECENT: usize = 65_536;
 
 pub struct Index {
     dir: PathBuf,
+    /// Every stored recording, also in `{dir}/recordings.jsonl` (loaded at start).
+    recordings: Mutex<Vec<FileRecord>>,
     recent: Mutex<(HashSet<String>, VecDeque<String>)>,
     /// Serializes appends and sweeps of the hour files.
     files: Mutex<()>,
@@ -38,8 +69,23 @@ pub struct Index {
 
 impl Index {
     pub fn new(dir: PathBuf) -> Self {
+        // Lines are records or `{"deleted": key}` tombstones written by the sweeper.
+        let mut recordings: Vec<FileRecord> = Vec::new();
+        if let Ok(t) = std::fs::read_to_string(dir.join("recordings.jsonl")) {
+            for l in t.lines() {
+                if let Ok(r) = serde_json::from_str::<FileRecord>(l) {
+                    recordings.push(r);
+                } else if let Some(k) = serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["deleted"].as_str().map(str::to_string))
+                {
+                    recordings.retain(|r| r.key != k);
+                }
+            }
+        }
         Index {
             dir,
+            recordings: Mutex::new(recordings),
             recent: Mutex::new((HashSet::new(), VecDeque::new())),
             files: Mutex::new(()),
         }
@@ -77,6 +123,63 @@ impl Index {
                 "cannot index the file for retention, it will not expire: {e}"
             );
         }
+    }
+
+    /// Records a stored file for queries (R-QY-1); `size` 0 is filled from `root`.
+    pub fn record(&self, rec: FileRecord) {
+        let line = serde_json::to_vec(&rec).map(|mut l| {
+            l.push(b'\n');
+            l
+        });
+        let res = line.map_err(std::io::Error::other).and_then(|l| {
+            let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            std::fs::create_dir_all(&self.dir)?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("recordings.jsonl"))?
+                .write_all(&l)
+        });
+        if let Err(e) = res {
+            warn!(key = %rec.key, "cannot write the recordings index: {e}");
+        }
+        self.recordings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(rec);
+    }
+
+    /// Stored recordings matching `f`, oldest first; deleted (expired) ones are gone.
+    pub fn query(&self, f: &RecordingFilter) -> Vec<FileRecord> {
+        self.recordings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|r| {
+                f.domain.as_ref().is_none_or(|d| *d == r.domain)
+                    && f.app.as_ref().is_none_or(|a| *a == r.app)
+                    && f.stream.as_ref().is_none_or(|s| *s == r.stream)
+                    && f.format.as_ref().is_none_or(|x| *x == r.format)
+                    && f.task_id.as_ref().is_none_or(|t| *t == r.task_id)
+                    && f.from.is_none_or(|from| r.end_ms > from * 1000)
+                    && f.to.is_none_or(|to| r.start_ms < to * 1000)
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn forget(&self, key: &str) {
+        self.recordings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r| r.key != key);
+        let line = serde_json::json!({ "deleted": key }).to_string() + "\n";
+        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("recordings.jsonl"))
+            .and_then(|mut f| f.write_all(line.as_bytes()));
     }
 
     pub fn recently_stored(&self, key: &str) -> bool {
@@ -201,7 +304,10 @@ pub async fn sweep_once(index: &Index, backend: &Backend) {
     let mut failed = Vec::new();
     for e in due {
         match delete(backend, &e.key).await {
-            Ok(()) => info!(key = %e.key, "retention: deleted expired file"),
+            Ok(()) => {
+                index.forget(&e.key);
+                info!(key = %e.key, "retention: deleted expired file")
+            }
             Err(err) => {
                 warn!(key = %e.key, "retention: delete failed, will retry: {err}");
                 failed.push(e);

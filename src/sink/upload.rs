@@ -33,6 +33,8 @@ pub struct Job {
     pub storage_time: u64,
     /// When the file closed, for the close-to-stored delay in the log.
     pub closed: Instant,
+    /// The recordings index entry, added once the store has the file.
+    pub info: Option<super::retention::FileRecord>,
 }
 
 pub fn meta_path(up: &Path) -> PathBuf {
@@ -120,6 +122,13 @@ impl Uploader {
         }
     }
 
+    fn record(&self, job: &Job) {
+        if let Some(mut i) = job.info.clone() {
+            i.key = job.key.clone();
+            self.index.record(i);
+        }
+    }
+
     pub fn mark_queued(&self, key: &str) {
         self.mark(key, true);
     }
@@ -151,6 +160,7 @@ impl Uploader {
         self.tracker.spawn(async move {
             me.upload_until_done(&job).await;
             me.index.add(&job.key, job.storage_time);
+            me.record(&job);
             me.mark(&job.key, false);
         });
     }
@@ -309,12 +319,13 @@ impl Uploader {
                         dirty = false;
                     }
                 }
-                LaneMsg::Finish(segment_keys) => {
+                LaneMsg::Finish(segment_keys, info) => {
                     self.put_small_until_done(&key, playlist.render(true).as_bytes())
                         .await;
                     for k in segment_keys.iter().chain(std::iter::once(&key)) {
                         self.index.add(k, storage_time);
                     }
+                    self.index.record(info);
                     let _ = tokio::fs::remove_file(&copy).await;
                     let _ = tokio::fs::remove_file(&marker).await;
                     self.mark(&key, false);
@@ -503,6 +514,7 @@ impl Uploader {
         }
         let _ = tokio::fs::remove_file(&mpu).await;
         self.index.add(&job.key, job.storage_time);
+        self.record(&job);
         self.mark(&job.key, false);
     }
 
@@ -716,7 +728,7 @@ async fn pread(file: Arc<std::fs::File>, off: u64, len: usize) -> Result<Vec<u8>
 
 pub enum LaneMsg {
     Segment(Job, hls::Segment),
-    Finish(Vec<String>),
+    Finish(Vec<String>, super::retention::FileRecord),
 }
 
 pub struct HlsLane {
@@ -728,8 +740,8 @@ impl HlsLane {
         let _ = self.tx.send(LaneMsg::Segment(job, seg));
     }
 
-    pub fn finish(self, segment_keys: Vec<String>) {
-        let _ = self.tx.send(LaneMsg::Finish(segment_keys));
+    pub fn finish(self, segment_keys: Vec<String>, info: super::retention::FileRecord) {
+        let _ = self.tx.send(LaneMsg::Finish(segment_keys, info));
     }
 }
 
