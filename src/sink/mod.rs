@@ -497,6 +497,7 @@ impl Sink {
     }
 
     /// Stores a complete spool file under a fresh key (also used by crash recovery).
+    #[allow(clippy::too_many_arguments)]
     async fn store_finished(
         &self,
         path: &Path,
@@ -919,7 +920,10 @@ mod tests {
         f.flush().await.unwrap();
         use std::os::unix::fs::MetadataExt;
         let inode = std::fs::metadata(f.path()).unwrap().ino();
-        let key = sink.finish(f, &[], &meta, "s").await.unwrap();
+        let key = sink
+            .finish(f, &[], &meta, "s", (Utc::now(), 0))
+            .await
+            .unwrap();
         let stored = dir.path().join("rec").join(&key);
         assert_eq!(std::fs::read(&stored).unwrap(), b"hello");
         assert_eq!(
