@@ -24,56 +24,6 @@ const CONFIG: &str = "[record]\ndefault_template = 1\n[[template]]\nid = 1\nname
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Checks that `files`, in order, continue the input's per-track packet sequence (ffprobe
-/// on both sides): nothing skipped or repeated, each packet at the input's presentation
-/// time shifted by one constant per file (±`tolerance_ms`), and — when `same_bytes` —
-/// with the input's exact bytes. Like `common::assert_follows_input`, but on
-/// `testkit::probe_packet_hashes`, which keeps the hash of a packet with side data (the
-/// MP4's AAC priming packet).
-fn assert_follows(files: &[PathBuf], want: &[HashedPacket], same_bytes: bool, tolerance_ms: f64) {
-    let by_kind = |k| want.iter().filter(|p| p.kind == k).collect::<Vec<_>>();
-    let (want_v, want_a) = (by_kind(TrackKind::Video), by_kind(TrackKind::Audio));
-    let (mut next_v, mut next_a) = (0usize, 0usize);
-    for f in files {
-        let mut shift = None;
-        for p in probe_packet_hashes(f) {
-            let (list, next) = match p.kind {
-                TrackKind::Video => (&want_v, &mut next_v),
-                TrackKind::Audio => (&want_a, &mut next_a),
-            };
-            let w = list.get(*next).unwrap_or_else(|| {
-                panic!("{}: more {:?} packets than the input", f.display(), p.kind)
-            });
-            if same_bytes {
-                assert_eq!(
-                    p.sha256,
-                    w.sha256,
-                    "{}: {:?} packet {} differs from the input",
-                    f.display(),
-                    p.kind,
-                    *next
-                );
-            }
-            *next += 1;
-            let shift = *shift.get_or_insert(w.pts_ms - p.pts_ms);
-            assert!(
-                (p.pts_ms + shift - w.pts_ms).abs() <= tolerance_ms,
-                "{}: {:?} packet {} re-timed: {} + {shift} vs {}",
-                f.display(),
-                p.kind,
-                *next - 1,
-                p.pts_ms,
-                w.pts_ms
-            );
-        }
-    }
-    assert_eq!(
-        (next_v, next_a),
-        (want_v.len(), want_a.len()),
-        "packets over all files"
-    );
-}
-
 fn count(packets: &[HashedPacket], kind: TrackKind) -> usize {
     packets.iter().filter(|p| p.kind == kind).count()
 }
@@ -210,7 +160,7 @@ fn check_mp4(name: &str, mp4: &[PathBuf], flv: &[PathBuf], want: &[HashedPacket]
     }
     // MP4 audio timing comes from sample counts and the fixture's from 1 ms FLV
     // timestamps: allow that rounding.
-    assert_follows(mp4, want, true, 1.5);
+    common::assert_follows_packets(mp4, want, true, 1.5);
 }
 
 /// The raw AAC files: whole ADTS frames, as many as the FLV file of the same span.
@@ -320,7 +270,7 @@ fn hevc_and_av1_over_enhanced_rtmp_are_recorded_in_every_format() {
         let m3u8 = files("hevc", "m3u8");
         check_hls(&ffmpeg, &m3u8, &flv, &["hevc", "aac"]);
         // TS payloads are rewritten (Annex B, ADTS): timing only.
-        assert_follows(&m3u8, &want, false, 1.5);
+        common::assert_follows_packets(&m3u8, &want, false, 1.5);
     }
 
     // AV1 + AAC: FLV, MP4 and AAC hold everything from the first keyframe on (the AAC
@@ -349,7 +299,7 @@ fn hevc_and_av1_over_enhanced_rtmp_are_recorded_in_every_format() {
             .filter(|p| p.kind == TrackKind::Audio)
             .cloned()
             .collect();
-        assert_follows(&m3u8, &audio, false, 1.5);
+        common::assert_follows_packets(&m3u8, &audio, false, 1.5);
         let log = d.log();
         assert!(
             log.lines().any(|l| l.contains("localhost/live/av1 ")
@@ -373,7 +323,7 @@ fn hevc_and_av1_over_enhanced_rtmp_are_recorded_in_every_format() {
             assert!(errors.is_empty(), "{}: {errors}", m.display());
             assert_eq!(probe_codecs(m), ["av1"], "{}", m.display());
         }
-        assert_follows(&mp4, &want, true, 1.5);
+        common::assert_follows_packets(&mp4, &want, true, 1.5);
         let dir = d.root().join("localhost/live/av1_video");
         let hls: Vec<_> = common::walk(&dir)
             .into_iter()

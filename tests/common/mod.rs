@@ -330,59 +330,48 @@ pub fn ordered(mut files: Vec<PathBuf>) -> Vec<PathBuf> {
     files
 }
 
-/// One packet as ffprobe demuxes it: kind ("video"/"audio"), PTS and DTS in ms, and the
-/// SHA-256 of its data. Demuxing both the input and our output with the same tool makes
-/// the comparison independent of our own parsers (R-FM-5).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HashedPacket {
-    pub kind: String,
-    pub pts_ms: f64,
-    pub dts_ms: f64,
-    pub hash: String,
-}
-
-pub fn packet_hashes(path: &Path) -> Vec<HashedPacket> {
-    // Through testkit's JSON reader: ffprobe's CSV splits packets that carry side data
-    // (AAC priming in ffmpeg-made MP4s) over two lines.
-    testkit::probe::probe_packet_hashes(path)
-        .into_iter()
-        .map(|p| HashedPacket {
-            kind: match p.kind {
-                media::TrackKind::Video => "video".to_string(),
-                media::TrackKind::Audio => "audio".to_string(),
-            },
-            pts_ms: p.pts_ms,
-            dts_ms: p.dts_ms,
-            hash: p.sha256,
-        })
-        .collect()
-}
-
 /// Checks that `files`, in order, continue the input's per-track packet sequence (as
 /// ffprobe demuxes both): nothing skipped or repeated, each packet at the input's
 /// presentation time shifted by one constant per file (±`tolerance_ms`), and — when
 /// `same_bytes` — with the input's exact bytes (R-FM-5).
 pub fn assert_follows_input(files: &[PathBuf], input: &Path, same_bytes: bool, tolerance_ms: f64) {
-    let want = packet_hashes(input);
-    let by_kind = |k: &str| want.iter().filter(|p| p.kind == k).collect::<Vec<_>>();
-    let (want_v, want_a) = (by_kind("video"), by_kind("audio"));
+    assert_follows_packets(
+        files,
+        &testkit::probe_packet_hashes(input),
+        same_bytes,
+        tolerance_ms,
+    );
+}
+
+/// [`assert_follows_input`] against packets already probed (and maybe trimmed, e.g. an
+/// AAC priming packet a file cannot hold).
+pub fn assert_follows_packets(
+    files: &[PathBuf],
+    want: &[testkit::HashedPacket],
+    same_bytes: bool,
+    tolerance_ms: f64,
+) {
+    use media::TrackKind;
+    let by_kind = |k| want.iter().filter(|p| p.kind == k).collect::<Vec<_>>();
+    let (want_v, want_a) = (by_kind(TrackKind::Video), by_kind(TrackKind::Audio));
     let (mut next_v, mut next_a) = (0usize, 0usize);
     for f in files {
         let mut shift = None;
-        for p in packet_hashes(f) {
-            let (list, next) = if p.kind == "video" {
-                (&want_v, &mut next_v)
-            } else {
-                (&want_a, &mut next_a)
+        // JSON, not CSV: ffprobe's CSV splits packets that carry side data (AAC priming
+        // in ffmpeg-made MP4s) over two lines.
+        for p in testkit::probe_packet_hashes(f) {
+            let (list, next) = match p.kind {
+                TrackKind::Video => (&want_v, &mut next_v),
+                TrackKind::Audio => (&want_a, &mut next_a),
             };
             let w = list.get(*next).unwrap_or_else(|| {
-                panic!("{}: more {} packets than the input", f.display(), p.kind)
+                panic!("{}: more {:?} packets than the input", f.display(), p.kind)
             });
             if same_bytes {
                 assert_eq!(
-                    p.hash,
-                    w.hash,
-                    "{}: {} packet {} differs from the input",
+                    p.sha256,
+                    w.sha256,
+                    "{}: {:?} packet {} differs from the input",
                     f.display(),
                     p.kind,
                     *next
@@ -392,9 +381,10 @@ pub fn assert_follows_input(files: &[PathBuf], input: &Path, same_bytes: bool, t
             let shift = *shift.get_or_insert(w.pts_ms - p.pts_ms);
             assert!(
                 (p.pts_ms + shift - w.pts_ms).abs() <= tolerance_ms,
-                "{}: {} packet re-timed: {} + {shift} vs {}",
+                "{}: {:?} packet {} re-timed: {} + {shift} vs {}",
                 f.display(),
                 p.kind,
+                *next - 1,
                 p.pts_ms,
                 w.pts_ms
             );
@@ -403,7 +393,6 @@ pub fn assert_follows_input(files: &[PathBuf], input: &Path, same_bytes: bool, t
     assert_eq!(
         (next_v, next_a),
         (want_v.len(), want_a.len()),
-        "{}: packets over all files",
-        input.display()
+        "packets over all files"
     );
 }
