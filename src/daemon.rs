@@ -357,15 +357,9 @@ fn router(ctx: Arc<Ctx>) -> Router {
                 move |q: Result<axum::extract::Query<crate::tasks::ListFilter>, axum::extract::rejection::QueryRejection>| {
                     let ctx = ctx.clone();
                     async move {
-                        let f = match q {
-                            Ok(axum::extract::Query(f)) => f,
-                            Err(e) => {
-                                return api_error(
-                                    axum::http::StatusCode::BAD_REQUEST,
-                                    "invalid_request",
-                                    &e.body_text(),
-                                )
-                            }
+                        let f = match query(q) {
+                            Ok(f) => f,
+                            Err(e) => return e,
                         };
                         let all = ctx.tasks.list(&f);
                         let from = match f.page_token.as_deref().map(str::parse::<usize>) {
@@ -443,15 +437,9 @@ fn router(ctx: Arc<Ctx>) -> Router {
                 >| {
                     let ctx = ctx.clone();
                     async move {
-                        let f = match q {
-                            Ok(axum::extract::Query(f)) => f,
-                            Err(e) => {
-                                return api_error(
-                                    axum::http::StatusCode::BAD_REQUEST,
-                                    "invalid_request",
-                                    &e.body_text(),
-                                )
-                            }
+                        let f = match query(q) {
+                            Ok(f) => f,
+                            Err(e) => return e,
                         };
                         let cfg = ctx.config.load_full();
                         let base = cfg.config.storage.public_base_url.trim_end_matches('/');
@@ -595,6 +583,19 @@ async fn check_token(
         )
         .into_response()
     }
+}
+
+/// A query string, or the 400 that says what is wrong with it.
+fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, (axum::http::StatusCode, Json<serde_json::Value>)> {
+    q.map(|axum::extract::Query(f)| f).map_err(|e| {
+        api_error(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &e.body_text(),
+        )
+    })
 }
 
 fn api_error(
