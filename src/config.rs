@@ -313,7 +313,7 @@ pub struct Template {
     pub aac: Option<Spanned<FormatConfig>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 // `storage_time`, `segment_duration` and `continue_timeout` are parsed (and so validated
 // as numbers) now so configs written for later releases load; retention (R-ST-5) and
@@ -340,6 +340,79 @@ fn default_interval() -> u64 {
 
 fn unspanned<T>(v: T) -> Spanned<T> {
     Spanned::new(0..0, v)
+}
+
+/// A template as the HTTP API takes and stores it (R-TP-5): the TOML shape, in JSON.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateBody {
+    #[serde(default)]
+    pub id: Option<i64>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub flv: Option<FormatConfig>,
+    #[serde(default)]
+    pub hls: Option<FormatConfig>,
+    #[serde(default)]
+    pub mp4: Option<FormatConfig>,
+    #[serde(default)]
+    pub aac: Option<FormatConfig>,
+}
+
+impl TemplateBody {
+    pub fn to_template(&self, id: i64) -> Template {
+        Template {
+            id: unspanned(id),
+            name: self.name.clone(),
+            flv: self.flv.clone().map(unspanned),
+            hls: self.hls.clone().map(unspanned),
+            mp4: self.mp4.clone().map(unspanned),
+            aac: self.aac.clone().map(unspanned),
+        }
+    }
+}
+
+/// A rule as the HTTP API takes and stores it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBody {
+    #[serde(default)]
+    pub rule_id: Option<String>,
+    pub domain: String,
+    #[serde(default)]
+    pub app: String,
+    #[serde(default)]
+    pub stream: String,
+    pub template_id: i64,
+}
+
+/// Templates and rules made over the API, kept apart from the file's so a reload can
+/// merge them again.
+#[derive(Debug, Clone, Default)]
+pub struct ApiItems {
+    pub templates: std::collections::BTreeMap<i64, TemplateBody>,
+    pub rules: std::collections::BTreeMap<String, RuleBody>,
+}
+
+impl Loaded {
+    /// The file's config with the API's templates and rules added, validated as one
+    /// (ids, rule keys, limits, formats: the same checks as the file's).
+    pub fn merged(file: &Loaded, api: &ApiItems) -> Result<Loaded, Vec<ConfigError>> {
+        let mut c = file.config.clone();
+        for (id, t) in &api.templates {
+            c.templates.push(unspanned(t.to_template(*id)));
+        }
+        for r in api.rules.values() {
+            c.rules.push(unspanned(Rule {
+                domain: r.domain.clone(),
+                app: r.app.clone(),
+                stream: r.stream.clone(),
+                template_id: unspanned(r.template_id),
+            }));
+        }
+        validate(c, "", None)
+    }
 }
 
 /// One format a stream records, resolved from a template.

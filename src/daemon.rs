@@ -31,6 +31,10 @@ pub struct Ctx {
     pub stats: Stats,
     pub tasks: crate::tasks::Tasks,
     pub state: crate::state::State,
+    /// The config file alone (reloads replace it); `config` is it merged with `api_items`.
+    pub file_config: std::sync::Mutex<Arc<Loaded>>,
+    /// Templates and rules made over the API (R-TP-5).
+    pub api_items: tokio::sync::Mutex<crate::config::ApiItems>,
 }
 
 /// Counters for `/metrics` (R-OP-3).
@@ -92,8 +96,11 @@ pub async fn run(
         source,
     })?;
 
+    let loaded = Arc::new(loaded);
     let ctx = Arc::new(Ctx {
-        config: arc_swap::ArcSwap::from_pointee(loaded),
+        config: arc_swap::ArcSwap::new(loaded.clone()),
+        file_config: std::sync::Mutex::new(loaded),
+        api_items: tokio::sync::Mutex::new(Default::default()),
         config_path,
         hub: Hub::new(),
         sink,
@@ -103,6 +110,15 @@ pub async fn run(
         tasks: crate::tasks::Tasks::default(),
         state,
     });
+    match crate::api::load(&ctx).await {
+        Ok((0, 0)) => {}
+        Ok((t, r)) => info!(
+            templates = t,
+            rules = r,
+            "API-made templates and rules loaded from the store"
+        ),
+        Err(e) => warn!("API-made templates and rules not loaded: {e}"),
+    }
     match ctx.tasks.load(&ctx.state).await {
         Ok(0) => {}
         Ok(n) => info!(tasks = n, "record tasks loaded from the store"),
@@ -233,7 +249,7 @@ fn router(ctx: Arc<Ctx>) -> Router {
             axum::routing::post(move || {
                 let ctx = c3.clone();
                 async move {
-                    match reload(&ctx) {
+                    match reload(&ctx).await {
                         Ok(warnings) => (
                             axum::http::StatusCode::OK,
                             Json(serde_json::json!({"status": "reloaded", "warnings": warnings})),
@@ -478,9 +494,29 @@ fn router(ctx: Arc<Ctx>) -> Router {
                     let ctx = ctx.clone();
                     async move {
                         let cfg = ctx.config.load_full();
+                        let api: std::collections::HashSet<i64> =
+                            ctx.api_items.lock().await.templates.keys().copied().collect();
                         let mut list = vec![builtin_template_json()];
-                        list.extend(cfg.config.templates.iter().map(|t| template_json(t.get_ref())));
+                        list.extend(cfg.config.templates.iter().map(|t| {
+                            let mut j = template_json(t.get_ref());
+                            if api.contains(t.get_ref().id.get_ref()) {
+                                j["source"] = "api".into();
+                            }
+                            j
+                        }));
                         Json(serde_json::json!({ "templates": list }))
+                    }
+                }
+            })
+            .post({
+                let ctx = c4.clone();
+                move |body: Result<Json<crate::config::TemplateBody>, axum::extract::rejection::JsonRejection>| {
+                    let ctx = ctx.clone();
+                    async move {
+                        match body {
+                            Ok(Json(b)) => crate::api::create_template(ctx, b).await,
+                            Err(e) => api_error(axum::http::StatusCode::BAD_REQUEST, "invalid_request", &e.body_text()),
+                        }
                     }
                 }
             }),
@@ -504,7 +540,12 @@ fn router(ctx: Arc<Ctx>) -> Router {
                             Err(_) => None,
                         };
                         match found {
-                            Some(t) => (axum::http::StatusCode::OK, Json(t)),
+                            Some(mut t) => {
+                                if ctx.api_items.lock().await.templates.contains_key(&t["id"].as_i64().unwrap_or(-1)) {
+                                    t["source"] = "api".into();
+                                }
+                                (axum::http::StatusCode::OK, Json(t))
+                            }
                             None => api_error(
                                 axum::http::StatusCode::NOT_FOUND,
                                 "template_not_found",
@@ -512,6 +553,26 @@ fn router(ctx: Arc<Ctx>) -> Router {
                             ),
                         }
                     }
+                }
+            })
+            .put({
+                let ctx = c4.clone();
+                move |axum::extract::Path(id): axum::extract::Path<i64>,
+                      body: Result<Json<crate::config::TemplateBody>, axum::extract::rejection::JsonRejection>| {
+                    let ctx = ctx.clone();
+                    async move {
+                        match body {
+                            Ok(Json(b)) => crate::api::put_template(ctx, id, b).await,
+                            Err(e) => api_error(axum::http::StatusCode::BAD_REQUEST, "invalid_request", &e.body_text()),
+                        }
+                    }
+                }
+            })
+            .delete({
+                let ctx = c4.clone();
+                move |axum::extract::Path(id): axum::extract::Path<i64>| {
+                    let ctx = ctx.clone();
+                    async move { crate::api::delete_template(ctx, id).await }
                 }
             }),
         )
@@ -522,21 +583,58 @@ fn router(ctx: Arc<Ctx>) -> Router {
                 move || {
                     let ctx = ctx.clone();
                     async move {
-                        let cfg = ctx.config.load_full();
-                        let list: Vec<_> = cfg
+                        let file = ctx.file_config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        let mut list: Vec<_> = file
                             .config
                             .rules
                             .iter()
-                            .map(|r| {
+                            .enumerate()
+                            .map(|(i, r)| {
                                 let r = r.get_ref();
-                                serde_json::json!({
-                                    "domain": r.domain, "app": r.app, "stream": r.stream,
-                                    "template_id": r.template_id.get_ref(), "source": "config",
-                                })
+                                crate::api::rule_json(
+                                    &crate::config::RuleBody {
+                                        rule_id: Some(format!("config-{i}")),
+                                        domain: r.domain.clone(),
+                                        app: r.app.clone(),
+                                        stream: r.stream.clone(),
+                                        template_id: *r.template_id.get_ref(),
+                                    },
+                                    "config",
+                                )
                             })
                             .collect();
+                        list.extend(
+                            ctx.api_items
+                                .lock()
+                                .await
+                                .rules
+                                .values()
+                                .map(|r| crate::api::rule_json(r, "api")),
+                        );
                         Json(serde_json::json!({ "rules": list }))
                     }
+                }
+            })
+            .post({
+                let ctx = c4.clone();
+                move |body: Result<Json<crate::config::RuleBody>, axum::extract::rejection::JsonRejection>| {
+                    let ctx = ctx.clone();
+                    async move {
+                        match body {
+                            Ok(Json(b)) => crate::api::create_rule(ctx, b).await,
+                            Err(e) => api_error(axum::http::StatusCode::BAD_REQUEST, "invalid_request", &e.body_text()),
+                        }
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/rules/{id}",
+            axum::routing::delete({
+                let ctx = c4.clone();
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let ctx = ctx.clone();
+                    async move { crate::api::delete_rule(ctx, id).await }
                 }
             }),
         )
@@ -657,7 +755,7 @@ async fn wait_for_signal(ctx: &Arc<Ctx>) -> std::io::Result<()> {
             _ = int.recv() => { info!("SIGINT received"); return Ok(()); }
             _ = hup.recv() => {
                 info!("SIGHUP received: reloading the config");
-                let _ = reload(ctx);
+                let _ = reload(ctx).await;
             }
         }
     }
@@ -692,7 +790,7 @@ fn restart_only_changes(old: &Loaded, new: &Loaded) -> Vec<&'static str> {
 /// Re-reads the config file (R-TP-6). A bad file is refused with its errors and the
 /// running config stays; a good one applies to connections and pushes that start from now
 /// on (recordings in progress keep the settings they started with). Returns the warnings.
-pub fn reload(ctx: &Ctx) -> Result<Vec<String>, Vec<String>> {
+pub async fn reload(ctx: &Ctx) -> Result<Vec<String>, Vec<String>> {
     let new = match crate::config::load(ctx.config_path.as_deref()) {
         Ok(l) => l,
         Err(errors) => {
@@ -723,7 +821,24 @@ pub fn reload(ctx: &Ctx) -> Result<Vec<String>, Vec<String>> {
         warn!("{w}");
         warnings.push(w);
     }
-    ctx.config.store(Arc::new(new));
+    // The API's templates and rules go on top of the new file, checked together.
+    let items = ctx.api_items.lock().await;
+    let merged = match Loaded::merged(&new, &items) {
+        Ok(m) => m,
+        Err(errors) => {
+            let msgs: Vec<String> = errors
+                .iter()
+                .map(|e| format!("with the API-made templates and rules: {e}"))
+                .collect();
+            for m in &msgs {
+                warn!("reload refused, the running config stays: {m}");
+            }
+            return Err(msgs);
+        }
+    };
+    *ctx.file_config.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+    ctx.config.store(Arc::new(merged));
+    drop(items);
     info!(
         templates = ctx.config.load().config.templates.len(),
         rules = ctx.config.load().config.rules.len(),

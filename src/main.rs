@@ -103,6 +103,7 @@ fn init_logging(cfg: &config::LogConfig) {
     }
 }
 
+mod api;
 mod daemon;
 mod state;
 mod tasks;

@@ -65,6 +65,14 @@ impl State {
         Ok(())
     }
 
+    /// Deletes one object (gone already is fine).
+    pub async fn delete(&self, kind: &str, id: &str) -> Result<(), StateError> {
+        match self.store.delete(&self.path(kind, id)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every object of a kind; unreadable ones are skipped with a warning.
     pub async fn list<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, StateError> {
         let dir = ObjectPath::parse(format!("{}.liverec/state/{kind}", self.prefix))?;

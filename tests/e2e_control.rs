@@ -191,3 +191,136 @@ fn templates_and_rules_are_listed_and_the_token_is_enforced() {
     assert_eq!(r["rules"][0]["template_id"], 2);
     assert_eq!(r["rules"][0]["app"], "live");
 }
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn api_templates_and_rules_apply_to_new_pushes_and_survive_a_restart() {
+    let rules =
+        "[[rule]]\ndomain = \"localhost\"\napp = \"live\"\nstream = \"special\"\ntemplate_id = 2\n";
+    let mut d = Daemon::start(&format!("{TEMPLATES}{rules}"));
+    let req = |d: &Daemon, m: &str, p: &str, b: &str| {
+        let (s, body) = d.api_request(m, p, b);
+        (s, json(&body))
+    };
+    // Config-file templates and rules are read-only over the API.
+    let (s, v) = req(&d, "PUT", "/v1/templates/1", "{\"name\":\"x\"}");
+    assert_eq!((s, v["code"].as_str()), (403, Some("read_only")), "{v}");
+    assert_eq!(req(&d, "DELETE", "/v1/templates/0", "").0, 403);
+    assert_eq!(req(&d, "DELETE", "/v1/rules/config-0", "").0, 403);
+    let (s, v) = req(&d, "POST", "/v1/templates", "{\"id\":1,\"name\":\"dup\"}");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("template_exists")),
+        "{v}"
+    );
+    // Validated like the file's.
+    let (s, v) = req(
+        &d,
+        "POST",
+        "/v1/templates",
+        "{\"name\":\"bad\",\"flv\":{\"enable\":true,\"record_interval\":0}}",
+    );
+    assert_eq!((s, v["code"].as_str()), (400, Some("invalid")), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("record_interval"),
+        "{v}"
+    );
+    let (s, v) = req(&d, "POST", "/v1/templates", "{\"name\":\"bad\",\"nope\":1}");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+
+    let (s, v) = req(
+        &d,
+        "POST",
+        "/v1/templates",
+        "{\"name\":\"audio\",\"aac\":{\"enable\":true,\"record_interval\":600,\"file_name\":\"{StreamID}-{Seq}\"}}",
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["source"], "api");
+    let tid = v["id"].as_i64().expect("id");
+    assert_eq!(tid, 4, "next id after the file's 1..3");
+    let rule = format!(
+        "{{\"domain\":\"localhost\",\"app\":\"live\",\"stream\":\"viaapi\",\"template_id\":{tid}}}"
+    );
+    let (s, v) = req(&d, "POST", "/v1/rules", &rule);
+    assert_eq!(s, 201, "{v}");
+    let rid = v["rule_id"].as_str().expect("rule id").to_string();
+    let (s, v) = req(&d, "POST", "/v1/rules", &rule);
+    assert_eq!((s, v["code"].as_str()), (409, Some("rule_exists")), "{v}");
+    let (s, _) = req(
+        &d,
+        "POST",
+        "/v1/rules",
+        "{\"domain\":\"localhost\",\"template_id\":99}",
+    );
+    assert_eq!(s, 400);
+    let (s, v) = req(&d, "DELETE", &format!("/v1/templates/{tid}"), "");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("template_in_use")),
+        "{v}"
+    );
+
+    // A push that starts now gets the API's rule and template.
+    push(&d, "viaapi", "avc_aac_2s.flv");
+    let aac = d.wait_files(
+        "localhost",
+        "live",
+        "viaapi",
+        "aac",
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(aac.len(), 1);
+    assert!(d.files("localhost", "live", "viaapi", "flv").is_empty());
+
+    // Both survive a restart and still apply.
+    assert_eq!(d.stop(), Some(0));
+    d.restart();
+    let (_, v) = req(&d, "GET", &format!("/v1/templates/{tid}"), "");
+    assert_eq!(v["source"], "api", "{v}");
+    let (_, v) = req(&d, "GET", "/v1/rules", "");
+    let sources: Vec<_> = v["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| {
+            (
+                r["rule_id"].as_str().unwrap_or("").to_string(),
+                r["source"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        sources.contains(&("config-0".into(), "config".into())),
+        "{v}"
+    );
+    assert!(sources.contains(&(rid.clone(), "api".into())), "{v}");
+    push(&d, "viaapi", "avc_aac_2s.flv");
+    let aac = d.wait_files(
+        "localhost",
+        "live",
+        "viaapi",
+        "aac",
+        2,
+        Duration::from_secs(20),
+    );
+    assert_eq!(aac.len(), 2);
+
+    assert_eq!(req(&d, "DELETE", &format!("/v1/rules/{rid}"), "").0, 200);
+    assert_eq!(
+        req(&d, "DELETE", &format!("/v1/templates/{tid}"), "").0,
+        200
+    );
+    assert_eq!(req(&d, "GET", &format!("/v1/templates/{tid}"), "").0, 404);
+    assert_eq!(req(&d, "DELETE", &format!("/v1/rules/{rid}"), "").0, 404);
+}

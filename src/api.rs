@@ -1,0 +1,269 @@
+//! Templates and rules over the HTTP API (R-TP-5): created, replaced and deleted here,
+//! persisted in the state store, merged with the config file's (which stay read-only over
+//! the API) and validated exactly like them.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::Value;
+use tracing::info;
+
+use crate::config::{ApiItems, Loaded, RuleBody, TemplateBody};
+use crate::daemon::Ctx;
+
+pub type Reply = (StatusCode, Json<Value>);
+
+pub fn error(status: StatusCode, code: &str, message: &str) -> Reply {
+    (
+        status,
+        Json(serde_json::json!({ "code": code, "message": message })),
+    )
+}
+
+/// Makes `items` the API's templates and rules, if the merged config is valid.
+fn apply(ctx: &Ctx, items: &ApiItems) -> Result<(), Reply> {
+    let file = ctx
+        .file_config
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let merged = Loaded::merged(&file, items).map_err(|errors| {
+        let msg: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        error(StatusCode::BAD_REQUEST, "invalid", &msg.join("; "))
+    })?;
+    ctx.config.store(Arc::new(merged));
+    Ok(())
+}
+
+fn is_file_template(ctx: &Ctx, id: i64) -> bool {
+    id == 0
+        || ctx
+            .file_config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .config
+            .templates
+            .iter()
+            .any(|t| *t.get_ref().id.get_ref() == id)
+}
+
+fn stored_err(e: crate::state::StateError) -> Reply {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        &format!("could not store the change: {e}"),
+    )
+}
+
+pub async fn create_template(ctx: Arc<Ctx>, mut body: TemplateBody) -> Reply {
+    let mut items = ctx.api_items.lock().await;
+    let id = match body.id {
+        Some(id) => id,
+        None => {
+            // The next id after every one in use.
+            let cfg = ctx.config.load();
+            cfg.config
+                .templates
+                .iter()
+                .map(|t| *t.get_ref().id.get_ref())
+                .max()
+                .unwrap_or(0)
+                .max(0)
+                + 1
+        }
+    };
+    if is_file_template(&ctx, id) || items.templates.contains_key(&id) {
+        return error(
+            StatusCode::CONFLICT,
+            "template_exists",
+            &format!("template {id} already exists"),
+        );
+    }
+    body.id = Some(id);
+    let mut next = items.clone();
+    next.templates.insert(id, body.clone());
+    if let Err(r) = apply(&ctx, &next) {
+        return r;
+    }
+    if let Err(e) = ctx.state.put("templates", &id.to_string(), &body).await {
+        let _ = apply(&ctx, &items);
+        return stored_err(e);
+    }
+    *items = next;
+    info!(template = id, "template created over the API");
+    (StatusCode::CREATED, Json(api_template_json(id, &body)))
+}
+
+pub async fn put_template(ctx: Arc<Ctx>, id: i64, mut body: TemplateBody) -> Reply {
+    if is_file_template(&ctx, id) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "read_only",
+            &format!("template {id} comes from the config file; edit the file and reload"),
+        );
+    }
+    let mut items = ctx.api_items.lock().await;
+    if !items.templates.contains_key(&id) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "template_not_found",
+            &format!("no template {id}"),
+        );
+    }
+    body.id = Some(id);
+    let mut next = items.clone();
+    next.templates.insert(id, body.clone());
+    if let Err(r) = apply(&ctx, &next) {
+        return r;
+    }
+    if let Err(e) = ctx.state.put("templates", &id.to_string(), &body).await {
+        let _ = apply(&ctx, &items);
+        return stored_err(e);
+    }
+    *items = next;
+    info!(
+        template = id,
+        "template replaced over the API; new pushes use it"
+    );
+    (StatusCode::OK, Json(api_template_json(id, &body)))
+}
+
+pub async fn delete_template(ctx: Arc<Ctx>, id: i64) -> Reply {
+    if is_file_template(&ctx, id) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "read_only",
+            &format!("template {id} comes from the config file"),
+        );
+    }
+    let mut items = ctx.api_items.lock().await;
+    if !items.templates.contains_key(&id) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "template_not_found",
+            &format!("no template {id}"),
+        );
+    }
+    let mut next = items.clone();
+    next.templates.remove(&id);
+    // A rule (or the default) still naming it makes the merged config invalid.
+    if let Err((_, Json(v))) = apply(&ctx, &next) {
+        return error(
+            StatusCode::CONFLICT,
+            "template_in_use",
+            v["message"].as_str().unwrap_or("template in use"),
+        );
+    }
+    if let Err(e) = ctx.state.delete("templates", &id.to_string()).await {
+        let _ = apply(&ctx, &items);
+        return stored_err(e);
+    }
+    *items = next;
+    info!(template = id, "template deleted over the API");
+    (StatusCode::OK, Json(serde_json::json!({ "deleted": id })))
+}
+
+pub async fn create_rule(ctx: Arc<Ctx>, mut body: RuleBody) -> Reply {
+    let mut items = ctx.api_items.lock().await;
+    let id = format!("r{:x}", chrono::Utc::now().timestamp_micros());
+    body.rule_id = Some(id.clone());
+    let mut next = items.clone();
+    next.rules.insert(id.clone(), body.clone());
+    if let Err((_, Json(v))) = apply(&ctx, &next) {
+        let msg = v["message"].as_str().unwrap_or("invalid rule").to_string();
+        let (status, code) = if msg.contains("already exists") {
+            (StatusCode::CONFLICT, "rule_exists")
+        } else {
+            (StatusCode::BAD_REQUEST, "invalid")
+        };
+        return error(status, code, &msg);
+    }
+    if let Err(e) = ctx.state.put("rules", &id, &body).await {
+        let _ = apply(&ctx, &items);
+        return stored_err(e);
+    }
+    *items = next;
+    info!(rule = %id, domain = %body.domain, app = %body.app, stream = %body.stream, template = body.template_id, "rule created over the API");
+    (StatusCode::CREATED, Json(rule_json(&body, "api")))
+}
+
+pub async fn delete_rule(ctx: Arc<Ctx>, id: String) -> Reply {
+    let mut items = ctx.api_items.lock().await;
+    if !items.rules.contains_key(&id) {
+        let code = if id.starts_with("config-") {
+            return error(
+                StatusCode::FORBIDDEN,
+                "read_only",
+                "rules from the config file are read-only over the API",
+            );
+        } else {
+            "rule_not_found"
+        };
+        return error(StatusCode::NOT_FOUND, code, &format!("no rule {id:?}"));
+    }
+    let mut next = items.clone();
+    next.rules.remove(&id);
+    if let Err(r) = apply(&ctx, &next) {
+        return r;
+    }
+    if let Err(e) = ctx.state.delete("rules", &id).await {
+        let _ = apply(&ctx, &items);
+        return stored_err(e);
+    }
+    *items = next;
+    info!(rule = %id, "rule deleted over the API");
+    (StatusCode::OK, Json(serde_json::json!({ "deleted": id })))
+}
+
+pub fn api_template_json(id: i64, t: &TemplateBody) -> Value {
+    let mut v = serde_json::json!({ "id": id, "name": t.name, "source": "api" });
+    for (k, f) in [
+        ("flv", &t.flv),
+        ("hls", &t.hls),
+        ("mp4", &t.mp4),
+        ("aac", &t.aac),
+    ] {
+        if let Some(f) = f {
+            v[k] = serde_json::to_value(f).unwrap_or(Value::Null);
+        }
+    }
+    v
+}
+
+pub fn rule_json(r: &RuleBody, source: &str) -> Value {
+    serde_json::json!({
+        "rule_id": r.rule_id, "domain": r.domain, "app": r.app, "stream": r.stream,
+        "template_id": r.template_id, "source": source,
+    })
+}
+
+/// Loads the API's templates and rules from the store and merges them (at start).
+pub async fn load(ctx: &Ctx) -> Result<(usize, usize), String> {
+    let templates: Vec<TemplateBody> = ctx
+        .state
+        .list("templates")
+        .await
+        .map_err(|e| e.to_string())?;
+    let rules: Vec<RuleBody> = ctx.state.list("rules").await.map_err(|e| e.to_string())?;
+    let mut items = ApiItems::default();
+    for t in templates {
+        if let Some(id) = t.id {
+            items.templates.insert(id, t);
+        }
+    }
+    for r in rules {
+        if let Some(id) = r.rule_id.clone() {
+            items.rules.insert(id, r);
+        }
+    }
+    let n = (items.templates.len(), items.rules.len());
+    apply(ctx, &items).map_err(|(_, Json(v))| {
+        format!(
+            "the stored API templates/rules do not fit the config file: {}",
+            v["message"]
+        )
+    })?;
+    *ctx.api_items.lock().await = items;
+    Ok(n)
+}
