@@ -557,10 +557,13 @@ fn router(ctx: Arc<Ctx>) -> Router {
             })
             .put({
                 let ctx = c4.clone();
-                move |axum::extract::Path(id): axum::extract::Path<i64>,
+                move |axum::extract::Path(id): axum::extract::Path<String>,
                       body: Result<Json<crate::config::TemplateBody>, axum::extract::rejection::JsonRejection>| {
                     let ctx = ctx.clone();
                     async move {
+                        let Ok(id) = id.parse::<i64>() else {
+                            return api_error(axum::http::StatusCode::NOT_FOUND, "template_not_found", &format!("no template {id:?}"));
+                        };
                         match body {
                             Ok(Json(b)) => crate::api::put_template(ctx, id, b).await,
                             Err(e) => api_error(axum::http::StatusCode::BAD_REQUEST, "invalid_request", &e.body_text()),
@@ -570,9 +573,14 @@ fn router(ctx: Arc<Ctx>) -> Router {
             })
             .delete({
                 let ctx = c4.clone();
-                move |axum::extract::Path(id): axum::extract::Path<i64>| {
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
                     let ctx = ctx.clone();
-                    async move { crate::api::delete_template(ctx, id).await }
+                    async move {
+                        match id.parse::<i64>() {
+                            Ok(id) => crate::api::delete_template(ctx, id).await,
+                            Err(_) => api_error(axum::http::StatusCode::NOT_FOUND, "template_not_found", &format!("no template {id:?}")),
+                        }
+                    }
                 }
             }),
         )
