@@ -55,6 +55,9 @@ pub struct Task {
     pub stream_type: u8,
     pub preroll_seconds: u64,
     pub created: i64,
+    /// Created without `start_time` (R-TK-3): starts at the newest keyframe, not after.
+    #[serde(default)]
+    pub realtime: bool,
     /// `scheduled` | `recording` | `waiting` (window open, stream not live) | `finished` |
     /// `stopped`.
     pub status: String,
@@ -225,6 +228,7 @@ impl Tasks {
             stream_type: req.stream_type,
             preroll_seconds: req.preroll_seconds,
             created: now,
+            realtime: req.start_time.is_none(),
             status: "scheduled".into(),
         };
         info!(task = %task_id, stream = %id, start, end = task.end_time, template_id, "record task created");
@@ -380,6 +384,10 @@ impl Tasks {
         // Pre-roll (R-TK-6) only for the first recording of a real-time task: it reaches
         // back before the request, limited by what the ring holds.
         let preroll_ms = (task.preroll_seconds as i64) * 1000;
+        // A scheduled window that opened while the stream was live starts at the first
+        // keyframe at or after its start (the ring holds what came since).
+        let since_ms = (!task.realtime)
+            .then(|| (chrono::Utc::now().timestamp_millis() - task.start_time * 1000).max(0));
         crate::recording::start_plans(
             ctx,
             &config,
@@ -391,6 +399,7 @@ impl Tasks {
                 task_id: task.task_id.clone(),
                 stop,
                 preroll_ms,
+                since_ms,
             }),
         );
     }

@@ -38,6 +38,9 @@ pub struct TaskRun {
     pub task_id: String,
     pub stop: tokio_util::sync::CancellationToken,
     pub preroll_ms: i64,
+    /// Start at the first keyframe within the last `since_ms` of media (a scheduled
+    /// window that opened that long ago), not at the newest one held.
+    pub since_ms: Option<i64>,
 }
 
 /// Starts one recorder task per plan on `ring`.
@@ -56,6 +59,9 @@ pub fn start_plans(
         info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), interval_s = plan.record_interval_ms / 1000, "recording");
         let reader = match &task {
             Some(t) if t.preroll_ms > 0 => ring.subscribe_preroll(t.preroll_ms),
+            Some(TaskRun {
+                since_ms: Some(ms), ..
+            }) => ring.subscribe_since(*ms),
             _ => ring.subscribe(),
         };
         let stop = task.as_ref().map(|t| t.stop.clone());

@@ -414,6 +414,13 @@ impl Shared {
         self.subscribe_at(|inner| inner.joins.back())
     }
 
+    fn subscribe_since(self: &Arc<Self>, ms: Millis) -> Reader {
+        self.subscribe_at(|inner| {
+            let target = inner.newest_dts()?.saturating_sub(ms.max(0));
+            inner.joins.iter().find(|j| j.dts >= target)
+        })
+    }
+
     fn subscribe_preroll(self: &Arc<Self>, ms: Millis) -> Reader {
         self.subscribe_at(|inner| {
             let target = inner.newest_dts()?.saturating_sub(ms.max(0));
@@ -525,6 +532,14 @@ impl Writer {
         self.shared.subscribe_preroll(ms)
     }
 
+    /// A reader starting at the first join point within the last `ms` of media (newest
+    /// DTS − `ms`) or, when there is none, at the next one to arrive: a recording that
+    /// should start at a moment `ms` ago starts at the first keyframe at or after it
+    /// (a scheduled record task whose window opened while the stream was live).
+    pub fn subscribe_since(&self, ms: Millis) -> Reader {
+        self.shared.subscribe_since(ms)
+    }
+
     pub fn stats(&self) -> RingStats {
         self.shared.lock().stats()
     }
@@ -554,6 +569,14 @@ impl RingHandle {
     /// or at the oldest one held when the ring is not that deep (R-TK-6 pre-roll).
     pub fn subscribe_preroll(&self, ms: Millis) -> Reader {
         self.shared.subscribe_preroll(ms)
+    }
+
+    /// A reader starting at the first join point within the last `ms` of media (newest
+    /// DTS − `ms`) or, when there is none, at the next one to arrive: a recording that
+    /// should start at a moment `ms` ago starts at the first keyframe at or after it
+    /// (a scheduled record task whose window opened while the stream was live).
+    pub fn subscribe_since(&self, ms: Millis) -> Reader {
+        self.shared.subscribe_since(ms)
     }
 
     pub fn stats(&self) -> RingStats {

@@ -427,6 +427,30 @@ fn preroll_starts_at_the_keyframe_four_to_six_seconds_back() {
 }
 
 #[test]
+fn since_starts_at_the_first_keyframe_at_or_after_the_moment() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: 10_000,
+        max_bytes: usize::MAX,
+    });
+    start(&mut w);
+    push_video(&mut w, 0, 21_960, 2000, 10);
+    let first_dts = |r: &mut Reader| {
+        let items = drain(r);
+        assert!(is_key(&items[3]));
+        dts_of(&items[3]).unwrap()
+    };
+    // 5 s ago = 16 960: the first keyframe after it is 18 000 (pre-roll would take 16 000).
+    assert_eq!(first_dts(&mut h.subscribe_since(5000)), 18_000);
+    assert_eq!(first_dts(&mut h.subscribe_since(3960)), 18_000);
+    // Nothing held that late: wait for the next keyframe to arrive.
+    let mut r = h.subscribe_since(500);
+    assert!(drain(&mut r).is_empty());
+    w.push(video(22_000, true, 10));
+    let items = drain(&mut r);
+    assert_eq!(dts_of(&items[3]), Some(22_000));
+}
+
+#[test]
 fn close_lets_readers_drain_then_ends() {
     let (mut w, h) = ring(big());
     start(&mut w);
