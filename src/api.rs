@@ -36,6 +36,23 @@ fn apply(ctx: &Ctx, items: &ApiItems) -> Result<(), Reply> {
     Ok(())
 }
 
+/// Applies `next` (validated with the file's config), stores the change with `save`, and
+/// keeps `next` as the API's items — or puts the running config back when storing fails.
+async fn commit(
+    ctx: &Ctx,
+    items: &mut ApiItems,
+    next: ApiItems,
+    save: impl std::future::Future<Output = Result<(), crate::state::StateError>>,
+) -> Result<(), Reply> {
+    apply(ctx, &next)?;
+    if let Err(e) = save.await {
+        let _ = apply(ctx, items);
+        return Err(stored_err(e));
+    }
+    *items = next;
+    Ok(())
+}
+
 fn is_file_template(ctx: &Ctx, id: i64) -> bool {
     id == 0
         || ctx
@@ -83,14 +100,11 @@ pub async fn create_template(ctx: Arc<Ctx>, mut body: TemplateBody) -> Reply {
     body.id = Some(id);
     let mut next = items.clone();
     next.templates.insert(id, body.clone());
-    if let Err(r) = apply(&ctx, &next) {
+    let key = id.to_string();
+    let save = ctx.state.put("templates", &key, &body);
+    if let Err(r) = commit(&ctx, &mut items, next, save).await {
         return r;
     }
-    if let Err(e) = ctx.state.put("templates", &id.to_string(), &body).await {
-        let _ = apply(&ctx, &items);
-        return stored_err(e);
-    }
-    *items = next;
     info!(template = id, "template created over the API");
     (StatusCode::CREATED, Json(api_template_json(id, &body)))
 }
@@ -114,14 +128,11 @@ pub async fn put_template(ctx: Arc<Ctx>, id: i64, mut body: TemplateBody) -> Rep
     body.id = Some(id);
     let mut next = items.clone();
     next.templates.insert(id, body.clone());
-    if let Err(r) = apply(&ctx, &next) {
+    let key = id.to_string();
+    let save = ctx.state.put("templates", &key, &body);
+    if let Err(r) = commit(&ctx, &mut items, next, save).await {
         return r;
     }
-    if let Err(e) = ctx.state.put("templates", &id.to_string(), &body).await {
-        let _ = apply(&ctx, &items);
-        return stored_err(e);
-    }
-    *items = next;
     info!(
         template = id,
         "template replaced over the API; new pushes use it"
@@ -204,20 +215,34 @@ pub async fn delete_rule(ctx: Arc<Ctx>, id: String) -> Reply {
     }
     let mut next = items.clone();
     next.rules.remove(&id);
-    if let Err(r) = apply(&ctx, &next) {
+    let save = ctx.state.delete("rules", &id);
+    if let Err(r) = commit(&ctx, &mut items, next, save).await {
         return r;
     }
-    if let Err(e) = ctx.state.delete("rules", &id).await {
-        let _ = apply(&ctx, &items);
-        return stored_err(e);
-    }
-    *items = next;
     info!(rule = %id, "rule deleted over the API");
     (StatusCode::OK, Json(serde_json::json!({ "deleted": id })))
 }
 
 pub fn api_template_json(id: i64, t: &TemplateBody) -> Value {
-    let mut v = serde_json::json!({ "id": id, "name": t.name, "source": "api" });
+    let mut v = template_json(&t.to_template(id));
+    v["source"] = "api".into();
+    v
+}
+
+fn format_json(f: &crate::config::FormatConfig) -> Value {
+    serde_json::json!({
+        "enable": f.enable,
+        "record_interval": f.record_interval,
+        "storage_time": f.storage_time,
+        "file_name": f.file_name.clone().unwrap_or_else(|| crate::config::DEFAULT_FILE_NAME.to_string()),
+        "segment_duration": f.segment_duration,
+        "continue_timeout": f.continue_timeout,
+    })
+}
+
+/// A template as the API shows it (`source` = "config"; callers mark API ones).
+pub fn template_json(t: &crate::config::Template) -> Value {
+    let mut v = serde_json::json!({ "id": t.id.get_ref(), "name": t.name, "source": "config" });
     for (k, f) in [
         ("flv", &t.flv),
         ("hls", &t.hls),
@@ -225,7 +250,7 @@ pub fn api_template_json(id: i64, t: &TemplateBody) -> Value {
         ("aac", &t.aac),
     ] {
         if let Some(f) = f {
-            v[k] = serde_json::to_value(f).unwrap_or(Value::Null);
+            v[k] = format_json(f.get_ref());
         }
     }
     v

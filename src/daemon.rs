@@ -498,7 +498,7 @@ fn router(ctx: Arc<Ctx>) -> Router {
                             ctx.api_items.lock().await.templates.keys().copied().collect();
                         let mut list = vec![builtin_template_json()];
                         list.extend(cfg.config.templates.iter().map(|t| {
-                            let mut j = template_json(t.get_ref());
+                            let mut j = crate::api::template_json(t.get_ref());
                             if api.contains(t.get_ref().id.get_ref()) {
                                 j["source"] = "api".into();
                             }
@@ -536,7 +536,7 @@ fn router(ctx: Arc<Ctx>) -> Router {
                                 .templates
                                 .iter()
                                 .find(|t| *t.get_ref().id.get_ref() == n)
-                                .map(|t| template_json(t.get_ref())),
+                                .map(|t| crate::api::template_json(t.get_ref())),
                             Err(_) => None,
                         };
                         match found {
@@ -713,32 +713,6 @@ fn api_error(
         status,
         Json(serde_json::json!({ "code": code, "message": message })),
     )
-}
-
-fn format_json(f: &crate::config::FormatConfig) -> serde_json::Value {
-    serde_json::json!({
-        "enable": f.enable,
-        "record_interval": f.record_interval,
-        "storage_time": f.storage_time,
-        "file_name": f.file_name.clone().unwrap_or_else(|| crate::config::DEFAULT_FILE_NAME.to_string()),
-        "segment_duration": f.segment_duration,
-        "continue_timeout": f.continue_timeout,
-    })
-}
-
-fn template_json(t: &crate::config::Template) -> serde_json::Value {
-    let mut v = serde_json::json!({ "id": t.id.get_ref(), "name": t.name, "source": "config" });
-    for (k, f) in [
-        ("flv", &t.flv),
-        ("hls", &t.hls),
-        ("mp4", &t.mp4),
-        ("aac", &t.aac),
-    ] {
-        if let Some(f) = f {
-            v[k] = format_json(f.get_ref());
-        }
-    }
-    v
 }
 
 /// Template 0 (R-TP-1): FLV in 1800 s files, kept forever.
