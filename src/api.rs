@@ -43,11 +43,20 @@ async fn commit(
     items: &mut ApiItems,
     next: ApiItems,
     save: impl std::future::Future<Output = Result<(), crate::state::StateError>>,
+    exists_code: &str,
 ) -> Result<(), Reply> {
     apply(ctx, &next)?;
     if let Err(e) = save.await {
         let _ = apply(ctx, items);
-        return Err(stored_err(e));
+        return Err(match e {
+            // Made meanwhile by another node sharing the store.
+            crate::state::StateError::Exists(what) => error(
+                StatusCode::CONFLICT,
+                exists_code,
+                &format!("{what} was created elsewhere (another node sharing the store)"),
+            ),
+            e => stored_err(e),
+        });
     }
     *items = next;
     Ok(())
@@ -101,8 +110,8 @@ pub async fn create_template(ctx: Arc<Ctx>, mut body: TemplateBody) -> Reply {
     let mut next = items.clone();
     next.templates.insert(id, body.clone());
     let key = id.to_string();
-    let save = ctx.state.put("templates", &key, &body);
-    if let Err(r) = commit(&ctx, &mut items, next, save).await {
+    let save = ctx.state.create("templates", &key, &body);
+    if let Err(r) = commit(&ctx, &mut items, next, save, "template_exists").await {
         return r;
     }
     info!(template = id, "template created over the API");
@@ -130,7 +139,7 @@ pub async fn put_template(ctx: Arc<Ctx>, id: i64, mut body: TemplateBody) -> Rep
     next.templates.insert(id, body.clone());
     let key = id.to_string();
     let save = ctx.state.put("templates", &key, &body);
-    if let Err(r) = commit(&ctx, &mut items, next, save).await {
+    if let Err(r) = commit(&ctx, &mut items, next, save, "template_exists").await {
         return r;
     }
     info!(
@@ -177,10 +186,20 @@ pub async fn delete_template(ctx: Arc<Ctx>, id: i64) -> Reply {
 
 pub async fn create_rule(ctx: Arc<Ctx>, mut body: RuleBody) -> Reply {
     let mut items = ctx.api_items.lock().await;
-    let id = format!("r{:x}", chrono::Utc::now().timestamp_micros());
+    // The id is the rule's key (one template per key, R-TP-3), so creating it with an
+    // exclusive create keeps the key unique across nodes sharing the store. Names are
+    // [A-Za-z0-9._-], so `~` cannot occur in them.
+    let id = format!("{}~{}~{}", body.domain, body.app, body.stream);
     body.rule_id = Some(id.clone());
     let mut next = items.clone();
     next.rules.insert(id.clone(), body.clone());
+    if items.rules.contains_key(&id) {
+        return error(
+            StatusCode::CONFLICT,
+            "rule_exists",
+            &format!("a rule for {id} already exists"),
+        );
+    }
     if let Err((_, Json(v))) = apply(&ctx, &next) {
         let msg = v["message"].as_str().unwrap_or("invalid rule").to_string();
         let (status, code) = if msg.contains("already exists") {
@@ -190,12 +209,11 @@ pub async fn create_rule(ctx: Arc<Ctx>, mut body: RuleBody) -> Reply {
         };
         return error(status, code, &msg);
     }
-    if let Err(e) = ctx.state.put("rules", &id, &body).await {
-        let _ = apply(&ctx, &items);
-        return stored_err(e);
+    let save = ctx.state.create("rules", &id, &body);
+    if let Err(r) = commit(&ctx, &mut items, next, save, "rule_exists").await {
+        return r;
     }
-    *items = next;
-    info!(rule = %id, domain = %body.domain, app = %body.app, stream = %body.stream, template = body.template_id, "rule created over the API");
+    info!(rule = %id, template = body.template_id, "rule created over the API");
     (StatusCode::CREATED, Json(rule_json(&body, "api")))
 }
 
@@ -216,7 +234,7 @@ pub async fn delete_rule(ctx: Arc<Ctx>, id: String) -> Reply {
     let mut next = items.clone();
     next.rules.remove(&id);
     let save = ctx.state.delete("rules", &id);
-    if let Err(r) = commit(&ctx, &mut items, next, save).await {
+    if let Err(r) = commit(&ctx, &mut items, next, save, "rule_exists").await {
         return r;
     }
     info!(rule = %id, "rule deleted over the API");

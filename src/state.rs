@@ -23,6 +23,8 @@ pub enum StateError {
     Json(#[from] serde_json::Error),
     #[error("cannot open the state directory: {0}")]
     Local(String),
+    #[error("{0} already exists in the store")]
+    Exists(String),
 }
 
 pub struct State {
@@ -63,6 +65,29 @@ impl State {
             .put(&self.path(kind, id)?, PutPayload::from(data))
             .await?;
         Ok(())
+    }
+
+    /// Writes one object only if none exists under its key (If-None-Match on S3, an
+    /// exclusive create locally), so two nodes sharing a bucket cannot both create it.
+    pub async fn create<T: Serialize>(
+        &self,
+        kind: &str,
+        id: &str,
+        v: &T,
+    ) -> Result<(), StateError> {
+        let data = serde_json::to_vec(v)?;
+        let opts = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self
+            .store
+            .put_opts(&self.path(kind, id)?, PutPayload::from(data), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(StateError::Exists(format!("{kind}/{id}")))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Deletes one object (gone already is fine).

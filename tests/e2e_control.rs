@@ -316,6 +316,44 @@ fn api_templates_and_rules_apply_to_new_pushes_and_survive_a_restart() {
     );
     assert_eq!(aac.len(), 2);
 
+    // Another node sharing the store made template 9 and a rule meanwhile: exclusive
+    // creates refuse to overwrite them.
+    let state = d.root().join(".liverec/state");
+    std::fs::create_dir_all(state.join("templates")).expect("mkdir");
+    std::fs::create_dir_all(state.join("rules")).expect("mkdir");
+    std::fs::write(
+        state.join("templates/9.json"),
+        "{\"id\":9,\"name\":\"theirs\"}",
+    )
+    .expect("write");
+    std::fs::write(
+        state.join("rules/localhost~live~theirs.json"),
+        "{\"rule_id\":\"localhost~live~theirs\",\"domain\":\"localhost\",\"app\":\"live\",\"stream\":\"theirs\",\"template_id\":1}",
+    )
+    .expect("write");
+    let (s, v) = req(&d, "POST", "/v1/templates", "{\"id\":9,\"name\":\"mine\"}");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("template_exists")),
+        "{v}"
+    );
+    let (s, v) = req(
+        &d,
+        "POST",
+        "/v1/rules",
+        "{\"domain\":\"localhost\",\"app\":\"live\",\"stream\":\"theirs\",\"template_id\":2}",
+    );
+    assert_eq!((s, v["code"].as_str()), (409, Some("rule_exists")), "{v}");
+    let (_, v) = req(&d, "GET", "/v1/templates", "");
+    assert!(
+        !v["templates"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|t| t["id"] == 9),
+        "a refused create leaves the running config as it was: {v}"
+    );
+
     assert_eq!(req(&d, "DELETE", &format!("/v1/rules/{rid}"), "").0, 200);
     assert_eq!(
         req(&d, "DELETE", &format!("/v1/templates/{tid}"), "").0,
