@@ -65,6 +65,8 @@ pub enum DaemonError {
 
 /// How long shutdown waits for recordings to finalize before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the recordings catalog to reach the store.
+const CATALOG_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(
     loaded: Loaded,
@@ -126,6 +128,20 @@ pub async fn run(
     }
     tokio::spawn(crate::tasks::scheduler(ctx.clone()));
 
+    // The recordings catalog's copy in the store; it outlives the recorders at shutdown
+    // so what they indexed last is published (or stays queued for the next start).
+    let catalog_stop = CancellationToken::new();
+    let publisher = tokio::spawn(crate::sink::catalog::publisher(
+        ctx.sink.index().clone(),
+        ctx.state.clone(),
+        catalog_stop.clone(),
+    ));
+    tokio::spawn(crate::sink::catalog::rebuild_at_start(
+        ctx.sink.index().clone(),
+        ctx.state.clone(),
+        ctx.shutdown.clone(),
+    ));
+
     tokio::spawn(crate::sink::retention::sweeper(
         ctx.sink.index().clone(),
         ctx.sink.backend().clone(),
@@ -177,6 +193,18 @@ pub async fn run(
     if !ctx.sink.drain(SHUTDOWN_GRACE).await {
         warn!("uploads still pending after {SHUTDOWN_GRACE:?}; they stay in the spool and resume on the next start");
     }
+    let deadline = tokio::time::Instant::now() + CATALOG_GRACE;
+    while ctx.sink.index().unpublished() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if ctx.sink.index().unpublished() > 0 {
+        warn!(
+            changes = ctx.sink.index().unpublished(),
+            "recordings index changes not yet in the store; they are published on the next start"
+        );
+    }
+    catalog_stop.cancel();
+    let _ = publisher.await;
     let _ = api_task.await;
     info!("stopped");
     Ok(())
@@ -276,6 +304,7 @@ fn router(ctx: Arc<Ctx>) -> Router {
                         "status": status,
                         "spool": {"bytes": q.used(), "max_bytes": q.max()},
                         "uploads_pending": ctx.sink.pending_uploads(),
+                        "index_unpublished": ctx.sink.index().unpublished(),
                     }))
                 }
             }),
@@ -441,6 +470,13 @@ fn router(ctx: Arc<Ctx>) -> Router {
                         }
                     }
                 }
+            }),
+        )
+        .route(
+            "/v1/recordings/rebuild",
+            axum::routing::post({
+                let ctx = c4.clone();
+                move || crate::api::rebuild_recordings(ctx.clone())
             }),
         )
         .route(

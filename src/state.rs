@@ -27,6 +27,7 @@ pub enum StateError {
     Exists(String),
 }
 
+#[derive(Clone)]
 pub struct State {
     store: Arc<dyn ObjectStore>,
     prefix: String,
@@ -98,22 +99,44 @@ impl State {
         }
     }
 
-    /// Every object of a kind; unreadable ones are skipped with a warning.
+    /// Every object of a kind (keys may have `/` in them); unreadable ones are skipped
+    /// with a warning. Objects are fetched 16 at a time.
     pub async fn list<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, StateError> {
         let dir = ObjectPath::parse(format!("{}.liverec/state/{kind}", self.prefix))?;
-        let mut out = Vec::new();
+        let mut locations = Vec::new();
         let mut s = self.store.list(Some(&dir));
         while let Some(meta) = s.next().await {
-            let meta = match meta {
-                Ok(m) => m,
+            match meta {
+                Ok(m) => locations.push(m.location),
                 // An empty local state directory does not exist yet.
                 Err(object_store::Error::NotFound { .. }) => break,
                 Err(e) => return Err(e.into()),
+            }
+        }
+        let store = self.store.clone();
+        let mut gets = futures::stream::iter(locations)
+            .map(|loc| {
+                let store = store.clone();
+                async move {
+                    let r = match store.get(&loc).await {
+                        Ok(g) => g.bytes().await,
+                        Err(e) => Err(e),
+                    };
+                    (loc, r)
+                }
+            })
+            .buffered(16);
+        let mut out = Vec::new();
+        while let Some((loc, bytes)) = gets.next().await {
+            let bytes = match bytes {
+                Ok(b) => b,
+                // Deleted between the listing and the read.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
             };
-            let bytes = self.store.get(&meta.location).await?.bytes().await?;
             match serde_json::from_slice(&bytes) {
                 Ok(v) => out.push(v),
-                Err(e) => warn!(key = %meta.location, "skipping unreadable state object: {e}"),
+                Err(e) => warn!(key = %loc, "skipping unreadable state object: {e}"),
             }
         }
         Ok(out)

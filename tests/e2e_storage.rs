@@ -41,8 +41,10 @@ fn wait_drained(d: &Daemon, timeout: Duration) {
     let mut since: Option<Instant> = None;
     loop {
         let (status, body) = d.api_get("/healthz");
-        let idle =
-            status == 200 && body.contains("\"uploads_pending\":0") && spool_files(d).is_empty();
+        let idle = status == 200
+            && body.contains("\"uploads_pending\":0")
+            && body.contains("\"index_unpublished\":0")
+            && spool_files(d).is_empty();
         match (idle, since) {
             (true, Some(t)) if t.elapsed() > Duration::from_secs(1) => return,
             (true, None) => since = Some(Instant::now()),
@@ -105,8 +107,9 @@ fn s3_push_with_all_formats_lands_in_the_bucket() {
     let prefix = "pre/fix/localhost/live/s3/";
     let keys: Vec<String> = s3.list().into_iter().map(|(k, _)| k).collect();
     assert!(
-        keys.iter().all(|k| k.starts_with(prefix)),
-        "every key is {{prefix}}/{{domain}}/{{app}}/{{stream}}/…: {keys:?}"
+        keys.iter()
+            .all(|k| k.starts_with(prefix) || k.starts_with("pre/fix/.liverec/state/")),
+        "every key is {{prefix}}/{{domain}}/{{app}}/{{stream}}/… or the daemon's state: {keys:?}"
     );
     for ext in ["flv", "mp4", "aac", "m3u8", "ts"] {
         assert!(
@@ -204,7 +207,7 @@ fn s3_large_files_go_up_in_parts() {
     assert!(d.log().contains("uploaded (streamed)"), "{}", d.log());
     let keys: Vec<String> = s3.list().into_iter().map(|(k, _)| k).collect();
     assert!(
-        keys.iter().all(|k| !k.starts_with(".liverec/")),
+        keys.iter().all(|k| !k.starts_with(".liverec/uploading/")),
         "temporary upload keys left: {keys:?}"
     );
     assert_eq!(s3.open_multipart_uploads(), 0);
@@ -357,12 +360,149 @@ fn s3_kill_9_then_restart_stores_every_file() {
             s.uri
         );
     }
+    // The playlist recovery ended is in the recordings index, spanning its segments,
+    // sized as the stored segments.
+    let recs = recordings(&d, "stream=crash&format=hls");
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let listed_ms: f64 = pl.segments().iter().map(|s| s.duration * 1000.0).sum();
+    let dur_ms = recs[0]["duration"].as_f64().expect("duration") * 1000.0;
+    assert!(
+        (dur_ms - listed_ms).abs() < 2.0 * pl.segments().len() as f64,
+        "indexed {dur_ms} ms, playlist {listed_ms} ms"
+    );
+    let seg_bytes: u64 = pl
+        .segments()
+        .iter()
+        .map(|s| {
+            std::fs::metadata(s3.object_path(&format!("{prefix}{}", s.uri)))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(recs[0]["size"].as_u64(), Some(seg_bytes), "{:?}", recs[0]);
+    assert_eq!(
+        recs[0]["key"].as_str(),
+        Some(&*format!("{prefix}{}", file_name(&playlists[0])))
+    );
+    for ext in ["flv", "mp4"] {
+        let r = recordings(&d, &format!("stream=crash&format={ext}"));
+        assert_eq!(r.len(), 1, "{ext}: {r:?}");
+    }
     assert!(
         d.log().contains("recovered unfinished files"),
         "{}",
         d.log()
     );
     assert_eq!(s3.open_multipart_uploads(), 0);
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `GET /v1/recordings?{query}`, sorted by key.
+fn recordings(d: &Daemon, query: &str) -> Vec<serde_json::Value> {
+    let (status, body) = d.api_get(&format!("/v1/recordings?{query}"));
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let mut list = v["recordings"].as_array().cloned().unwrap_or_default();
+    list.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
+    list
+}
+
+/// R-QY-1: the index is rebuilt from the store's catalog: at start when the spool lost
+/// it, and on request (picking up what another node sharing the store recorded).
+fn index_rebuild(
+    d: &mut Daemon,
+    catalog: &dyn Fn(&str) -> Option<Vec<u8>>,
+    plant: &dyn Fn(&str, &[u8]),
+) {
+    push(d, "idx", "avc_aac_2s.flv", PublishOptions::default()).expect("publish");
+    wait_drained(d, Duration::from_secs(60));
+    let before = recordings(d, "stream=idx");
+    let formats: std::collections::BTreeSet<_> = before
+        .iter()
+        .map(|r| r["format"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        formats.into_iter().collect::<Vec<_>>(),
+        ["aac", "flv", "hls", "mp4"],
+        "{before:?}"
+    );
+    // Each entry has its object in the store's catalog, with the same fields.
+    for r in &before {
+        let key = r["key"].as_str().expect("key");
+        let obj = catalog(key).unwrap_or_else(|| panic!("no catalog object for {key}"));
+        let v: serde_json::Value = serde_json::from_slice(&obj).expect("catalog JSON");
+        assert_eq!(v["size"], r["size"], "{v} vs {r}");
+        assert_eq!(v["start_ms"], r["start_time_ms"], "{v} vs {r}");
+        assert_eq!(v["end_ms"], r["end_time_ms"], "{v} vs {r}");
+    }
+    assert_eq!(d.stop(), Some(0));
+    std::fs::remove_dir_all(d.spool().join(".index")).expect("lose the local index");
+    d.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while recordings(d, "stream=idx") != before {
+        assert!(
+            Instant::now() < deadline,
+            "index not rebuilt: {:?}; log:\n{}",
+            recordings(d, "stream=idx"),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(d.log().contains("rebuilt it from the store"), "{}", d.log());
+
+    // Another node stored a file meanwhile: a rebuild on request shows it.
+    let theirs = serde_json::json!({
+        "key": "localhost/live/other/other-0.flv", "format": "flv",
+        "domain": "localhost", "app": "live", "stream": "other",
+        "start_ms": 1_700_000_000_000i64, "end_ms": 1_700_000_004_000i64,
+        "duration_ms": 4000, "size": 1234,
+    });
+    plant(
+        "localhost/live/other/other-0.flv",
+        theirs.to_string().as_bytes(),
+    );
+    assert!(recordings(d, "stream=other").is_empty());
+    let (status, body) = d.api_post("/v1/recordings/rebuild", "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["recordings"].as_u64(), Some(before.len() as u64 + 1));
+    let other = recordings(d, "stream=other");
+    assert_eq!(other.len(), 1, "{other:?}");
+    assert_eq!(other[0]["size"], 1234);
+    assert_eq!(other[0]["duration"], 4.0);
+    assert_eq!(other[0]["start_time"], 1_700_000_000);
+    assert_eq!(recordings(d, "stream=idx"), before);
+}
+
+#[test]
+fn s3_recordings_index_is_rebuilt_from_the_bucket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let mut d = Daemon::start_full("", Some(&s3.storage_toml("p")), ALL_FORMATS);
+    let obj = |key: &str| format!("p/.liverec/state/recordings/{key}.json");
+    index_rebuild(
+        &mut d,
+        &|key| std::fs::read(s3.object_path(&obj(key))).ok(),
+        &|key, data| s3.put(&obj(key), data),
+    );
+}
+
+#[test]
+fn local_recordings_index_is_rebuilt_from_the_directory() {
+    let mut d = Daemon::start_full("", Some("[storage]\nroot = \"{root}\"\n"), ALL_FORMATS);
+    let root = d.root();
+    let obj = move |key: &str| root.join(format!(".liverec/state/recordings/{key}.json"));
+    let obj2 = obj.clone();
+    index_rebuild(&mut d, &|key| std::fs::read(obj(key)).ok(), &|key, data| {
+        let p = obj2(key);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, data).expect("plant");
+    });
 }
 
 #[test]
@@ -431,6 +571,15 @@ fn retention_deletes_expired_files_but_never_an_open_one() {
         1,
         Duration::from_secs(20),
     );
+    // Its entry in the store's recordings catalog appears (and goes with the file).
+    let catalog = d
+        .root()
+        .join(".liverec/state/recordings/localhost/live/done/done.flv.json");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !catalog.exists() {
+        assert!(Instant::now() < deadline, "no catalog entry for {done:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // A long real-time push with the same template: its file stays open meanwhile.
     let url = d.url("live", "open");
     let tags = Arc::new(testkit::fixture_tags("avc_aac_2s.flv"));
@@ -456,6 +605,15 @@ fn retention_deletes_expired_files_but_never_an_open_one() {
         !d.root().join("localhost/live/done").exists(),
         "its empty directory goes too"
     );
+    // …and its entry in the store's recordings catalog.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while catalog.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "catalog entry of a deleted file kept"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The open recording was not touched: still open in the spool, still growing.
     let open: Vec<_> = common::list(&d.spool().join("localhost/live/open"), "part");
     assert_eq!(open.len(), 1, "{open:?}");

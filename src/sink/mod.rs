@@ -15,6 +15,7 @@
 //! - `{rec}.{seq}.m3u8.json` — an open playlist's key; with S3 also `{rec}.{seq}.m3u8`,
 //!   the playlist as last written.
 
+pub mod catalog;
 mod recover;
 pub mod retention;
 pub mod store;
@@ -623,10 +624,14 @@ impl Sink {
         let key = self.claim_key(&rec.meta.id(), name, "m3u8").await?;
         let marker = rec.dir.join(format!("{}.{seq}.m3u8.json", rec.tag));
         let copy = rec.dir.join(format!("{}.{seq}.m3u8", rec.tag));
+        let mut info = rec.meta.record(Utc::now(), 0);
+        info.key = key.clone();
+        info.format = "hls".into();
+        // The record goes in the marker too: crash recovery indexes the playlist it ends.
         let json = serde_json::to_vec(&UpMeta {
             key: key.clone(),
             storage_time: rec.meta.storage_time,
-            info: None,
+            info: Some(info.clone()),
         })
         .map_err(|e| SinkError::Spool {
             path: marker.clone(),
@@ -652,9 +657,6 @@ impl Sink {
                 rec.meta.storage_time,
             )
         });
-        let mut info = rec.meta.record(Utc::now(), 0);
-        info.key = key.clone();
-        info.format = "hls".into();
         Ok(PlaylistHandle {
             key,
             info,

@@ -678,6 +678,36 @@ async fn end_playlist(
         extra.push((path, seg_key));
     }
     let text = playlist.render(true);
+    // Its recordings index entry: the one the marker holds (or, from a marker written
+    // before markers held one, what the stream directory and the playlist say), spanning
+    // the segments it ended with.
+    let duration_ms: i64 = playlist
+        .segments()
+        .iter()
+        .map(|s| (s.duration * 1000.0).round() as i64)
+        .sum();
+    let info = up.info.clone().or_else(|| {
+        let id = stream_of(sink, marker.parent()?)?;
+        let start = playlist
+            .segments()
+            .first()
+            .and_then(|s| s.program_date_time)
+            .unwrap_or_else(Utc::now);
+        Some(super::retention::FileRecord {
+            domain: id.domain,
+            app: id.app,
+            stream: id.stream,
+            start_ms: start.timestamp_millis(),
+            ..Default::default()
+        })
+    });
+    let info = info.map(|mut i| {
+        i.key = key.clone();
+        i.format = "hls".into();
+        i.duration_ms = duration_ms;
+        i.end_ms = i.start_ms + duration_ms;
+        i
+    });
     match (&**sink.backend(), &sink.uploader) {
         (Backend::Local { root }, _) => {
             for (path, seg_key) in &extra {
@@ -689,11 +719,17 @@ async fn end_playlist(
                 warn!(key = %key, "ending a recovered playlist failed: {e}");
                 return false;
             }
+            let mut size = 0;
             for s in playlist.segments() {
-                sink.index
-                    .add(&format!("{id_prefix}/{}", s.uri), up.storage_time);
+                let seg_key = format!("{id_prefix}/{}", s.uri);
+                size += std::fs::metadata(root.join(&seg_key)).map_or(0, |m| m.len());
+                sink.index.add(&seg_key, up.storage_time);
             }
             sink.index.add(&key, up.storage_time);
+            if let Some(mut i) = info {
+                i.size = size;
+                sink.index.record(i);
+            }
             let _ = std::fs::remove_file(marker);
             true
         }
@@ -741,6 +777,7 @@ async fn end_playlist(
                 up.storage_time,
                 copy.to_path_buf(),
                 marker.to_path_buf(),
+                info,
             );
             true
         }

@@ -10,6 +10,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,23 +56,51 @@ pub struct RecordingFilter {
     pub task_id: Option<String>,
 }
 
+/// A change of the recordings catalog, queued in `{dir}/publish.jsonl` until the store
+/// has it (see `catalog.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Put(FileRecord),
+    Delete(String),
+}
+
 /// How many recently stored keys are remembered for name-collision checks (R-ST-3).
 const RECENT: usize = 65_536;
+
+const RECORDINGS: &str = "recordings.jsonl";
+const PUBLISH: &str = "publish.jsonl";
+const PUBLISH_OFFSET: &str = "publish.offset";
 
 pub struct Index {
     dir: PathBuf,
     /// Every stored recording, also in `{dir}/recordings.jsonl` (loaded at start).
     recordings: Mutex<Vec<FileRecord>>,
     recent: Mutex<(HashSet<String>, VecDeque<String>)>,
-    /// Serializes appends and sweeps of the hour files.
+    /// Serializes appends and sweeps of the hour files, and appends to the catalog files.
     files: Mutex<()>,
+    /// Catalog changes not yet confirmed by the store.
+    pending: AtomicU64,
+    pub(super) wake: tokio::sync::Notify,
+    /// While a rebuild lists the store: the changes made meanwhile, applied on top.
+    journal: Mutex<Option<Vec<Op>>>,
+    pub(super) rebuilding: AtomicBool,
+    /// There was no local catalog at start (new node, or a lost spool): rebuild it.
+    pub(super) needs_rebuild: bool,
 }
 
 impl Index {
     pub fn new(dir: PathBuf) -> Self {
         // Lines are records or `{"deleted": key}` tombstones written by the sweeper.
         let mut recordings: Vec<FileRecord> = Vec::new();
-        if let Ok(t) = std::fs::read_to_string(dir.join("recordings.jsonl")) {
+        let had_catalog = dir.join(RECORDINGS).exists() || dir.join(PUBLISH).exists();
+        // A line torn by a crash must not glue itself to the next append.
+        for name in [RECORDINGS, PUBLISH] {
+            if let Err(e) = seal(&dir.join(name)) {
+                warn!(file = %dir.join(name).display(), "cannot repair the index file: {e}");
+            }
+        }
+        if let Ok(t) = std::fs::read_to_string(dir.join(RECORDINGS)) {
             for l in t.lines() {
                 if let Ok(r) = serde_json::from_str::<FileRecord>(l) {
                     recordings.push(r);
@@ -83,11 +112,17 @@ impl Index {
                 }
             }
         }
+        let pending = pending_ops(&dir);
         Index {
             dir,
             recordings: Mutex::new(recordings),
             recent: Mutex::new((HashSet::new(), VecDeque::new())),
             files: Mutex::new(()),
+            pending: AtomicU64::new(pending),
+            wake: tokio::sync::Notify::new(),
+            journal: Mutex::new(None),
+            rebuilding: AtomicBool::new(false),
+            needs_rebuild: !had_catalog,
         }
     }
 
@@ -125,21 +160,10 @@ impl Index {
         }
     }
 
-    /// Records a stored file for queries (R-QY-1); `size` 0 is filled from `root`.
+    /// Records a stored file for queries (R-QY-1): in the local catalog at once, and
+    /// queued for the store's copy, from which the catalog can be rebuilt.
     pub fn record(&self, rec: FileRecord) {
-        let line = serde_json::to_vec(&rec).map(|mut l| {
-            l.push(b'\n');
-            l
-        });
-        let res = line.map_err(std::io::Error::other).and_then(|l| {
-            let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
-            std::fs::create_dir_all(&self.dir)?;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join("recordings.jsonl"))?
-                .write_all(&l)
-        });
+        let res = self.append_catalog(&rec, &Op::Put(rec.clone()));
         if let Err(e) = res {
             warn!(key = %rec.key, "cannot write the recordings index: {e}");
         }
@@ -147,6 +171,134 @@ impl Index {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(rec);
+    }
+
+    /// Appends one line to `recordings.jsonl` and the change to the publish queue.
+    fn append_catalog<T: Serialize>(&self, line: &T, op: &Op) -> std::io::Result<()> {
+        let mut l = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        l.push(b'\n');
+        let mut o = serde_json::to_vec(op).map_err(std::io::Error::other)?;
+        o.push(b'\n');
+        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(j) = self
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            j.push(op.clone());
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(name))
+        };
+        open(RECORDINGS)?.write_all(&l)?;
+        open(PUBLISH)?.write_all(&o)?;
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Catalog changes the store has not confirmed yet.
+    pub fn unpublished(&self) -> u64 {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// The queued changes from the confirmed offset on, each with the offset after it.
+    pub(super) fn queued_ops(&self) -> std::io::Result<Vec<(Op, u64)>> {
+        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let start = read_offset(&self.dir);
+        let data = match std::fs::read(self.dir.join(PUBLISH)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        let mut pos = (start as usize).min(data.len());
+        while let Some(nl) = data[pos..].iter().position(|&b| b == b'\n') {
+            let end = pos + nl + 1;
+            match serde_json::from_slice::<Op>(&data[pos..end - 1]) {
+                Ok(op) => out.push((op, end as u64)),
+                // A line torn by a crash: nothing to publish, but it must be passed.
+                Err(e) => {
+                    warn!(offset = pos, "skipping a bad recordings publish line: {e}");
+                    out.push((Op::Delete(String::new()), end as u64));
+                }
+            }
+            pos = end;
+        }
+        Ok(out)
+    }
+
+    /// The store has every queued change up to `end`; an emptied queue is removed.
+    pub(super) fn published(&self, end: u64) -> std::io::Result<()> {
+        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let len = std::fs::metadata(self.dir.join(PUBLISH))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if end >= len {
+            std::fs::remove_file(self.dir.join(PUBLISH)).or_else(not_found_ok)?;
+            std::fs::remove_file(self.dir.join(PUBLISH_OFFSET)).or_else(not_found_ok)
+        } else {
+            let tmp = self.dir.join("publish.offset.tmp");
+            std::fs::write(&tmp, end.to_string())?;
+            std::fs::rename(&tmp, self.dir.join(PUBLISH_OFFSET))
+        }
+    }
+
+    /// Starts recording the changes made while a rebuild lists the store.
+    pub(super) fn journal_start(&self) {
+        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        *self.journal.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+    }
+
+    pub(super) fn journal_stop(&self) {
+        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        *self.journal.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Replaces the catalog with what the store listed plus the changes made meanwhile;
+    /// returns how many recordings it holds.
+    pub(super) fn replace(&self, listed: Vec<FileRecord>) -> std::io::Result<usize> {
+        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let journal = self
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        let mut by_key: std::collections::HashMap<String, FileRecord> =
+            listed.into_iter().map(|r| (r.key.clone(), r)).collect();
+        for op in journal {
+            match op {
+                Op::Put(r) => {
+                    by_key.insert(r.key.clone(), r);
+                }
+                Op::Delete(k) => {
+                    by_key.remove(&k);
+                }
+            }
+        }
+        let mut all: Vec<FileRecord> = by_key.into_values().collect();
+        all.sort_by(|a, b| (a.start_ms, &a.key).cmp(&(b.start_ms, &b.key)));
+        let mut text = Vec::new();
+        for r in &all {
+            text.extend(serde_json::to_vec(r).map_err(std::io::Error::other)?);
+            text.push(b'\n');
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join("recordings.jsonl.tmp");
+        std::fs::write(&tmp, &text)?;
+        std::fs::rename(&tmp, self.dir.join(RECORDINGS))?;
+        let n = all.len();
+        *self.recordings.lock().unwrap_or_else(|p| p.into_inner()) = all;
+        Ok(n)
     }
 
     /// Stored recordings matching `f`, oldest first; deleted (expired) ones are gone.
@@ -169,17 +321,23 @@ impl Index {
     }
 
     fn forget(&self, key: &str) {
-        self.recordings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|r| r.key != key);
-        let line = serde_json::json!({ "deleted": key }).to_string() + "\n";
-        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("recordings.jsonl"))
-            .and_then(|mut f| f.write_all(line.as_bytes()));
+        // Only recordings have catalog entries (not HLS segments, which are swept too).
+        let removed = {
+            let mut r = self.recordings.lock().unwrap_or_else(|p| p.into_inner());
+            let before = r.len();
+            r.retain(|r| r.key != key);
+            r.len() != before
+        };
+        if !removed {
+            return;
+        }
+        let res = self.append_catalog(
+            &serde_json::json!({ "deleted": key }),
+            &Op::Delete(key.to_string()),
+        );
+        if let Err(e) = res {
+            warn!(key, "cannot write the recordings index: {e}");
+        }
     }
 
     pub fn recently_stored(&self, key: &str) -> bool {
@@ -263,6 +421,55 @@ impl Index {
             }
         }
     }
+}
+
+fn not_found_ok(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Ends a file that does not end with a newline with one.
+fn seal(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    f.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    if last[0] != b'\n' {
+        f.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+fn read_offset(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(PUBLISH_OFFSET))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whole queued lines after the confirmed offset (the count a restart resumes with).
+fn pending_ops(dir: &Path) -> u64 {
+    let Ok(data) = std::fs::read(dir.join(PUBLISH)) else {
+        return 0;
+    };
+    let start = (read_offset(dir) as usize).min(data.len());
+    data[start..].iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 fn rewrite(path: &Path, entries: &[Entry]) -> std::io::Result<()> {
@@ -375,6 +582,108 @@ mod tests {
         let later = idx.take_expired(now + 86_400 * 3 + 1).unwrap();
         assert_eq!(later.len(), 1);
         assert_eq!(later[0].key, "a/b/c/long.flv");
+    }
+
+    fn rec(key: &str, start_ms: i64) -> FileRecord {
+        FileRecord {
+            key: key.into(),
+            format: "flv".into(),
+            start_ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn catalog_changes_queue_in_order_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = dir.path().join("i");
+        let idx = Index::new(i.clone());
+        assert!(idx.needs_rebuild, "no catalog yet");
+        idx.record(rec("a.flv", 1));
+        idx.record(rec("b.flv", 2));
+        idx.add("b.flv", 1);
+        idx.forget("b.flv");
+        // A segment (never recorded) is forgotten without a catalog change.
+        idx.forget("seg_1.ts");
+        assert_eq!(idx.unpublished(), 3);
+        let ops = idx.queued_ops().unwrap();
+        let kinds: Vec<Op> = ops.iter().map(|(o, _)| o.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Op::Put(rec("a.flv", 1)),
+                Op::Put(rec("b.flv", 2)),
+                Op::Delete("b.flv".into())
+            ]
+        );
+        idx.published(ops[0].1).unwrap();
+        assert_eq!(idx.unpublished(), 2);
+        // A restart resumes after the confirmed one, with the same local catalog.
+        drop(idx);
+        let idx = Index::new(i.clone());
+        assert!(!idx.needs_rebuild);
+        assert_eq!(idx.unpublished(), 2);
+        assert_eq!(idx.queued_ops().unwrap().len(), 2);
+        assert_eq!(idx.query(&RecordingFilter::default()), [rec("a.flv", 1)]);
+        for (_, end) in idx.queued_ops().unwrap() {
+            idx.published(end).unwrap();
+        }
+        assert_eq!(idx.unpublished(), 0);
+        assert!(!i.join(PUBLISH).exists(), "an emptied queue is removed");
+        assert!(!i.join(PUBLISH_OFFSET).exists());
+    }
+
+    #[test]
+    fn a_torn_queue_line_is_passed_and_does_not_glue_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = dir.path().join("i");
+        std::fs::create_dir_all(&i).unwrap();
+        std::fs::write(i.join(PUBLISH), b"{\"delete\":\"x.flv\"}\n{\"put\":{\"ke").unwrap();
+        std::fs::write(i.join(RECORDINGS), b"{\"key\":\"x.f").unwrap();
+        let idx = Index::new(i.clone());
+        idx.record(rec("c.flv", 3));
+        let ops: Vec<Op> = idx
+            .queued_ops()
+            .unwrap()
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                Op::Delete("x.flv".into()),
+                Op::Delete(String::new()),
+                Op::Put(rec("c.flv", 3))
+            ]
+        );
+        drop(idx);
+        let idx = Index::new(i);
+        assert_eq!(idx.query(&RecordingFilter::default()), [rec("c.flv", 3)]);
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_changes_made_while_it_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = dir.path().join("i");
+        let idx = Index::new(i.clone());
+        idx.record(rec("stale.flv", 0));
+        idx.journal_start();
+        idx.record(rec("new.flv", 5));
+        idx.record(rec("gone.flv", 6));
+        idx.forget("gone.flv");
+        let n = idx
+            .replace(vec![rec("listed.flv", 1), rec("gone.flv", 6)])
+            .unwrap();
+        assert_eq!(n, 2);
+        let want = [rec("listed.flv", 1), rec("new.flv", 5)];
+        assert_eq!(idx.query(&RecordingFilter::default()), want);
+        // And so on disk.
+        drop(idx);
+        assert_eq!(
+            Index::new(i).query(&RecordingFilter::default()),
+            want,
+            "the local catalog file was rewritten"
+        );
     }
 
     #[tokio::test]

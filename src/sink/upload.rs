@@ -356,6 +356,7 @@ impl Uploader {
         storage_time: u64,
         copy: PathBuf,
         marker: PathBuf,
+        info: Option<super::retention::FileRecord>,
     ) {
         let me = self.clone();
         self.mark(&key, true);
@@ -371,11 +372,34 @@ impl Uploader {
             for k in segment_keys.iter().chain(std::iter::once(&key)) {
                 me.index.add(k, storage_time);
             }
+            if let Some(mut i) = info {
+                // Segments stored before the crash left the spool: their sizes come from
+                // the store (one HEAD each, on this rare path; one that fails counts 0).
+                i.size = me.stored_size(&segment_keys).await;
+                me.index.record(i);
+            }
             let _ = tokio::fs::remove_file(&copy).await;
             let _ = tokio::fs::remove_file(&marker).await;
             me.mark(&key, false);
             info!(key = %key, segments = segment_keys.len(), "recovered playlist stored");
         });
+    }
+}
+
+impl Uploader {
+    async fn stored_size(&self, keys: &[String]) -> u64 {
+        let Backend::S3(s3) = &*self.s3 else {
+            return 0;
+        };
+        let mut size = 0;
+        for k in keys {
+            let Ok(loc) = s3.path(k) else { continue };
+            match s3.store.head(&loc).await {
+                Ok(m) => size += m.size,
+                Err(e) => warn!(key = %k, "cannot read a recovered segment's size: {e}"),
+            }
+        }
+        size
     }
 }
 
@@ -747,7 +771,7 @@ impl HlsLane {
 
 /// 250 ms doubling to 30 s, each wait drawn from [½, 1] of that so many streams retrying
 /// after one outage do not hit the store in lockstep.
-fn backoff(attempt: u32) -> Duration {
+pub(super) fn backoff(attempt: u32) -> Duration {
     let base = 250u64.saturating_mul(1u64 << attempt.min(8).saturating_sub(1));
     let cap = base.min(30_000);
     let ms = rand::rng().random_range(cap / 2..=cap);

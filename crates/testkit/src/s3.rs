@@ -124,10 +124,7 @@ impl S3Server {
         self.root.join(BUCKET).join(key)
     }
 
-    /// Every object key and size, listed through the S3 API (ListObjectsV2).
-    pub fn list(&self) -> Vec<(String, u64)> {
-        use futures::StreamExt;
-        use object_store::ObjectStore;
+    fn client(&self) -> (object_store::aws::AmazonS3, tokio::runtime::Runtime) {
         let store = object_store::aws::AmazonS3Builder::new()
             .with_endpoint(self.endpoint())
             .with_bucket_name(BUCKET)
@@ -141,6 +138,23 @@ impl S3Server {
             .enable_all()
             .build()
             .expect("runtime");
+        (store, rt)
+    }
+
+    /// Writes one object through the S3 API (what another node sharing the bucket does).
+    pub fn put(&self, key: &str, data: &[u8]) {
+        use object_store::ObjectStoreExt;
+        let (store, rt) = self.client();
+        let path = object_store::path::Path::parse(key).expect("object key");
+        rt.block_on(store.put(&path, data.to_vec().into()))
+            .expect("put object");
+    }
+
+    /// Every object key and size, listed through the S3 API (ListObjectsV2).
+    pub fn list(&self) -> Vec<(String, u64)> {
+        use futures::StreamExt;
+        use object_store::ObjectStore;
+        let (store, rt) = self.client();
         rt.block_on(async move {
             let mut out = Vec::new();
             let mut s = store.list(None);
