@@ -758,6 +758,17 @@ async fn malformed_input_is_refused_while_a_live_publisher_records_every_frame()
             if base == d.spool() && parts.first().is_some_and(|c| c == ".index") {
                 continue;
             }
+            // The store's recordings catalog mirrors the recordings' keys: same rule.
+            let catalog = [".liverec", "state", "recordings"];
+            let in_catalog = base == d.root() && parts.iter().zip(catalog).all(|(c, k)| c == k);
+            if in_catalog && parts.len() <= 3 {
+                continue;
+            }
+            let parts = if in_catalog {
+                parts[3..].to_vec()
+            } else {
+                parts
+            };
             let ok = parts.first().is_some_and(|c| c == "localhost")
                 && parts.get(1).is_none_or(|c| c == "live")
                 && parts.get(2).is_none_or(|c| allowed.iter().any(|a| c == *a));
