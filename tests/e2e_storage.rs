@@ -482,7 +482,7 @@ fn index_rebuild(
 #[test]
 fn s3_recordings_index_is_rebuilt_from_the_bucket() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s3 = S3Server::start(&dir.path().join("s3"));
+    let mut s3 = S3Server::start(&dir.path().join("s3"));
     let mut d = Daemon::start_full("", Some(&s3.storage_toml("p")), ALL_FORMATS);
     let obj = |key: &str| format!("p/.liverec/state/recordings/{key}.json");
     index_rebuild(
@@ -490,6 +490,13 @@ fn s3_recordings_index_is_rebuilt_from_the_bucket() {
         &|key| std::fs::read(s3.object_path(&obj(key))).ok(),
         &|key, data| s3.put(&obj(key), data),
     );
+    // With the store down a rebuild is refused and the index stays as it was.
+    let before = recordings(&d, "");
+    s3.stop();
+    let (status, body) = d.api_post("/v1/recordings/rebuild", "");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"code\":\"store_unavailable\""), "{body}");
+    assert_eq!(recordings(&d, ""), before);
 }
 
 #[test]
