@@ -365,6 +365,64 @@ fn api_templates_and_rules_apply_to_new_pushes_and_survive_a_restart() {
 
 /// docs/openapi.json and the router agree: every documented method and path answers
 /// (never the router's bare 404/405), and every documented error code is one of ours.
+/// API writes that cannot reach the store fail with `503 storage_unavailable` and change
+/// nothing: no template, rule or task exists afterwards, here or after the store returns.
+#[test]
+fn api_writes_answer_503_and_change_nothing_while_the_store_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s3 = testkit::s3::S3Server::start(&dir.path().join("s3"));
+    let addr = s3.addr;
+    let d = Daemon::start_full("", Some(&s3.storage_toml("")), TEMPLATES);
+    let req = |m: &str, p: &str, b: &str| {
+        let (s, body) = d.api_request(m, p, b);
+        (s, json(&body))
+    };
+    let (s, v) = req("DELETE", "/v1/rules/localhost~live~nosuch", "");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (404, Some("rule_not_found")),
+        "{v}"
+    );
+    s3.stop();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let task = format!(
+        "{{\"domain\":\"localhost\",\"app\":\"live\",\"stream\":\"later\",\"start_time\":{},\"end_time\":{}}}",
+        now + 600,
+        now + 900
+    );
+    for (path, body) in [
+        ("/v1/templates", "{\"id\":7,\"name\":\"x\"}"),
+        (
+            "/v1/rules",
+            "{\"domain\":\"localhost\",\"stream\":\"y\",\"template_id\":2}",
+        ),
+        ("/v1/tasks", task.as_str()),
+    ] {
+        let (s, v) = req("POST", path, body);
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (503, Some("storage_unavailable")),
+            "POST {path}: {v}"
+        );
+    }
+    let (_, v) = req("GET", "/v1/templates/7", "");
+    assert_eq!(v["code"], "template_not_found", "{v}");
+    let (_, v) = req("GET", "/v1/rules", "");
+    assert!(
+        !v.to_string().contains("\"stream\":\"y\""),
+        "rule kept after a failed store write: {v}"
+    );
+    let (_, v) = req("GET", "/v1/tasks", "");
+    assert_eq!(v["tasks"].as_array().map(Vec::len), Some(0), "{v}");
+    // Back: the same writes succeed.
+    let _s3 = testkit::s3::S3Server::start_on(&dir.path().join("s3"), addr);
+    let (s, v) = req("POST", "/v1/templates", "{\"id\":7,\"name\":\"x\"}");
+    assert_eq!(s, 201, "{v}");
+}
+
 #[test]
 fn openapi_document_matches_the_router() {
     let doc: serde_json::Value = json(
