@@ -310,35 +310,3 @@ pub async fn load(ctx: &Ctx) -> Result<(usize, usize), String> {
     *ctx.api_items.lock().await = items;
     Ok(n)
 }
-
-/// `POST /v1/recordings/rebuild` (R-QY-1): the local recordings index from the store's
-/// catalog, e.g. after a spool was lost or to see what other nodes sharing it stored.
-pub async fn rebuild_recordings(ctx: Arc<Ctx>) -> Reply {
-    use crate::sink::catalog::{rebuild, CatalogError};
-    let index = ctx.sink.index().clone();
-    match rebuild(&index, &ctx.state, std::time::Duration::from_secs(10)).await {
-        Ok(n) => {
-            tracing::info!(recordings = n, "recordings index rebuilt from the store");
-            (StatusCode::OK, Json(serde_json::json!({ "recordings": n })))
-        }
-        Err(e @ CatalogError::Running) => {
-            error(StatusCode::CONFLICT, "rebuild_running", &e.to_string())
-        }
-        Err(e @ (CatalogError::NotDrained(_) | CatalogError::State(_))) => {
-            tracing::warn!("recordings index rebuild failed: {e}");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                &e.to_string(),
-            )
-        }
-        Err(e @ CatalogError::Io(_)) => {
-            tracing::warn!("recordings index rebuild failed: {e}");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "index_write_failed",
-                &e.to_string(),
-            )
-        }
-    }
-}

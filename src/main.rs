@@ -105,5 +105,6 @@ fn init_logging(cfg: &config::LogConfig) {
 
 mod api;
 mod daemon;
+mod routes;
 mod state;
 mod tasks;

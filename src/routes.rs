@@ -1,0 +1,463 @@
+//! The HTTP API's routes (SPEC §13): one named handler per operation over the shared
+//! [`Ctx`]; templates and rules changes live in `api.rs`, task logic in `tasks.rs`.
+//! `docs/openapi.json` documents them and a test checks it against this router.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::api::{error, Reply};
+use crate::daemon::Ctx;
+
+type Ctxt = State<Arc<Ctx>>;
+
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    let token = {
+        let t = &ctx.config.load().config.api.token;
+        (!t.is_empty()).then(|| Arc::new(t.clone()))
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/reload", post(reload))
+        .route("/v1/streams", get(streams))
+        .route("/v1/tasks", post(create_task).get(list_tasks))
+        .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/tasks/{id}/stop", post(stop_task))
+        .route("/v1/recordings", get(recordings))
+        .route("/v1/recordings/rebuild", post(rebuild_recordings))
+        .route("/v1/templates", get(list_templates).post(create_template))
+        .route(
+            "/v1/templates/{id}",
+            get(get_template).put(put_template).delete(delete_template),
+        )
+        .route("/v1/rules", get(list_rules).post(create_rule))
+        .route("/v1/rules/{id}", delete(delete_rule))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let token = token.clone();
+                async move { check_token(token.as_deref().map(|t| t.as_str()), req, next).await }
+            },
+        ))
+        .with_state(ctx)
+}
+
+/// R-OP-4: with `api.token` set, every route but `/healthz` needs
+/// `Authorization: Bearer <token>`.
+async fn check_token(
+    token: Option<&str>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Some(token) = token else {
+        return next.run(req).await;
+    };
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time comparison: the token is a secret.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        next.run(req).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token (api.token)",
+        )
+        .into_response()
+    }
+}
+
+/// A query string, or the 400 that says what is wrong with it.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Reply> {
+    q.map(|Query(f)| f)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_request", &e.body_text()))
+}
+
+/// A JSON body, or the 400 that says what is wrong with it.
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Reply> {
+    b.map(|Json(v)| v)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_request", &e.body_text()))
+}
+
+async fn healthz(State(ctx): Ctxt) -> Json<Value> {
+    let q = &ctx.sink.quota;
+    let status = if q.is_full() { "spool_full" } else { "ok" };
+    Json(json!({
+        "status": status,
+        "spool": {"bytes": q.used(), "max_bytes": q.max()},
+        "uploads_pending": ctx.sink.pending_uploads(),
+        "index_unpublished": ctx.sink.index().unpublished(),
+    }))
+}
+
+async fn metrics(State(ctx): Ctxt) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::daemon::metrics_text(&ctx),
+    )
+}
+
+async fn reload(State(ctx): Ctxt) -> Reply {
+    match crate::daemon::reload(&ctx).await {
+        Ok(warnings) => (
+            StatusCode::OK,
+            Json(json!({"status": "reloaded", "warnings": warnings})),
+        ),
+        Err(errors) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_config",
+            &errors.join("; "),
+        ),
+    }
+}
+
+async fn streams(State(ctx): Ctxt) -> Json<Value> {
+    let streams: Vec<_> = ctx
+        .hub
+        .snapshot()
+        .into_iter()
+        .map(|s| {
+            let tasks: Vec<String> = ctx
+                .tasks
+                .list(&crate::tasks::ListFilter {
+                    domain: Some(s.id.domain.clone()),
+                    app: Some(s.id.app.clone()),
+                    stream: Some(s.id.stream.clone()),
+                    ..Default::default()
+                })
+                .into_iter()
+                .filter(|t| t.status == "recording")
+                .map(|t| t.task_id)
+                .collect();
+            json!({
+                "domain": s.id.domain, "app": s.id.app, "stream": s.id.stream,
+                "peer": s.peer.to_string(),
+                "started": s.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "stream_param": s.query,
+                "ring": {"bytes": s.ring.bytes, "gops": s.ring.gops, "duration_ms": s.ring.duration_ms, "readers": s.ring.readers},
+                "tasks": tasks,
+            })
+        })
+        .collect();
+    Json(json!({ "streams": streams }))
+}
+
+async fn create_task(
+    State(ctx): Ctxt,
+    b: Result<Json<crate::tasks::CreateTask>, JsonRejection>,
+) -> Reply {
+    let req = match body(b) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    match ctx.tasks.create(&ctx, req) {
+        Ok(t) => {
+            // Persisted before it is acknowledged (R-TK-5).
+            if let Err(e) = ctx.state.put("tasks", &t.task_id, &t).await {
+                ctx.tasks.remove(&t.task_id);
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    &format!("the task could not be stored: {e}"),
+                );
+            }
+            (
+                StatusCode::CREATED,
+                Json(json!({"task_id": t.task_id, "task": t})),
+            )
+        }
+        Err(e) => error(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.code,
+            &e.message,
+        ),
+    }
+}
+
+async fn list_tasks(
+    State(ctx): Ctxt,
+    q: Result<Query<crate::tasks::ListFilter>, QueryRejection>,
+) -> Reply {
+    let f = match query(q) {
+        Ok(f) => f,
+        Err(e) => return e,
+    };
+    let all = ctx.tasks.list(&f);
+    let from = match f.page_token.as_deref().map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_page_token",
+                "page_token is not one this API handed out",
+            )
+        }
+    };
+    let size = f.page_size.unwrap_or(100).clamp(1, 1000);
+    let page: Vec<_> = all.iter().skip(from).take(size).cloned().collect();
+    let next = (from + size < all.len()).then(|| (from + size).to_string());
+    (
+        StatusCode::OK,
+        Json(json!({"tasks": page, "next_page_token": next})),
+    )
+}
+
+fn task_not_found(id: &str) -> Reply {
+    error(
+        StatusCode::NOT_FOUND,
+        "task_not_found",
+        &format!("no task {id:?}"),
+    )
+}
+
+async fn get_task(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
+    match ctx.tasks.get(&id) {
+        Some(t) => (StatusCode::OK, Json(json!(t))),
+        None => task_not_found(&id),
+    }
+}
+
+async fn stop_task(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
+    match ctx.tasks.stop(&id) {
+        Some(t) => {
+            if let Err(e) = ctx.state.put("tasks", &t.task_id, &t).await {
+                tracing::warn!(task = %t.task_id, "stopped, but the stop could not be stored: {e}");
+            }
+            (StatusCode::OK, Json(json!(t)))
+        }
+        None => task_not_found(&id),
+    }
+}
+
+/// R-QY-1: stored files from the local index.
+async fn recordings(
+    State(ctx): Ctxt,
+    q: Result<Query<crate::sink::retention::RecordingFilter>, QueryRejection>,
+) -> Reply {
+    let f = match query(q) {
+        Ok(f) => f,
+        Err(e) => return e,
+    };
+    let cfg = ctx.config.load_full();
+    let base = cfg.config.storage.public_base_url.trim_end_matches('/');
+    let list: Vec<_> = ctx
+        .sink
+        .index()
+        .query(&f)
+        .into_iter()
+        .map(|r| {
+            let url = (!base.is_empty()).then(|| format!("{base}/{}", r.key));
+            json!({
+                "key": r.key, "size": r.size, "format": r.format,
+                "domain": r.domain, "app": r.app, "stream": r.stream,
+                "task_id": r.task_id,
+                "start_time": r.start_ms.div_euclid(1000),
+                "end_time": r.end_ms.div_euclid(1000),
+                "start_time_ms": r.start_ms, "end_time_ms": r.end_ms,
+                "duration": r.duration_ms as f64 / 1000.0,
+                "url": url,
+            })
+        })
+        .collect();
+    (StatusCode::OK, Json(json!({ "recordings": list })))
+}
+
+/// `POST /v1/recordings/rebuild` (R-QY-1): the local recordings index from the store's
+/// catalog, e.g. after a spool was lost or to see what other nodes sharing it stored.
+async fn rebuild_recordings(State(ctx): Ctxt) -> Reply {
+    use crate::sink::catalog::{rebuild, CatalogError};
+    let index = ctx.sink.index().clone();
+    match rebuild(&index, &ctx.state, std::time::Duration::from_secs(10)).await {
+        Ok(n) => {
+            tracing::info!(recordings = n, "recordings index rebuilt from the store");
+            (StatusCode::OK, Json(serde_json::json!({ "recordings": n })))
+        }
+        Err(e @ CatalogError::Running) => {
+            error(StatusCode::CONFLICT, "rebuild_running", &e.to_string())
+        }
+        Err(e @ (CatalogError::NotDrained(_) | CatalogError::State(_))) => {
+            tracing::warn!("recordings index rebuild failed: {e}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                &e.to_string(),
+            )
+        }
+        Err(e @ CatalogError::Io(_)) => {
+            tracing::warn!("recordings index rebuild failed: {e}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "index_write_failed",
+                &e.to_string(),
+            )
+        }
+    }
+}
+
+/// Template 0 (R-TP-1): FLV in 1800 s files, kept forever.
+fn builtin_template_json() -> Value {
+    json!({
+        "id": 0, "name": "built-in", "source": "builtin",
+        "flv": {
+            "enable": true, "record_interval": 1800, "storage_time": 0,
+            "file_name": crate::config::DEFAULT_FILE_NAME,
+        },
+    })
+}
+
+fn template_not_found(id: &str) -> Reply {
+    error(
+        StatusCode::NOT_FOUND,
+        "template_not_found",
+        &format!("no template {id:?}"),
+    )
+}
+
+async fn list_templates(State(ctx): Ctxt) -> Json<Value> {
+    let cfg = ctx.config.load_full();
+    let api: std::collections::HashSet<i64> = ctx
+        .api_items
+        .lock()
+        .await
+        .templates
+        .keys()
+        .copied()
+        .collect();
+    let mut list = vec![builtin_template_json()];
+    list.extend(cfg.config.templates.iter().map(|t| {
+        let mut j = crate::api::template_json(t.get_ref());
+        if api.contains(t.get_ref().id.get_ref()) {
+            j["source"] = "api".into();
+        }
+        j
+    }));
+    Json(json!({ "templates": list }))
+}
+
+async fn create_template(
+    State(ctx): Ctxt,
+    b: Result<Json<crate::config::TemplateBody>, JsonRejection>,
+) -> Reply {
+    match body(b) {
+        Ok(b) => crate::api::create_template(ctx, b).await,
+        Err(e) => e,
+    }
+}
+
+async fn get_template(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
+    let cfg = ctx.config.load_full();
+    let found = match id.parse::<i64>() {
+        Ok(0) => Some(builtin_template_json()),
+        Ok(n) => cfg
+            .config
+            .templates
+            .iter()
+            .find(|t| *t.get_ref().id.get_ref() == n)
+            .map(|t| crate::api::template_json(t.get_ref())),
+        Err(_) => None,
+    };
+    match found {
+        Some(mut t) => {
+            let n = t["id"].as_i64().unwrap_or(-1);
+            if ctx.api_items.lock().await.templates.contains_key(&n) {
+                t["source"] = "api".into();
+            }
+            (StatusCode::OK, Json(t))
+        }
+        None => template_not_found(&id),
+    }
+}
+
+async fn put_template(
+    State(ctx): Ctxt,
+    Path(id): Path<String>,
+    b: Result<Json<crate::config::TemplateBody>, JsonRejection>,
+) -> Reply {
+    let Ok(n) = id.parse::<i64>() else {
+        return template_not_found(&id);
+    };
+    match body(b) {
+        Ok(b) => crate::api::put_template(ctx, n, b).await,
+        Err(e) => e,
+    }
+}
+
+async fn delete_template(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
+    match id.parse::<i64>() {
+        Ok(n) => crate::api::delete_template(ctx, n).await,
+        Err(_) => template_not_found(&id),
+    }
+}
+
+async fn list_rules(State(ctx): Ctxt) -> Json<Value> {
+    let file = ctx
+        .file_config
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut list: Vec<_> = file
+        .config
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let r = r.get_ref();
+            crate::api::rule_json(
+                &crate::config::RuleBody {
+                    rule_id: Some(format!("config-{i}")),
+                    domain: r.domain.clone(),
+                    app: r.app.clone(),
+                    stream: r.stream.clone(),
+                    template_id: *r.template_id.get_ref(),
+                },
+                "config",
+            )
+        })
+        .collect();
+    list.extend(
+        ctx.api_items
+            .lock()
+            .await
+            .rules
+            .values()
+            .map(|r| crate::api::rule_json(r, "api")),
+    );
+    Json(json!({ "rules": list }))
+}
+
+async fn create_rule(
+    State(ctx): Ctxt,
+    b: Result<Json<crate::config::RuleBody>, JsonRejection>,
+) -> Reply {
+    match body(b) {
+        Ok(b) => crate::api::create_rule(ctx, b).await,
+        Err(e) => e,
+    }
+}
+
+async fn delete_rule(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
+    crate::api::delete_rule(ctx, id).await
+}
