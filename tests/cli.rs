@@ -102,6 +102,10 @@ fn check_config_names_file_and_line_of_each_error() {
     let out = liverec(&["run", "-c", unknown.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
     assert!(text(&out.stderr).contains(&format!("{}:3:", unknown.display())));
+    // R-OP-4: a public API address without a token is refused by `run` too.
+    let out = liverec(&["run", "-c", no_token.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("api.token must be set"));
 }
 
 #[test]
