@@ -62,6 +62,39 @@ fn rules_pick_the_template_when_a_push_starts() {
     );
 }
 
+/// `default_template = -1`: streams no rule matches are not recorded; ruled ones are.
+#[test]
+fn with_no_default_only_ruled_streams_are_recorded() {
+    let rules = TEMPLATES.replace("default_template = 1", "default_template = -1")
+        + "[[rule]]\ndomain = \"localhost\"\napp = \"live\"\ntemplate_id = 1\n";
+    let d = Daemon::start(&rules);
+    push(&d, "ruled", "avc_only.flv");
+    let url = d.url("other", "unruled");
+    let tags = Arc::new(testkit::fixture_tags("avc_only.flv"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move { testkit::publish_flv(&url, &tags, &PublishOptions::default()).await })
+        .expect("publish");
+    let flv = d.wait_files(
+        "localhost",
+        "live",
+        "ruled",
+        "flv",
+        1,
+        Duration::from_secs(20),
+    );
+    assert!(!flv.is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!d.root().join("localhost/other").exists());
+    assert!(!d.spool().join("localhost/other").exists());
+    assert!(
+        d.log()
+            .lines()
+            .any(|l| l.contains("unruled") && l.contains("not recording")),
+        "{}",
+        d.log()
+    );
+}
+
 #[test]
 fn reload_applies_to_new_pushes_and_keeps_running_recordings() {
     let mut d = Daemon::start(TEMPLATES);
