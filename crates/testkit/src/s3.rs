@@ -70,6 +70,9 @@ impl S3Server {
                     tokio::select! {
                         r = listener.accept() => {
                             let Ok((socket, _)) = r else { continue };
+                            // Like a real S3 front end: without it, a response written as
+                            // headers then body waits for the client's delayed ACK (40 ms).
+                            let _ = socket.set_nodelay(true);
                             let conn = http
                                 .serve_connection(TokioIo::new(socket), service.clone())
                                 .into_owned();
