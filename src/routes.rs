@@ -278,6 +278,7 @@ async fn recordings(
                 "end_time": r.end_ms.div_euclid(1000),
                 "start_time_ms": r.start_ms, "end_time_ms": r.end_ms,
                 "duration": r.duration_ms as f64 / 1000.0,
+                "expire_time": (r.expires > 0).then_some(r.expires),
                 "url": url,
             })
         })

@@ -59,6 +59,12 @@ impl State {
         ))?)
     }
 
+    /// A recording's object (`{prefix}{key}`, outside the state prefix), e.g. a playlist.
+    pub async fn get_recording(&self, key: &str) -> Result<bytes::Bytes, StateError> {
+        let path = ObjectPath::parse(format!("{}{key}", self.prefix))?;
+        Ok(self.store.get(&path).await?.bytes().await?)
+    }
+
     /// Writes (replaces) one object.
     pub async fn put<T: Serialize>(&self, kind: &str, id: &str, v: &T) -> Result<(), StateError> {
         let data = serde_json::to_vec(v)?;

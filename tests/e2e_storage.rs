@@ -649,3 +649,50 @@ fn retention_deletes_expired_files_but_never_an_open_one() {
     }
     assert!(d.log().contains("retention: deleted expired file"));
 }
+
+/// A node that lost its spool (and with it the retention index) still expires the files it
+/// stored before: the rebuilt catalog carries each file's expiry, and an HLS recording's
+/// segments come from its stored playlist.
+#[test]
+fn retention_survives_a_lost_index() {
+    let mut d = Daemon::start_full(
+        "",
+        Some("[storage]\nroot = \"{root}\"\nretention_sweep_interval = 1\n"),
+        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 600, storage_time = 10, file_name = \"{StreamID}\" }\nhls = { enable = true, record_interval = 600, segment_duration = 2, storage_time = 10, file_name = \"{StreamID}\" }\n",
+    );
+    push(&d, "keep10", "avc_aac_2s.flv", PublishOptions::default()).expect("publish");
+    wait_drained(&d, Duration::from_secs(30));
+    let dir = d.root().join("localhost/live/keep10");
+    let stored = common::walk(&dir);
+    assert!(
+        stored.iter().any(|p| p.to_string_lossy().ends_with(".ts"))
+            && stored.iter().any(|p| p.to_string_lossy().ends_with(".flv")),
+        "{stored:?}"
+    );
+    let recs = recordings(&d, "stream=keep10");
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    let expiry = recs[0]["expire_time"].as_i64().expect("expire_time");
+    assert_eq!(d.stop(), Some(0));
+    std::fs::remove_dir_all(d.spool().join(".index")).expect("lose the index");
+    d.restart();
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        now < expiry,
+        "test too slow: files expired ({expiry}) before the restart ({now})"
+    );
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "files stored before the index was lost never expired: {:?}; log:\n{}",
+            common::walk(&dir),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        chrono::Utc::now().timestamp() >= expiry,
+        "deleted before its storage_time"
+    );
+    assert!(d.log().contains("retention restored"), "{}", d.log());
+}

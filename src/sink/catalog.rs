@@ -148,6 +148,7 @@ pub async fn rebuild_at_start(index: Arc<Index>, state: State, stop: Cancellatio
                     recordings = n,
                     "no local recordings index: rebuilt it from the store"
                 );
+                restore_retention(&index, &state).await;
                 return;
             }
             Err(CatalogError::Running) => return,
@@ -162,5 +163,49 @@ pub async fn rebuild_at_start(index: Arc<Index>, state: State, stop: Cancellatio
                 }
             }
         }
+    }
+}
+
+/// The spool's retention entries went with its index: the rebuilt entries' expiries are
+/// put back (an HLS recording's segments from its stored playlist), so files stored before
+/// still expire. Entries this run stored itself already have theirs.
+async fn restore_retention(index: &Index, state: &State) {
+    let due: Vec<FileRecord> = index
+        .query(&Default::default())
+        .into_iter()
+        .filter(|r| r.expires > 0 && !index.recently_stored(&r.key))
+        .collect();
+    let mut n = 0usize;
+    for r in due {
+        if r.format == "hls" {
+            match state.get_recording(&r.key).await {
+                Ok(text) => {
+                    let dir = r.key.rsplit_once('/').map_or("", |(d, _)| d);
+                    let text = String::from_utf8_lossy(&text);
+                    match hls::MediaPlaylist::parse(&text) {
+                        Ok((pl, _)) => {
+                            for s in pl.segments() {
+                                index.expire_at(&format!("{dir}/{}", s.uri), r.expires);
+                                n += 1;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(key = %r.key, "stored playlist unreadable, its segments will not expire: {e}")
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(key = %r.key, "cannot read the stored playlist, its segments will not expire: {e}")
+                }
+            }
+        }
+        index.expire_at(&r.key, r.expires);
+        n += 1;
+    }
+    if n > 0 {
+        info!(
+            files = n,
+            "retention restored for files stored before the index was lost"
+        );
     }
 }

@@ -103,6 +103,7 @@ impl RecMeta {
             end_ms: start_ms + duration_ms,
             duration_ms,
             size: 0,
+            expires: 0,
         }
     }
 
@@ -520,7 +521,7 @@ impl Sink {
             Backend::Local { root } => {
                 let r = self.move_into_root(path, root, &key).await;
                 if let (Ok(()), Some(i)) = (&r, info) {
-                    self.index.record(i);
+                    self.index.record(i, storage_time);
                 }
                 r
             }
@@ -738,7 +739,7 @@ impl Sink {
                     for k in pl.segment_keys.iter().chain(std::iter::once(&pl.key)) {
                         self.index.add(k, pl.storage_time);
                     }
-                    self.index.record(info);
+                    self.index.record(info, pl.storage_time);
                     let _ = tokio::fs::remove_file(&pl.marker).await;
                 }
                 r

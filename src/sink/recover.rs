@@ -728,7 +728,7 @@ async fn end_playlist(
             sink.index.add(&key, up.storage_time);
             if let Some(mut i) = info {
                 i.size = size;
-                sink.index.record(i);
+                sink.index.record(i, up.storage_time);
             }
             let _ = std::fs::remove_file(marker);
             true

@@ -42,6 +42,10 @@ pub struct FileRecord {
     pub end_ms: i64,
     pub duration_ms: i64,
     pub size: u64,
+    /// Unix seconds after which retention deletes it (0: kept forever). In the store's
+    /// catalog so a node that lost its spool can expire it again after a rebuild.
+    #[serde(default)]
+    pub expires: i64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,11 +147,11 @@ impl Index {
         if storage_time == 0 {
             return;
         }
-        // Rounded up to the next whole second, and swept when the clock's whole second
-        // reaches it: a file is never deleted before its full storage_time.
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let expires =
-            (now_ms + 999).div_euclid(1000) + storage_time.min(i64::MAX as u64 / 4) as i64;
+        self.expire_at(key, expiry(storage_time));
+    }
+
+    /// Adds a retention entry with a known expiry (a rebuilt catalog's).
+    pub fn expire_at(&self, key: &str, expires: i64) {
         let entry = Entry {
             key: key.to_string(),
             expires,
@@ -162,7 +166,13 @@ impl Index {
 
     /// Records a stored file for queries (R-QY-1): in the local catalog at once, and
     /// queued for the store's copy, from which the catalog can be rebuilt.
-    pub fn record(&self, rec: FileRecord) {
+    pub fn record(&self, mut rec: FileRecord, storage_time: u64) {
+        // Computed after the file's own retention entry (`add`), so never earlier.
+        rec.expires = if storage_time == 0 {
+            0
+        } else {
+            expiry(storage_time)
+        };
         let res = self.append_catalog(&rec, &Op::Put(rec.clone()));
         if let Err(e) = res {
             warn!(key = %rec.key, "cannot write the recordings index: {e}");
@@ -423,6 +433,14 @@ impl Index {
     }
 }
 
+/// When a file stored now with `storage_time` (> 0) expires: rounded up to the next whole
+/// second, and swept when the clock's whole second reaches it, so a file is never deleted
+/// before its full storage_time.
+fn expiry(storage_time: u64) -> i64 {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    (now_ms + 999).div_euclid(1000) + storage_time.min(i64::MAX as u64 / 4) as i64
+}
+
 fn not_found_ok(e: std::io::Error) -> std::io::Result<()> {
     if e.kind() == std::io::ErrorKind::NotFound {
         Ok(())
@@ -599,8 +617,8 @@ mod tests {
         let i = dir.path().join("i");
         let idx = Index::new(i.clone());
         assert!(idx.needs_rebuild, "no catalog yet");
-        idx.record(rec("a.flv", 1));
-        idx.record(rec("b.flv", 2));
+        idx.record(rec("a.flv", 1), 0);
+        idx.record(rec("b.flv", 2), 0);
         idx.add("b.flv", 1);
         idx.forget("b.flv");
         // A segment (never recorded) is forgotten without a catalog change.
@@ -641,7 +659,7 @@ mod tests {
         std::fs::write(i.join(PUBLISH), b"{\"delete\":\"x.flv\"}\n{\"put\":{\"ke").unwrap();
         std::fs::write(i.join(RECORDINGS), b"{\"key\":\"x.f").unwrap();
         let idx = Index::new(i.clone());
-        idx.record(rec("c.flv", 3));
+        idx.record(rec("c.flv", 3), 0);
         let ops: Vec<Op> = idx
             .queued_ops()
             .unwrap()
@@ -666,10 +684,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let i = dir.path().join("i");
         let idx = Index::new(i.clone());
-        idx.record(rec("stale.flv", 0));
+        idx.record(rec("stale.flv", 0), 0);
         idx.journal_start();
-        idx.record(rec("new.flv", 5));
-        idx.record(rec("gone.flv", 6));
+        idx.record(rec("new.flv", 5), 0);
+        idx.record(rec("gone.flv", 6), 0);
         idx.forget("gone.flv");
         let n = idx
             .replace(vec![rec("listed.flv", 1), rec("gone.flv", 6)])

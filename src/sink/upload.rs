@@ -125,7 +125,7 @@ impl Uploader {
     fn record(&self, job: &Job) {
         if let Some(mut i) = job.info.clone() {
             i.key = job.key.clone();
-            self.index.record(i);
+            self.index.record(i, job.storage_time);
         }
     }
 
@@ -325,7 +325,7 @@ impl Uploader {
                     for k in segment_keys.iter().chain(std::iter::once(&key)) {
                         self.index.add(k, storage_time);
                     }
-                    self.index.record(info);
+                    self.index.record(info, storage_time);
                     let _ = tokio::fs::remove_file(&copy).await;
                     let _ = tokio::fs::remove_file(&marker).await;
                     self.mark(&key, false);
@@ -376,7 +376,7 @@ impl Uploader {
                 // Segments stored before the crash left the spool: their sizes come from
                 // the store (one HEAD each, on this rare path; one that fails counts 0).
                 i.size = me.stored_size(&segment_keys).await;
-                me.index.record(i);
+                me.index.record(i, storage_time);
             }
             let _ = tokio::fs::remove_file(&copy).await;
             let _ = tokio::fs::remove_file(&marker).await;
