@@ -263,10 +263,19 @@ async fn recordings(
     };
     let cfg = ctx.config.load_full();
     let base = cfg.config.storage.public_base_url.trim_end_matches('/');
-    let list: Vec<_> = ctx
-        .sink
-        .index()
-        .query(&f)
+    // The index is on disk (one file per stream): read off the async workers.
+    let index = ctx.sink.index().clone();
+    let found = match tokio::task::spawn_blocking(move || index.query(&f)).await {
+        Ok(found) => found,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "index_read_failed",
+                &e.to_string(),
+            )
+        }
+    };
+    let list: Vec<_> = found
         .into_iter()
         .map(|r| {
             let url = (!base.is_empty()).then(|| format!("{base}/{}", r.key));

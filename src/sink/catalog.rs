@@ -1,6 +1,6 @@
 //! The recordings catalog in the store (R-QY-1, DESIGN "State in the store"): every
 //! indexed recording is also a small JSON object under `.liverec/state/recordings/{key}.json`
-//! of the storage backend, so the local index (`{spool}/.index/recordings.jsonl`) can be
+//! of the storage backend, so the local index (`{spool}/.index/recordings/`) can be
 //! rebuilt from a listing — on a new node, after the spool was lost, or to see what other
 //! nodes sharing the bucket stored.
 //!

@@ -16,6 +16,7 @@
 //!   the playlist as last written.
 
 pub mod catalog;
+mod recfiles;
 mod recover;
 pub mod retention;
 pub mod store;

@@ -72,14 +72,16 @@ pub enum Op {
 /// How many recently stored keys are remembered for name-collision checks (R-ST-3).
 const RECENT: usize = 65_536;
 
+/// The index before it was split per stream; read once and converted.
 const RECORDINGS: &str = "recordings.jsonl";
+const RECORDINGS_DIR: &str = "recordings";
 const PUBLISH: &str = "publish.jsonl";
 const PUBLISH_OFFSET: &str = "publish.offset";
 
 pub struct Index {
     dir: PathBuf,
-    /// Every stored recording, also in `{dir}/recordings.jsonl` (loaded at start).
-    recordings: Mutex<Vec<FileRecord>>,
+    /// Every stored recording, on disk only (`recfiles.rs`).
+    recordings: super::recfiles::RecFiles,
     recent: Mutex<(HashSet<String>, VecDeque<String>)>,
     /// Serializes appends and sweeps of the hour files, and appends to the catalog files.
     files: Mutex<()>,
@@ -95,31 +97,18 @@ pub struct Index {
 
 impl Index {
     pub fn new(dir: PathBuf) -> Self {
-        // Lines are records or `{"deleted": key}` tombstones written by the sweeper.
-        let mut recordings: Vec<FileRecord> = Vec::new();
-        let had_catalog = dir.join(RECORDINGS).exists() || dir.join(PUBLISH).exists();
+        let recordings = super::recfiles::RecFiles::new(dir.join(RECORDINGS_DIR));
         // A line torn by a crash must not glue itself to the next append.
-        for name in [RECORDINGS, PUBLISH] {
-            if let Err(e) = seal(&dir.join(name)) {
-                warn!(file = %dir.join(name).display(), "cannot repair the index file: {e}");
-            }
+        if let Err(e) = seal(&dir.join(PUBLISH)) {
+            warn!(file = %dir.join(PUBLISH).display(), "cannot repair the index file: {e}");
         }
-        if let Ok(t) = std::fs::read_to_string(dir.join(RECORDINGS)) {
-            for l in t.lines() {
-                if let Ok(r) = serde_json::from_str::<FileRecord>(l) {
-                    recordings.push(r);
-                } else if let Some(k) = serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["deleted"].as_str().map(str::to_string))
-                {
-                    recordings.retain(|r| r.key != k);
-                }
-            }
-        }
+        recordings.seal_all();
+        migrate_single_file(&dir, &recordings);
+        let had_catalog = recordings.exists() || dir.join(PUBLISH).exists();
         let pending = pending_ops(&dir);
         Index {
             dir,
-            recordings: Mutex::new(recordings),
+            recordings,
             recent: Mutex::new((HashSet::new(), VecDeque::new())),
             files: Mutex::new(()),
             pending: AtomicU64::new(pending),
@@ -173,18 +162,14 @@ impl Index {
         } else {
             expiry(storage_time)
         };
-        let res = self.append_catalog(&rec, &Op::Put(rec.clone()));
+        let res = self.append_catalog(&rec.key, &rec, &Op::Put(rec.clone()));
         if let Err(e) = res {
             warn!(key = %rec.key, "cannot write the recordings index: {e}");
         }
-        self.recordings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(rec);
     }
 
-    /// Appends one line to `recordings.jsonl` and the change to the publish queue.
-    fn append_catalog<T: Serialize>(&self, line: &T, op: &Op) -> std::io::Result<()> {
+    /// Appends one line to the stream's index file and the change to the publish queue.
+    fn append_catalog<T: Serialize>(&self, key: &str, line: &T, op: &Op) -> std::io::Result<()> {
         let mut l = serde_json::to_vec(line).map_err(std::io::Error::other)?;
         l.push(b'\n');
         let mut o = serde_json::to_vec(op).map_err(std::io::Error::other)?;
@@ -205,7 +190,7 @@ impl Index {
                 .append(true)
                 .open(self.dir.join(name))
         };
-        open(RECORDINGS)?.write_all(&l)?;
+        self.recordings.append(key, &l)?;
         open(PUBLISH)?.write_all(&o)?;
         self.pending.fetch_add(1, Ordering::SeqCst);
         self.wake.notify_one();
@@ -295,29 +280,23 @@ impl Index {
                 }
             }
         }
-        let mut all: Vec<FileRecord> = by_key.into_values().collect();
-        all.sort_by(|a, b| (a.start_ms, &a.key).cmp(&(b.start_ms, &b.key)));
-        let mut text = Vec::new();
-        for r in &all {
-            text.extend(serde_json::to_vec(r).map_err(std::io::Error::other)?);
-            text.push(b'\n');
-        }
-        std::fs::create_dir_all(&self.dir)?;
-        let tmp = self.dir.join("recordings.jsonl.tmp");
-        std::fs::write(&tmp, &text)?;
-        std::fs::rename(&tmp, self.dir.join(RECORDINGS))?;
-        let n = all.len();
-        *self.recordings.lock().unwrap_or_else(|p| p.into_inner()) = all;
-        Ok(n)
+        let all: Vec<FileRecord> = by_key.into_values().collect();
+        self.recordings.replace_all(&all)?;
+        Ok(all.len())
     }
 
     /// Stored recordings matching `f`, oldest first; deleted (expired) ones are gone.
+    /// Reads the index files (one per stream); compacts those mostly made of tombstones.
     pub fn query(&self, f: &RecordingFilter) -> Vec<FileRecord> {
-        self.recordings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|r| {
+        let mut out = Vec::new();
+        for sf in self.recordings.read(f) {
+            if sf.wants_compaction {
+                let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = self.recordings.compact(&sf.path) {
+                    warn!(file = %sf.path.display(), "cannot compact the recordings index: {e}");
+                }
+            }
+            out.extend(sf.live.into_iter().filter(|r| {
                 f.domain.as_ref().is_none_or(|d| *d == r.domain)
                     && f.app.as_ref().is_none_or(|a| *a == r.app)
                     && f.stream.as_ref().is_none_or(|s| *s == r.stream)
@@ -325,29 +304,32 @@ impl Index {
                     && f.task_id.as_ref().is_none_or(|t| *t == r.task_id)
                     && f.from.is_none_or(|from| r.end_ms > from * 1000)
                     && f.to.is_none_or(|to| r.start_ms < to * 1000)
-            })
-            .cloned()
-            .collect()
+            }));
+        }
+        out.sort_by(|a, b| (a.start_ms, &a.key).cmp(&(b.start_ms, &b.key)));
+        out
     }
 
     fn forget(&self, key: &str) {
-        // Only recordings have catalog entries (not HLS segments, which are swept too).
-        let removed = {
-            let mut r = self.recordings.lock().unwrap_or_else(|p| p.into_inner());
-            let before = r.len();
-            r.retain(|r| r.key != key);
-            r.len() != before
-        };
-        if !removed {
+        // Only recordings have index and catalog entries; HLS segments, swept with their
+        // playlist, do not.
+        if key.ends_with(".ts") {
             return;
         }
         let res = self.append_catalog(
+            key,
             &serde_json::json!({ "deleted": key }),
             &Op::Delete(key.to_string()),
         );
         if let Err(e) = res {
             warn!(key, "cannot write the recordings index: {e}");
         }
+    }
+
+    /// What the sweeper does once a file is deleted (tests of the index).
+    #[cfg(test)]
+    pub fn expire_now_for_test(&self, key: &str) {
+        self.forget(key);
     }
 
     pub fn recently_stored(&self, key: &str) -> bool {
@@ -449,8 +431,38 @@ fn not_found_ok(e: std::io::Error) -> std::io::Result<()> {
     }
 }
 
+/// Converts the single-file index of earlier versions (records and tombstones in one
+/// `recordings.jsonl`) into per-stream files.
+fn migrate_single_file(dir: &Path, recordings: &super::recfiles::RecFiles) {
+    let old = dir.join(RECORDINGS);
+    let Ok(text) = std::fs::read_to_string(&old) else {
+        return;
+    };
+    let mut live: Vec<FileRecord> = Vec::new();
+    for l in text.lines() {
+        if let Ok(r) = serde_json::from_str::<FileRecord>(l) {
+            live.push(r);
+        } else if let Some(k) = serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["deleted"].as_str().map(str::to_string))
+        {
+            live.retain(|r| r.key != k);
+        }
+    }
+    match recordings.replace_all(&live) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&old);
+            info!(
+                recordings = live.len(),
+                "recordings index converted to one file per stream"
+            );
+        }
+        Err(e) => warn!("cannot convert the recordings index: {e}"),
+    }
+}
+
 /// Ends a file that does not end with a newline with one.
-fn seal(path: &Path) -> std::io::Result<()> {
+pub(super) fn seal(path: &Path) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = match std::fs::OpenOptions::new()
         .read(true)
