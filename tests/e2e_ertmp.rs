@@ -306,6 +306,20 @@ fn hevc_and_av1_over_enhanced_rtmp_are_recorded_in_every_format() {
                 && l.contains("left out of the HLS segments: av1 video")),
             "no warning that AV1 video is left out of HLS; log:\n{log}"
         );
+        // The playlists' "file finished" lines count what they hold: audio only.
+        let finished: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains("file finished") && l.contains("live/av1/") && l.contains(".m3u8")
+            })
+            .collect();
+        assert_eq!(finished.len(), m3u8.len(), "{log}");
+        for l in finished {
+            assert!(
+                l.contains("video_frames=0") && !l.contains("audio_frames=0"),
+                "{l}"
+            );
+        }
     }
 
     // AV1 alone: no HLS at all (no playlist, no segment), with a warning; FLV and MP4 as

@@ -538,6 +538,15 @@ impl TsMuxer {
     /// One frame → one PES → 188-byte TS packets appended to `out` (as one `Bytes`).
     /// Frames of a skipped codec are dropped (already reported by `skipped`). On error
     /// nothing is written for this frame and the muxer stays usable.
+    /// Whether packets of this kind are written (false for a track left out, e.g. AV1
+    /// video, whose packets `push` accepts and drops).
+    pub fn carries(&self, kind: TrackKind) -> bool {
+        match kind {
+            TrackKind::Video => self.video.is_some(),
+            TrackKind::Audio => self.audio.is_some(),
+        }
+    }
+
     pub fn push(&mut self, p: &Packet, out: &mut Vec<Bytes>) -> Result<(), TsError> {
         let kind = p.kind();
         // Direct field access (not `slot`) so the track borrow stays disjoint from `pes`.

@@ -137,7 +137,9 @@ impl Writer {
                 let before = out.len();
                 let ok = h.ts.push(p, out).is_ok();
                 h.written += out[before..].iter().map(|b| b.len() as u64).sum::<u64>();
-                ok
+                // A left-out track's packets are accepted and dropped: not written, so
+                // neither counted nor timing the playlist (an AV1 + AAC playlist is audio).
+                ok && h.ts.carries(p.kind())
             }
         }
     }
