@@ -22,6 +22,9 @@ use crate::ingest::identity::{validate_name, StreamId};
 pub const MAX_AHEAD_S: i64 = 6 * 86_400;
 pub const MAX_SPAN_S: i64 = 86_400;
 pub const MAX_PREROLL_S: u64 = 600;
+/// `extension` is free text for the caller's callbacks; bounded so a task stays a small
+/// object in the state store.
+const MAX_EXTENSION_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +172,15 @@ impl Tasks {
             return Err(bad(
                 "start_too_far",
                 format!("start_time may be at most 6 days ahead ({MAX_AHEAD_S} s)"),
+            ));
+        }
+        if req.extension.len() > MAX_EXTENSION_BYTES {
+            return Err(bad(
+                "invalid_extension",
+                format!(
+                    "extension is {} bytes; at most {MAX_EXTENSION_BYTES} (it is stored with the task and echoed in callbacks)",
+                    req.extension.len()
+                ),
             ));
         }
         if req.preroll_seconds > MAX_PREROLL_S {

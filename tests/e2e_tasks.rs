@@ -96,6 +96,16 @@ fn task_requests_are_validated_with_clear_errors() {
             400,
             "invalid_name",
         ),
+        (
+            base(serde_json::json!({"start_time": t + 10, "preroll_seconds": 601})),
+            400,
+            "invalid_preroll",
+        ),
+        (
+            base(serde_json::json!({"start_time": t + 10, "extension": "e".repeat(4097)})),
+            400,
+            "invalid_extension",
+        ),
     ];
     for (body, status, code) in cases {
         let (s, v) = create(&d, body.clone());
