@@ -230,6 +230,9 @@ pub struct RecordConfig {
     pub max_rules: usize,
     /// Record tasks overlapping one window on one stream (R-TK-5).
     pub max_tasks_per_stream: usize,
+    /// Seconds a finished or stopped task stays readable after its `end_time`; then it is
+    /// removed from memory and the state store, so tasks do not pile up forever.
+    pub task_history: Spanned<u64>,
 }
 
 impl Default for RecordConfig {
@@ -241,6 +244,7 @@ impl Default for RecordConfig {
             max_templates: 50,
             max_rules: 50,
             max_tasks_per_stream: 10,
+            task_history: unspanned(7 * 86_400),
         }
     }
 }
@@ -704,6 +708,13 @@ fn validate(config: Config, text: &str, source: Option<&Path>) -> Result<Loaded,
                 "storage.part_size = {} must be 5 MiB..=5 GiB (S3 limits)",
                 ps.get_ref()
             ),
+        );
+    }
+    let th = &config.record.task_history;
+    if *th.get_ref() == 0 {
+        err(
+            th.span(),
+            "record.task_history must be at least 1 second".into(),
         );
     }
     let rs = &st.retention_sweep_interval;

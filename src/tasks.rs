@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::daemon::Ctx;
 use crate::ingest::identity::{validate_name, StreamId};
@@ -267,6 +267,25 @@ impl Tasks {
         }
     }
 
+    /// Takes out the finished and stopped tasks whose `end_time` is `history` seconds past;
+    /// returns their ids (the caller deletes their state objects).
+    pub fn prune(&self, now: i64, history: u64) -> Vec<String> {
+        let history = history.min(i64::MAX as u64 / 2) as i64;
+        let mut entries = self.lock();
+        let old: Vec<String> = entries
+            .values()
+            .filter(|e| {
+                (e.stopped || e.task.status == "finished")
+                    && e.task.end_time.saturating_add(history) <= now
+            })
+            .map(|e| e.task.task_id.clone())
+            .collect();
+        for id in &old {
+            entries.remove(id);
+        }
+        old
+    }
+
     /// Loads the tasks a previous run persisted (R-TK-5); the scheduler takes it from there.
     pub async fn load(
         &self,
@@ -428,13 +447,30 @@ pub struct ListFilter {
     pub page_size: Option<usize>,
 }
 
-/// Runs scheduler passes until shutdown.
+/// Runs scheduler passes until shutdown; once a second, old tasks are pruned.
 pub async fn scheduler(ctx: Arc<Ctx>) {
     let stop = ctx.shutdown.clone();
+    let mut n = 0u64;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => ctx.tasks.tick(&ctx),
             _ = stop.cancelled() => return,
+        }
+        n += 1;
+        if n.is_multiple_of(4) {
+            let history = *ctx.config.load().config.record.task_history.get_ref();
+            for id in ctx.tasks.prune(now_s(), history) {
+                // A failed delete brings the task back at the next start, and it is pruned
+                // again then.
+                match ctx.state.delete("tasks", &id).await {
+                    Ok(()) => {
+                        info!(task = %id, history_s = history, "record task pruned: ended longer ago than record.task_history")
+                    }
+                    Err(e) => {
+                        warn!(task = %id, "record task pruned from memory, but its stored copy could not be deleted: {e}")
+                    }
+                }
+            }
         }
     }
 }

@@ -333,3 +333,57 @@ fn tasks_survive_a_restart_and_still_fire() {
         "{files:?}"
     );
 }
+
+/// Finished tasks do not pile up: `record.task_history` after their end they are gone from
+/// the API and the state store; a task still scheduled stays.
+#[test]
+fn finished_tasks_are_pruned_after_the_task_history() {
+    let d = Daemon::start(&CONFIG.replace(
+        "default_template = 1\n",
+        "default_template = 1\ntask_history = 1\n",
+    ));
+    let t = now();
+    let (s, short) = create(
+        &d,
+        serde_json::json!({"domain": "localhost", "app": "live", "stream": "p",
+            "start_time": t + 1, "end_time": t + 2}),
+    );
+    assert_eq!(s, 201, "{short}");
+    let (s, long) = create(
+        &d,
+        serde_json::json!({"domain": "localhost", "app": "live", "stream": "p",
+            "start_time": t + 1, "end_time": t + 3600}),
+    );
+    assert_eq!(s, 201, "{long}");
+    let id = short["task_id"].as_str().expect("task_id").to_string();
+    let stored = d.root().join(format!(".liverec/state/tasks/{id}.json"));
+    assert!(stored.exists(), "persisted at creation");
+    let path = format!("/v1/tasks/{id}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen_finished = false;
+    loop {
+        let (s, body) = d.api_get(&path);
+        if s == 404 {
+            break;
+        }
+        let v = json(&body);
+        if v["status"] == "finished" {
+            seen_finished = true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "finished task never pruned: {v}; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen_finished, "readable as finished before it went");
+    assert!(now() >= t + 3, "pruned before end_time + task_history");
+    assert!(!stored.exists(), "its stored copy goes too");
+    assert!(d.log().contains("record task pruned"), "{}", d.log());
+    let (s, _) = d.api_get(&format!(
+        "/v1/tasks/{}",
+        long["task_id"].as_str().expect("task_id")
+    ));
+    assert_eq!(s, 200, "a task whose window is open stays");
+}
