@@ -240,7 +240,7 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
 pub fn metrics_text(ctx: &Ctx) -> String {
     let q = &ctx.sink.quota;
     let pending = ctx.sink.pending_uploads();
-    format!(
+    let mut out = format!(
         "# HELP liverec_spool_bytes Bytes in the spool (open files and files waiting for storage).\n\
          # TYPE liverec_spool_bytes gauge\nliverec_spool_bytes {}\n\
          # HELP liverec_spool_max_bytes The spool quota.\n\
@@ -256,7 +256,24 @@ pub fn metrics_text(ctx: &Ctx) -> String {
         pending,
         ctx.stats.refused_spool_full.load(Ordering::Relaxed),
         ctx.hub.snapshot().len(),
-    )
+    );
+    out.push_str(
+        "# HELP liverec_recordings_index_unpublished Recordings index changes not yet in the store's catalog.\n\
+         # TYPE liverec_recordings_index_unpublished gauge\n",
+    );
+    out.push_str(&format!(
+        "liverec_recordings_index_unpublished {}\n",
+        ctx.sink.index().unpublished()
+    ));
+    out.push_str(
+        "# HELP liverec_record_tasks Record tasks by status.\n# TYPE liverec_record_tasks gauge\n",
+    );
+    for (status, n) in ctx.tasks.count_by_status() {
+        out.push_str(&format!(
+            "liverec_record_tasks{{status=\"{status}\"}} {n}\n"
+        ));
+    }
+    out
 }
 
 async fn wait_for_signal(ctx: &Arc<Ctx>) -> std::io::Result<()> {

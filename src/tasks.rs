@@ -286,6 +286,18 @@ impl Tasks {
         old
     }
 
+    /// How many tasks are in each status (for `/metrics`).
+    pub fn count_by_status(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for s in ["scheduled", "waiting", "recording", "finished", "stopped"] {
+            out.insert(s.to_string(), 0);
+        }
+        for e in self.lock().values() {
+            *out.entry(e.task.status.clone()).or_insert(0) += 1;
+        }
+        out
+    }
+
     /// Loads the tasks a previous run persisted (R-TK-5); the scheduler takes it from there.
     pub async fn load(
         &self,

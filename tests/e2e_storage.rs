@@ -421,6 +421,11 @@ fn index_rebuild(
 ) {
     push(d, "idx", "avc_aac_2s.flv", PublishOptions::default()).expect("publish");
     wait_drained(d, Duration::from_secs(60));
+    let (_, metrics) = d.api_get("/metrics");
+    assert!(
+        metrics.contains("liverec_recordings_index_unpublished 0\n"),
+        "{metrics}"
+    );
     let before = recordings(d, "stream=idx");
     let formats: std::collections::BTreeSet<_> = before
         .iter()

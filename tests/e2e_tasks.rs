@@ -134,6 +134,12 @@ fn task_requests_are_validated_with_clear_errors() {
         );
         assert_eq!(s, 201, "{v}");
     }
+    let (_, metrics) = d.api_get("/metrics");
+    assert!(
+        metrics.contains("liverec_record_tasks{status=\"scheduled\"} 10\n")
+            && metrics.contains("liverec_record_tasks{status=\"recording\"} 0\n"),
+        "{metrics}"
+    );
     let (s, v) = create(
         &d,
         base(serde_json::json!({"start_time": t + 150, "end_time": t + 160})),
