@@ -13,6 +13,8 @@ if ! command -v gst-launch-1.0 >/dev/null 2>&1 || ! gst-inspect-1.0 rtmp2sink >/
    || ! gst-inspect-1.0 flvmux >/dev/null 2>&1 || ! gst-inspect-1.0 h264parse >/dev/null 2>&1; then
   pkgs+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 fi
+# systemd-analyze checks the shipped unit file (R-OP-2).
+command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "installing test tools: ${pkgs[*]}" >&2
   SUDO=""
@@ -20,7 +22,7 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
-for tool in ffmpeg ffprobe gst-launch-1.0; do
+for tool in ffmpeg ffprobe gst-launch-1.0 systemd-analyze; do
   command -v "$tool" >/dev/null 2>&1 || { echo "$tool still not found after install" >&2; exit 1; }
 done
 

@@ -171,6 +171,13 @@ pub async fn run(
     info!(rtmp = %rtmp_addr, api = %api_addr, root = %ctx.config.load().config.storage.root.display(), "liverec ready");
     // Tests and scripts read the bound addresses (ports may be ephemeral) from stdout.
     println!("liverec ready rtmp={rtmp_addr} api={api_addr}");
+    crate::systemd::ready(&format!(
+        "recording; RTMP on {rtmp_addr}, API on {api_addr}"
+    ));
+    if let Some(every) = crate::systemd::watchdog_interval() {
+        // Kept up through shutdown too: finalizing may take a while and is not a hang.
+        tokio::spawn(crate::systemd::watchdog(every, CancellationToken::new()));
+    }
 
     let accept = {
         let ctx = ctx.clone();
@@ -179,6 +186,7 @@ pub async fn run(
 
     wait_for_signal(&ctx).await.map_err(DaemonError::Signal)?;
     info!("shutting down: finalizing open recordings");
+    crate::systemd::stopping();
     ctx.shutdown.cancel();
     accept.abort();
     ctx.tracker.close();
@@ -323,6 +331,16 @@ fn restart_only_changes(old: &Loaded, new: &Loaded) -> Vec<&'static str> {
 /// running config stays; a good one applies to connections and pushes that start from now
 /// on (recordings in progress keep the settings they started with). Returns the warnings.
 pub async fn reload(ctx: &Ctx) -> Result<Vec<String>, Vec<String>> {
+    crate::systemd::reloading();
+    let res = reload_inner(ctx).await;
+    crate::systemd::reloaded(match &res {
+        Ok(_) => "recording; config reloaded",
+        Err(_) => "recording; config reload refused, the previous config runs",
+    });
+    res
+}
+
+async fn reload_inner(ctx: &Ctx) -> Result<Vec<String>, Vec<String>> {
     let new = match crate::config::load(ctx.config_path.as_deref()) {
         Ok(l) => l,
         Err(errors) => {

@@ -107,4 +107,5 @@ mod api;
 mod daemon;
 mod routes;
 mod state;
+mod systemd;
 mod tasks;
