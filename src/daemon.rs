@@ -39,6 +39,33 @@ pub struct Ctx {
 #[derive(Default)]
 pub struct Stats {
     pub refused_spool_full: AtomicU64,
+    /// RTMP connections accepted, and open now.
+    pub connections_total: AtomicU64,
+    pub connections_open: AtomicU64,
+    /// Bytes read from RTMP sockets.
+    pub bytes_in: AtomicU64,
+    /// Files (an HLS recording counts as its playlist) open now, finalized, failed.
+    pub files_open: AtomicU64,
+    pub files_finalized: AtomicU64,
+    pub files_failed: AtomicU64,
+}
+
+/// A gauge that goes back down when dropped, whichever way its scope ends.
+pub struct GaugeGuard<'a>(&'a AtomicU64);
+
+impl<'a> GaugeGuard<'a> {
+    pub fn up(g: &'a AtomicU64) -> Self {
+        g.fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,8 +270,9 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
     }
 }
 
-/// Prometheus text exposition of the storage gauges; written by hand because these few
-/// lines do not justify an exporter crate yet (the full set comes with R-OP-3).
+/// Prometheus text exposition (R-OP-3): plain counters and gauges, written by hand because
+/// a dozen `name value` lines do not justify an exporter crate; one comes with histograms.
+/// Callback failures are added with callbacks (R-CB).
 pub fn metrics_text(ctx: &Ctx) -> String {
     let q = &ctx.sink.quota;
     let pending = ctx.sink.pending_uploads();
@@ -265,6 +293,50 @@ pub fn metrics_text(ctx: &Ctx) -> String {
         ctx.stats.refused_spool_full.load(Ordering::Relaxed),
         ctx.hub.snapshot().len(),
     );
+    let st = &ctx.stats;
+    for (name, kind, help, v) in [
+        (
+            "liverec_connections_total",
+            "counter",
+            "RTMP connections accepted.",
+            &st.connections_total,
+        ),
+        (
+            "liverec_connections",
+            "gauge",
+            "RTMP connections open.",
+            &st.connections_open,
+        ),
+        (
+            "liverec_bytes_in_total",
+            "counter",
+            "Bytes read from RTMP connections.",
+            &st.bytes_in,
+        ),
+        (
+            "liverec_recordings_open",
+            "gauge",
+            "Files being recorded (an HLS recording counts once).",
+            &st.files_open,
+        ),
+        (
+            "liverec_files_finalized_total",
+            "counter",
+            "Files finalized and handed to storage.",
+            &st.files_finalized,
+        ),
+        (
+            "liverec_files_failed_total",
+            "counter",
+            "Files whose finalization failed.",
+            &st.files_failed,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+            v.load(Ordering::Relaxed)
+        ));
+    }
     out.push_str(
         "# HELP liverec_recordings_index_unpublished Recordings index changes not yet in the store's catalog.\n\
          # TYPE liverec_recordings_index_unpublished gauge\n",

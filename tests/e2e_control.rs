@@ -488,3 +488,60 @@ fn openapi_document_matches_the_router() {
     let (status, _) = d.api_get("/v1/undocumented");
     assert_eq!(status, 404);
 }
+
+/// R-OP-3: `/metrics` counts connections, bytes in and files, and they add up with what
+/// a push left on disk.
+#[test]
+fn metrics_count_connections_bytes_and_files() {
+    let d = Daemon::start(TEMPLATES);
+    push(&d, "m1", "avc_aac_2s.flv");
+    push(&d, "m2", "avc_only.flv");
+    let files: Vec<_> = ["m1", "m2"]
+        .iter()
+        .flat_map(|s| d.wait_files("localhost", "live", s, "flv", 1, Duration::from_secs(20)))
+        .collect();
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let fixture_bytes: u64 = ["avc_aac_2s.flv", "avc_only.flv"]
+        .iter()
+        .map(|f| {
+            std::fs::metadata(testkit::fixture(f))
+                .expect("fixture")
+                .len()
+        })
+        .sum();
+    // Files are finalized after the publisher leaves: wait until nothing is open.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let (_, text) = d.api_get("/metrics");
+        if metric(&text, "liverec_recordings_open") == 0
+            && metric(&text, "liverec_connections") == 0
+            && metric(&text, "liverec_files_finalized_total") as usize >= files.len()
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(metric(&text, "liverec_connections_total"), 2, "{text}");
+    // Every FLV body byte came over RTMP, plus chunk headers and the handshake.
+    let bytes_in = metric(&text, "liverec_bytes_in_total");
+    assert!(
+        bytes_in > fixture_bytes * 9 / 10 && bytes_in < fixture_bytes * 2,
+        "{bytes_in} bytes in for {fixture_bytes} bytes of FLV"
+    );
+    let on_disk = common::walk(&d.root().join("localhost"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "flv"))
+        .count() as u64;
+    assert_eq!(
+        metric(&text, "liverec_files_finalized_total"),
+        on_disk,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "liverec_files_failed_total"), 0, "{text}");
+}

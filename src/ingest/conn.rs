@@ -71,6 +71,12 @@ impl Publishing {
 
 pub async fn handle(ctx: Arc<Ctx>, socket: TcpStream, peer: SocketAddr, conn_id: u64) {
     let _ = socket.set_nodelay(true);
+    let stats = ctx.clone();
+    stats
+        .stats
+        .connections_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _open = crate::daemon::GaugeGuard::up(&stats.stats.connections_open);
     // This connection's settings: a reload applies to connections that start later.
     let config = ctx.config.load_full();
     let cfg = &config.config.rtmp;
@@ -165,6 +171,10 @@ impl Conn {
             if n == 0 {
                 return Err(ConnEnd::Closed);
             }
+            self.ctx
+                .stats
+                .bytes_in
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             let res = self.session.handle_input(&mut buf);
             // Flush replies even when the input ended in an error, so the peer sees them.
             let got_media = self.pump_events(&mut socket).await;

@@ -127,6 +127,21 @@ struct Recording {
 }
 
 impl Recording {
+    /// Moves one of the `/metrics` counters (R-OP-3).
+    fn stat(
+        &self,
+        which: impl Fn(&crate::daemon::Stats) -> &std::sync::atomic::AtomicU64,
+        by: i64,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = which(&self.ctx.stats);
+        if by >= 0 {
+            c.fetch_add(by as u64, Relaxed);
+        } else {
+            let _ = c.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(by.unsigned_abs()));
+        }
+    }
+
     async fn run(
         &mut self,
         mut reader: ring::Reader,
@@ -211,8 +226,10 @@ impl Recording {
                     match self.ctx.sink.create(&self.spool, seq, started, None).await {
                         Ok(f) => {
                             self.files.insert(seq, (f, started));
+                            self.stat(|st| &st.files_open, 1);
                         }
                         Err(e) => {
+                            self.stat(|st| &st.files_failed, 1);
                             error!(stream = %self.id, "cannot create a spool file, this file is lost: {e}")
                         }
                     }
@@ -266,8 +283,10 @@ impl Recording {
                         segments: HashMap::new(),
                     },
                 );
+                self.stat(|st| &st.files_open, 1);
             }
             Err(e) => {
+                self.stat(|st| &st.files_failed, 1);
                 error!(stream = %self.id, "cannot open the playlist, this recording is lost: {e}")
             }
         }
@@ -312,6 +331,7 @@ impl Recording {
         let Some(h) = self.hls.remove(&seq) else {
             return;
         };
+        self.stat(|st| &st.files_open, -1);
         let text = h.playlist.render(true);
         let key = h.handle.key.clone();
         let segments = h.playlist.segments().len();
@@ -321,12 +341,18 @@ impl Recording {
             .close_playlist(h.handle, text, summary.duration_ms)
             .await
         {
-            Ok(()) => info!(
-                stream = %self.id, key = %key, segments, duration_ms = summary.duration_ms,
-                bytes = summary.bytes, video_frames = summary.video_frames, audio_frames = summary.audio_frames,
-                "file finished"
-            ),
-            Err(e) => error!(stream = %self.id, "finalizing playlist failed: {e}"),
+            Ok(()) => {
+                self.stat(|st| &st.files_finalized, 1);
+                info!(
+                    stream = %self.id, key = %key, segments, duration_ms = summary.duration_ms,
+                    bytes = summary.bytes, video_frames = summary.video_frames, audio_frames = summary.audio_frames,
+                    "file finished"
+                )
+            }
+            Err(e) => {
+                self.stat(|st| &st.files_failed, 1);
+                error!(stream = %self.id, "finalizing playlist failed: {e}")
+            }
         }
     }
 
@@ -338,6 +364,7 @@ impl Recording {
         let Some((f, started)) = self.files.remove(&seq) else {
             return;
         };
+        self.stat(|st| &st.files_open, -1);
         // Names use wall-clock start and start + media duration as end, so the name
         // states the span the file really holds.
         let end = started + chrono::Duration::milliseconds(summary.duration_ms);
@@ -354,12 +381,18 @@ impl Recording {
             )
             .await
         {
-            Ok(key) => info!(
-                stream = %self.id, key = %key, duration_ms = summary.duration_ms, bytes = summary.bytes,
-                video_frames = summary.video_frames, audio_frames = summary.audio_frames, hard_cut = summary.hard_cut,
-                "file finished"
-            ),
-            Err(e) => error!(stream = %self.id, "finishing file failed: {e}"),
+            Ok(key) => {
+                self.stat(|st| &st.files_finalized, 1);
+                info!(
+                    stream = %self.id, key = %key, duration_ms = summary.duration_ms, bytes = summary.bytes,
+                    video_frames = summary.video_frames, audio_frames = summary.audio_frames, hard_cut = summary.hard_cut,
+                    "file finished"
+                )
+            }
+            Err(e) => {
+                self.stat(|st| &st.files_failed, 1);
+                error!(stream = %self.id, "finishing file failed: {e}")
+            }
         }
     }
 }
