@@ -92,6 +92,10 @@ pub struct RtmpConfig {
     /// Seconds without any media before a publisher is dropped (reliability H4).
     pub idle_timeout: Spanned<u64>,
     pub max_connections: usize,
+    /// Concurrent RTMP connections from one IP address (R-SEC-2); 0 = no per-IP limit.
+    pub max_connections_per_ip: usize,
+    /// Streams being published at once (R-SEC-2).
+    pub max_streams: usize,
     /// Our outgoing chunk size; large chunks cost the publisher less CPU.
     pub chunk_size: Spanned<u32>,
 }
@@ -107,6 +111,8 @@ impl Default for RtmpConfig {
             handshake_timeout: unspanned(10),
             idle_timeout: unspanned(30),
             max_connections: 2000,
+            max_connections_per_ip: 256,
+            max_streams: 1000,
             chunk_size: unspanned(4096),
         }
     }

@@ -349,11 +349,20 @@ impl Conn {
             ring: handle.clone(),
             query: query.clone(),
         };
-        if let Err(e) = self.ctx.hub.register(id.clone(), entry, cfg.on_duplicate) {
+        if let Err(e) = self
+            .ctx
+            .hub
+            .register(id.clone(), entry, cfg.on_duplicate, cfg.max_streams)
+        {
             let reason = e.to_string();
-            warn!(conn = self.conn_id, peer = %self.peer, "refusing publish: {reason}");
-            self.session
-                .reject_publish(req.stream_id, "NetStream.Publish.BadName", &reason);
+            // A duplicate name is the publisher's problem (BadName, as nginx-rtmp and SRS
+            // answer); a full server is not (Rejected).
+            let code = match e {
+                super::hub::RegisterError::AlreadyPublishing { .. } => "NetStream.Publish.BadName",
+                super::hub::RegisterError::TooManyStreams { .. } => "NetStream.Publish.Rejected",
+            };
+            warn!(conn = self.conn_id, peer = %self.peer, stream = %id, "refusing publish: {reason}");
+            self.session.reject_publish(req.stream_id, code, &reason);
             return Err(reason);
         }
         info!(conn = self.conn_id, peer = %self.peer, stream = %id, query = query.as_deref().unwrap_or(""), "publish started");

@@ -34,11 +34,15 @@ pub struct Hub {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("stream {id} is already being published by {peer} (since connection {conn_id})")]
-pub struct AlreadyPublishing {
-    pub id: StreamId,
-    pub peer: std::net::SocketAddr,
-    pub conn_id: u64,
+pub enum RegisterError {
+    #[error("stream {id} is already being published by {peer} (since connection {conn_id})")]
+    AlreadyPublishing {
+        id: StreamId,
+        peer: std::net::SocketAddr,
+        conn_id: u64,
+    },
+    #[error("{max} streams are being published already (rtmp.max_streams)")]
+    TooManyStreams { max: usize },
 }
 
 impl Hub {
@@ -54,17 +58,21 @@ impl Hub {
 
     /// Registers a publisher. With `Takeover`, the previous publisher's connection is
     /// cancelled and its entry replaced.
+    /// At most `max_streams` streams at once (a takeover replaces one, it adds none); the
+    /// count and the insert are one critical section, so concurrent publishes cannot
+    /// both take the last place.
     pub fn register(
         &self,
         id: StreamId,
         entry: LiveStream,
         policy: OnDuplicate,
-    ) -> Result<(), AlreadyPublishing> {
+        max_streams: usize,
+    ) -> Result<(), RegisterError> {
         let mut m = self.lock();
         if let Some(old) = m.get(&id) {
             match policy {
                 OnDuplicate::Reject => {
-                    return Err(AlreadyPublishing {
+                    return Err(RegisterError::AlreadyPublishing {
                         id,
                         peer: old.peer,
                         conn_id: old.conn_id,
@@ -72,6 +80,8 @@ impl Hub {
                 }
                 OnDuplicate::Takeover => old.cancel.cancel(),
             }
+        } else if m.len() >= max_streams {
+            return Err(RegisterError::TooManyStreams { max: max_streams });
         }
         m.insert(id, entry);
         Ok(())
