@@ -50,21 +50,15 @@ pub struct Stats {
     pub files_failed: AtomicU64,
 }
 
-/// A gauge that goes back down when dropped, whichever way its scope ends.
-pub struct GaugeGuard<'a>(&'a AtomicU64);
-
-impl<'a> GaugeGuard<'a> {
-    pub fn up(g: &'a AtomicU64) -> Self {
-        g.fetch_add(1, Ordering::Relaxed);
-        GaugeGuard(g)
+impl Stats {
+    /// One more on a counter or gauge.
+    pub fn up(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
     }
-}
 
-impl Drop for GaugeGuard<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    /// One less on a gauge (never below zero).
+    pub fn down(c: &AtomicU64) {
+        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 }
 
@@ -202,8 +196,7 @@ pub async fn run(
         "recording; RTMP on {rtmp_addr}, API on {api_addr}"
     ));
     if let Some(every) = crate::systemd::watchdog_interval() {
-        // Kept up through shutdown too: finalizing may take a while and is not a hang.
-        tokio::spawn(crate::systemd::watchdog(every, CancellationToken::new()));
+        tokio::spawn(crate::systemd::watchdog(every));
     }
 
     let accept = {
@@ -268,9 +261,12 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
             continue;
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
+        Stats::up(&ctx.stats.connections_total);
+        Stats::up(&ctx.stats.connections_open);
         let ctx2 = ctx.clone();
         ctx.tracker.spawn(async move {
-            crate::ingest::conn::handle(ctx2, socket, peer, id).await;
+            crate::ingest::conn::handle(ctx2.clone(), socket, peer, id).await;
+            Stats::down(&ctx2.stats.connections_open);
             drop(permit);
             drop(ip_slot);
         });
@@ -313,76 +309,87 @@ impl Drop for IpSlot {
 /// Callback failures are added with callbacks (R-CB).
 pub fn metrics_text(ctx: &Ctx) -> String {
     let q = &ctx.sink.quota;
-    let pending = ctx.sink.pending_uploads();
-    let mut out = format!(
-        "# HELP liverec_spool_bytes Bytes in the spool (open files and files waiting for storage).\n\
-         # TYPE liverec_spool_bytes gauge\nliverec_spool_bytes {}\n\
-         # HELP liverec_spool_max_bytes The spool quota.\n\
-         # TYPE liverec_spool_max_bytes gauge\nliverec_spool_max_bytes {}\n\
-         # HELP liverec_upload_queue Files and playlists waiting for their upload.\n\
-         # TYPE liverec_upload_queue gauge\nliverec_upload_queue {}\n\
-         # HELP liverec_publish_refused_spool_full_total Publishes refused because the spool was full.\n\
-         # TYPE liverec_publish_refused_spool_full_total counter\nliverec_publish_refused_spool_full_total {}\n\
-         # HELP liverec_streams Streams being published.\n\
-         # TYPE liverec_streams gauge\nliverec_streams {}\n",
-        q.used(),
-        q.max(),
-        pending,
-        ctx.stats.refused_spool_full.load(Ordering::Relaxed),
-        ctx.hub.snapshot().len(),
-    );
     let st = &ctx.stats;
+    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut out = String::new();
     for (name, kind, help, v) in [
+        (
+            "liverec_spool_bytes",
+            "gauge",
+            "Bytes in the spool (open files and files waiting for storage).",
+            q.used(),
+        ),
+        (
+            "liverec_spool_max_bytes",
+            "gauge",
+            "The spool quota.",
+            q.max(),
+        ),
+        (
+            "liverec_upload_queue",
+            "gauge",
+            "Files and playlists waiting for their upload.",
+            ctx.sink.pending_uploads() as u64,
+        ),
+        (
+            "liverec_publish_refused_spool_full_total",
+            "counter",
+            "Publishes refused because the spool was full.",
+            n(&st.refused_spool_full),
+        ),
+        (
+            "liverec_streams",
+            "gauge",
+            "Streams being published.",
+            ctx.hub.snapshot().len() as u64,
+        ),
         (
             "liverec_connections_total",
             "counter",
             "RTMP connections accepted.",
-            &st.connections_total,
+            n(&st.connections_total),
         ),
         (
             "liverec_connections",
             "gauge",
             "RTMP connections open.",
-            &st.connections_open,
+            n(&st.connections_open),
         ),
         (
             "liverec_bytes_in_total",
             "counter",
             "Bytes read from RTMP connections.",
-            &st.bytes_in,
+            n(&st.bytes_in),
         ),
         (
             "liverec_recordings_open",
             "gauge",
             "Files being recorded (an HLS recording counts once).",
-            &st.files_open,
+            n(&st.files_open),
         ),
         (
             "liverec_files_finalized_total",
             "counter",
             "Files finalized and handed to storage.",
-            &st.files_finalized,
+            n(&st.files_finalized),
         ),
         (
             "liverec_files_failed_total",
             "counter",
             "Files whose finalization failed.",
-            &st.files_failed,
+            n(&st.files_failed),
+        ),
+        (
+            "liverec_recordings_index_unpublished",
+            "gauge",
+            "Recordings index changes not yet in the store's catalog.",
+            ctx.sink.index().unpublished(),
         ),
     ] {
         out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
-            v.load(Ordering::Relaxed)
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
         ));
     }
-    out.push_str(
-        "# HELP liverec_recordings_index_unpublished Recordings index changes not yet in the store's catalog.\n\
-         # TYPE liverec_recordings_index_unpublished gauge\n",
-    );
-    out.push_str(&format!(
-        "liverec_recordings_index_unpublished {}\n",
-        ctx.sink.index().unpublished()
-    ));
     out.push_str(
         "# HELP liverec_record_tasks Record tasks by status.\n# TYPE liverec_record_tasks gauge\n",
     );
@@ -443,7 +450,7 @@ fn restart_only_changes(old: &Loaded, new: &Loaded) -> Vec<&'static str> {
 pub async fn reload(ctx: &Ctx) -> Result<Vec<String>, Vec<String>> {
     crate::systemd::reloading();
     let res = reload_inner(ctx).await;
-    crate::systemd::reloaded(match &res {
+    crate::systemd::ready(match &res {
         Ok(_) => "recording; config reloaded",
         Err(_) => "recording; config reload refused, the previous config runs",
     });

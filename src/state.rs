@@ -119,17 +119,14 @@ impl State {
                 Err(e) => return Err(e.into()),
             }
         }
-        let store = self.store.clone();
+        let store = &self.store;
         let mut gets = futures::stream::iter(locations)
-            .map(|loc| {
-                let store = store.clone();
-                async move {
-                    let r = match store.get(&loc).await {
-                        Ok(g) => g.bytes().await,
-                        Err(e) => Err(e),
-                    };
-                    (loc, r)
-                }
+            .map(|loc| async move {
+                let r = match store.get(&loc).await {
+                    Ok(g) => g.bytes().await,
+                    Err(e) => Err(e),
+                };
+                (loc, r)
             })
             .buffered(16);
         let mut out = Vec::new();

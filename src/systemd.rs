@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 static FAILED: AtomicBool = AtomicBool::new(false);
@@ -21,7 +20,8 @@ fn send(states: &[NotifyState]) {
     }
 }
 
-/// The listeners are open and recovery is done: `READY=1`.
+/// The listeners are open and recovery is done, or a reload is over (applied or
+/// refused): `READY=1`.
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
@@ -33,11 +33,6 @@ pub fn reloading() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(_) => send(&[NotifyState::Reloading]),
     }
-}
-
-/// The reload is over (applied or refused): ready again.
-pub fn reloaded(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// SIGTERM: finalizing and stopping.
@@ -54,9 +49,10 @@ pub fn watchdog_interval() -> Option<Duration> {
     (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// Pings the watchdog at half its interval for as long as the runtime schedules this task,
-/// so a wedged runtime gets the daemon restarted; stops at `stop`.
-pub async fn watchdog(every: Duration, stop: CancellationToken) {
+/// Pings the watchdog at half its interval for as long as the runtime schedules this task
+/// (through shutdown too: finalizing may take a while and is not a hang), so a wedged
+/// runtime gets the daemon restarted.
+pub async fn watchdog(every: Duration) {
     info!(
         interval_ms = every.as_millis() as u64,
         "systemd watchdog enabled"
@@ -64,9 +60,7 @@ pub async fn watchdog(every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => send(&[NotifyState::Watchdog]),
-            _ = stop.cancelled() => return,
-        }
+        tick.tick().await;
+        send(&[NotifyState::Watchdog]);
     }
 }

@@ -172,11 +172,11 @@ fn notify_readiness_watchdog_reload_and_stop() {
     assert!((3..=7).contains(&pings), "{pings} pings in 1 s: {got:?}");
     // SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1 again.
     let pid = child.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    let signal = |sig: &str| {
+        let st = Command::new("kill").args([sig, &pid]).status();
+        assert!(st.expect("kill").success(), "kill {sig} {pid}");
+    };
+    signal("-HUP");
     recv_until(&sock, &mut got, "READY=1", Duration::from_secs(10));
     let reload = got
         .iter()
@@ -184,11 +184,7 @@ fn notify_readiness_watchdog_reload_and_stop() {
         .unwrap_or_else(|| panic!("no RELOADING=1: {got:?}"));
     assert!(reload.contains("MONOTONIC_USEC="), "{reload}");
     // SIGTERM: STOPPING=1, then a clean exit.
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    signal("-TERM");
     recv_until(&sock, &mut got, "STOPPING=1", Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -71,12 +71,6 @@ impl Publishing {
 
 pub async fn handle(ctx: Arc<Ctx>, socket: TcpStream, peer: SocketAddr, conn_id: u64) {
     let _ = socket.set_nodelay(true);
-    let stats = ctx.clone();
-    stats
-        .stats
-        .connections_total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _open = crate::daemon::GaugeGuard::up(&stats.stats.connections_open);
     // This connection's settings: a reload applies to connections that start later.
     let config = ctx.config.load_full();
     let cfg = &config.config.rtmp;

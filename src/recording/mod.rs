@@ -9,7 +9,7 @@ use flv::mux::Patch;
 use record::{CutPolicy, FileSummary, Format, Output, Recorder};
 use tracing::{error, info, warn};
 
-use crate::daemon::Ctx;
+use crate::daemon::{Ctx, Stats};
 use crate::ingest::identity::StreamId;
 use crate::sink::{PlaylistHandle, Rec, RecMeta, SpoolFile};
 
@@ -127,21 +127,6 @@ struct Recording {
 }
 
 impl Recording {
-    /// Moves one of the `/metrics` counters (R-OP-3).
-    fn stat(
-        &self,
-        which: impl Fn(&crate::daemon::Stats) -> &std::sync::atomic::AtomicU64,
-        by: i64,
-    ) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let c = which(&self.ctx.stats);
-        if by >= 0 {
-            c.fetch_add(by as u64, Relaxed);
-        } else {
-            let _ = c.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(by.unsigned_abs()));
-        }
-    }
-
     async fn run(
         &mut self,
         mut reader: ring::Reader,
@@ -226,10 +211,10 @@ impl Recording {
                     match self.ctx.sink.create(&self.spool, seq, started, None).await {
                         Ok(f) => {
                             self.files.insert(seq, (f, started));
-                            self.stat(|st| &st.files_open, 1);
+                            Stats::up(&self.ctx.stats.files_open);
                         }
                         Err(e) => {
-                            self.stat(|st| &st.files_failed, 1);
+                            Stats::up(&self.ctx.stats.files_failed);
                             error!(stream = %self.id, "cannot create a spool file, this file is lost: {e}")
                         }
                     }
@@ -283,10 +268,10 @@ impl Recording {
                         segments: HashMap::new(),
                     },
                 );
-                self.stat(|st| &st.files_open, 1);
+                Stats::up(&self.ctx.stats.files_open);
             }
             Err(e) => {
-                self.stat(|st| &st.files_failed, 1);
+                Stats::up(&self.ctx.stats.files_failed);
                 error!(stream = %self.id, "cannot open the playlist, this recording is lost: {e}")
             }
         }
@@ -331,7 +316,7 @@ impl Recording {
         let Some(h) = self.hls.remove(&seq) else {
             return;
         };
-        self.stat(|st| &st.files_open, -1);
+        Stats::down(&self.ctx.stats.files_open);
         let text = h.playlist.render(true);
         let key = h.handle.key.clone();
         let segments = h.playlist.segments().len();
@@ -342,7 +327,7 @@ impl Recording {
             .await
         {
             Ok(()) => {
-                self.stat(|st| &st.files_finalized, 1);
+                Stats::up(&self.ctx.stats.files_finalized);
                 info!(
                     stream = %self.id, key = %key, segments, duration_ms = summary.duration_ms,
                     bytes = summary.bytes, video_frames = summary.video_frames, audio_frames = summary.audio_frames,
@@ -350,7 +335,7 @@ impl Recording {
                 )
             }
             Err(e) => {
-                self.stat(|st| &st.files_failed, 1);
+                Stats::up(&self.ctx.stats.files_failed);
                 error!(stream = %self.id, "finalizing playlist failed: {e}")
             }
         }
@@ -364,7 +349,7 @@ impl Recording {
         let Some((f, started)) = self.files.remove(&seq) else {
             return;
         };
-        self.stat(|st| &st.files_open, -1);
+        Stats::down(&self.ctx.stats.files_open);
         // Names use wall-clock start and start + media duration as end, so the name
         // states the span the file really holds.
         let end = started + chrono::Duration::milliseconds(summary.duration_ms);
@@ -382,7 +367,7 @@ impl Recording {
             .await
         {
             Ok(key) => {
-                self.stat(|st| &st.files_finalized, 1);
+                Stats::up(&self.ctx.stats.files_finalized);
                 info!(
                     stream = %self.id, key = %key, duration_ms = summary.duration_ms, bytes = summary.bytes,
                     video_frames = summary.video_frames, audio_frames = summary.audio_frames, hard_cut = summary.hard_cut,
@@ -390,7 +375,7 @@ impl Recording {
                 )
             }
             Err(e) => {
-                self.stat(|st| &st.files_failed, 1);
+                Stats::up(&self.ctx.stats.files_failed);
                 error!(stream = %self.id, "finishing file failed: {e}")
             }
         }

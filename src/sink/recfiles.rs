@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
-use super::retention::{FileRecord, RecordingFilter};
+use super::retention::{write_jsonl, FileRecord, RecordingFilter};
 
 /// Below this many lines a file is never compacted (rewriting it would cost more than the
 /// tombstones do).
@@ -117,7 +117,7 @@ impl RecFiles {
     /// with appends.
     pub fn compact(&self, path: &Path) -> std::io::Result<()> {
         let sf = read_file(path)?;
-        write_records(path, &sf.live)
+        write_jsonl(path, &sf.live)
     }
 
     /// Makes the index exactly `records` (a rebuild): written aside, then swapped in.
@@ -129,8 +129,7 @@ impl RecFiles {
             by_file.entry(fresh.file_for(&r.key)).or_default().push(r);
         }
         for (path, recs) in by_file {
-            let recs: Vec<FileRecord> = recs.into_iter().cloned().collect();
-            write_records(&path, &recs)?;
+            write_jsonl(&path, &recs)?;
         }
         std::fs::create_dir_all(&fresh.root)?;
         let old = self.root.with_extension("old");
@@ -182,7 +181,8 @@ fn subdirs(dir: &Path, only: Option<&str>) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn read_file(path: &Path) -> std::io::Result<StreamFile> {
+/// Records and tombstones in file order (also the format of the old single-file index).
+pub(super) fn read_file(path: &Path) -> std::io::Result<StreamFile> {
     let text = std::fs::read_to_string(path)?;
     // In file order; a later record of a key replaces the earlier one, a tombstone ends it.
     let mut slots: Vec<Option<FileRecord>> = Vec::new();
@@ -211,20 +211,6 @@ fn read_file(path: &Path) -> std::io::Result<StreamFile> {
         wants_compaction: lines >= COMPACT_MIN_LINES && live.len() * 2 < lines,
         live,
     })
-}
-
-fn write_records(path: &Path, records: &[FileRecord]) -> std::io::Result<()> {
-    let mut text = Vec::new();
-    for r in records {
-        text.extend(serde_json::to_vec(r).map_err(std::io::Error::other)?);
-        text.push(b'\n');
-    }
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, &text)?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

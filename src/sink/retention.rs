@@ -302,8 +302,9 @@ impl Index {
                     && f.stream.as_ref().is_none_or(|s| *s == r.stream)
                     && f.format.as_ref().is_none_or(|x| *x == r.format)
                     && f.task_id.as_ref().is_none_or(|t| *t == r.task_id)
-                    && f.from.is_none_or(|from| r.end_ms > from * 1000)
-                    && f.to.is_none_or(|to| r.start_ms < to * 1000)
+                    && f.from
+                        .is_none_or(|from| r.end_ms > from.saturating_mul(1000))
+                    && f.to.is_none_or(|to| r.start_ms < to.saturating_mul(1000))
             }));
         }
         out.sort_by(|a, b| (a.start_ms, &a.key).cmp(&(b.start_ms, &b.key)));
@@ -398,7 +399,7 @@ impl Index {
             if keep.is_empty() {
                 std::fs::remove_file(&path)?;
             } else {
-                rewrite(&path, &keep)?;
+                write_jsonl(&path, &keep)?;
             }
             out.extend(due);
         }
@@ -435,20 +436,10 @@ fn not_found_ok(e: std::io::Error) -> std::io::Result<()> {
 /// `recordings.jsonl`) into per-stream files.
 fn migrate_single_file(dir: &Path, recordings: &super::recfiles::RecFiles) {
     let old = dir.join(RECORDINGS);
-    let Ok(text) = std::fs::read_to_string(&old) else {
+    // Same lines as a stream file: records and tombstones.
+    let Ok(live) = super::recfiles::read_file(&old).map(|f| f.live) else {
         return;
     };
-    let mut live: Vec<FileRecord> = Vec::new();
-    for l in text.lines() {
-        if let Ok(r) = serde_json::from_str::<FileRecord>(l) {
-            live.push(r);
-        } else if let Some(k) = serde_json::from_str::<serde_json::Value>(l)
-            .ok()
-            .and_then(|v| v["deleted"].as_str().map(str::to_string))
-        {
-            live.retain(|r| r.key != k);
-        }
-    }
     match recordings.replace_all(&live) {
         Ok(()) => {
             let _ = std::fs::remove_file(&old);
@@ -502,11 +493,15 @@ fn pending_ops(dir: &Path) -> u64 {
     data[start..].iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-fn rewrite(path: &Path, entries: &[Entry]) -> std::io::Result<()> {
+/// Replaces `path` with one JSON line per item, through a temporary file and a rename.
+pub(super) fn write_jsonl<T: Serialize>(path: &Path, items: &[T]) -> std::io::Result<()> {
     let mut text = Vec::new();
-    for e in entries {
+    for e in items {
         text.extend(serde_json::to_vec(e).map_err(std::io::Error::other)?);
         text.push(b'\n');
+    }
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, &text)?;
@@ -661,6 +656,26 @@ mod tests {
         assert_eq!(idx.unpublished(), 0);
         assert!(!i.join(PUBLISH).exists(), "an emptied queue is removed");
         assert!(!i.join(PUBLISH_OFFSET).exists());
+    }
+
+    #[test]
+    fn query_time_bounds_from_the_network_cannot_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::new(dir.path().join("i"));
+        let mut r = rec("a.flv", 1000);
+        r.end_ms = 5000;
+        idx.record(r, 0);
+        let q = |from, to| {
+            idx.query(&RecordingFilter {
+                from,
+                to,
+                ..Default::default()
+            })
+            .len()
+        };
+        assert_eq!(q(Some(i64::MAX), None), 0);
+        assert_eq!(q(None, Some(i64::MIN)), 0);
+        assert_eq!(q(Some(i64::MIN), Some(i64::MAX)), 1);
     }
 
     #[test]

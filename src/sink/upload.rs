@@ -384,9 +384,7 @@ impl Uploader {
             info!(key = %key, segments = segment_keys.len(), "recovered playlist stored");
         });
     }
-}
 
-impl Uploader {
     async fn stored_size(&self, keys: &[String]) -> u64 {
         let Backend::S3(s3) = &*self.s3 else {
             return 0;
