@@ -1,9 +1,17 @@
 //! liverec: records RTMP pushes into files. See README.md and SPEC.md.
 
+mod api;
+mod clock;
 mod config;
+mod daemon;
 mod ingest;
+mod metrics;
+mod model;
 mod recording;
 mod sink;
+mod state;
+mod systemd;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,10 +110,3 @@ fn init_logging(cfg: &config::LogConfig) {
         config::LogFormat::Text => builder.init(),
     }
 }
-
-mod api;
-mod daemon;
-mod routes;
-mod state;
-mod systemd;
-mod tasks;

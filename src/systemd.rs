@@ -64,3 +64,14 @@ pub async fn watchdog(every: Duration) {
         send(&[NotifyState::Watchdog]);
     }
 }
+
+/// A reload (R-TP-6) as systemd sees it: RELOADING, then READY again (R-OP-2).
+pub async fn reload(config: &crate::config::RunningConfig) -> Result<Vec<String>, Vec<String>> {
+    reloading();
+    let res = config.reload().await;
+    ready(match &res {
+        Ok(_) => "recording; config reloaded",
+        Err(_) => "recording; config reload refused, the previous config runs",
+    });
+    res
+}

@@ -1,22 +1,16 @@
-//! Record tasks (R-TK-1…7): record a stream between two times, into files of their own,
-//! beside whatever its template records.
-//!
-//! A scheduler pass every 250 ms starts a task's recording when its window is open and its
-//! stream is live, starts it again when the stream reconnects inside the window (a new
-//! publisher connection), and ends it at `end_time` or on `stop`. Tasks are persisted in
-//! the store (`state.rs`) when created and stopped, and loaded at start.
+//! The table of record tasks (R-TK-1…7): validation at creation, the state each task is
+//! in, listing, stopping and pruning. It owns the tasks; it does not start anything: the
+//! recording supervisor (`recording/supervisor.rs`) reads the table, decides with its
+//! clock, and records its decisions here (`Recording`, `Waiting`, `Finished`). Time is an
+//! argument everywhere, so the rules are unit-tested without waiting.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::daemon::Ctx;
-use crate::ingest::identity::{validate_name, StreamId};
+use crate::model::{validate_name, StreamId, Task, TaskStatus};
 
 /// Limits of R-TK-2 and R-TK-5.
 pub const MAX_AHEAD_S: i64 = 6 * 86_400;
@@ -26,44 +20,28 @@ pub const MAX_PREROLL_S: u64 = 600;
 /// object in the state store.
 const MAX_EXTENSION_BYTES: usize = 4096;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTask {
+/// What a caller asks for (R-TK-1); the API's wire shape converts into it.
+#[derive(Debug, Clone, Default)]
+pub struct NewTask {
     pub domain: String,
     pub app: String,
     pub stream: String,
     pub end_time: i64,
-    #[serde(default)]
     pub start_time: Option<i64>,
-    #[serde(default)]
     pub template_id: Option<i64>,
-    #[serde(default)]
     pub extension: String,
-    #[serde(default)]
     pub stream_type: u8,
-    #[serde(default)]
     pub preroll_seconds: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Task {
-    pub task_id: String,
-    pub domain: String,
-    pub app: String,
-    pub stream: String,
-    pub start_time: i64,
-    pub end_time: i64,
-    pub template_id: i64,
-    pub extension: String,
-    pub stream_type: u8,
-    pub preroll_seconds: u64,
-    pub created: i64,
-    /// Created without `start_time` (R-TK-3): starts at the newest keyframe, not after.
-    #[serde(default)]
-    pub realtime: bool,
-    /// `scheduled` | `recording` | `waiting` (window open, stream not live) | `finished` |
-    /// `stopped`.
-    pub status: String,
+/// What creation checks against besides the request: the moment, whether the stream is
+/// live, and the running config's limits.
+pub struct CreateContext<'a> {
+    /// Unix milliseconds (task ids carry them, so ids of two runs hardly ever meet).
+    pub now_ms: i64,
+    pub live: bool,
+    pub max_tasks_per_stream: usize,
+    pub template_exists: &'a dyn Fn(i64) -> bool,
 }
 
 /// A refused request: a stable code and a message (SPEC section 13 error shape).
@@ -82,31 +60,33 @@ fn bad(code: &'static str, message: String) -> TaskError {
     }
 }
 
-struct Entry {
-    task: Task,
-    /// The publisher connection being recorded and the signal that ends that recording.
-    running: Option<(u64, CancellationToken)>,
-    stopped: bool,
+/// Filters of `GET /v1/tasks` (R-TK-4).
+#[derive(Debug, Default, Clone)]
+pub struct TaskFilter {
+    pub domain: Option<String>,
+    pub app: Option<String>,
+    pub stream: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
 }
 
 #[derive(Default)]
 pub struct Tasks {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<String, Task>>,
     next: AtomicU64,
 }
 
-fn now_s() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 impl Tasks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Task>> {
+        // Every critical section is a lookup or a single-field change: a panic elsewhere
+        // cannot leave the table half-changed, so a poisoned lock is still usable.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Validates and stores a task (R-TK-1…3, R-TK-5, R-TK-7).
-    pub fn create(&self, ctx: &Arc<Ctx>, req: CreateTask) -> Result<Task, TaskError> {
-        let now = now_s();
+    /// Validates and adds a task (R-TK-1…3, R-TK-5, R-TK-7), `Scheduled` until the
+    /// supervisor's next pass.
+    pub fn create(&self, req: NewTask, cx: &CreateContext<'_>) -> Result<Task, TaskError> {
+        let now = cx.now_ms.div_euclid(1000);
         for (what, v) in [
             ("domain", &req.domain),
             ("app", &req.app),
@@ -132,13 +112,9 @@ impl Tasks {
                 format!("stream_type {} is not 0 or 1", req.stream_type),
             ));
         }
-        let id = StreamId {
-            domain: req.domain.clone(),
-            app: req.app.clone(),
-            stream: req.stream.clone(),
-        };
+        let id = StreamId::new(&req.domain, &req.app, &req.stream);
         let start = req.start_time.unwrap_or(now);
-        if req.start_time.is_none() && ctx.hub.ring(&id).is_none() {
+        if req.start_time.is_none() && !cx.live {
             return Err(TaskError {
                 status: 409,
                 code: "stream_not_live",
@@ -159,16 +135,14 @@ impl Tasks {
                 format!("end_time {} is in the past", req.end_time),
             ));
         }
-        if req.end_time - start > MAX_SPAN_S {
+        let span = req.end_time.saturating_sub(start);
+        if span > MAX_SPAN_S {
             return Err(bad(
                 "task_too_long",
-                format!(
-                    "a task spans at most 24 h ({MAX_SPAN_S} s); this one {} s",
-                    req.end_time - start
-                ),
+                format!("a task spans at most 24 h ({MAX_SPAN_S} s); this one {span} s"),
             ));
         }
-        if start > now + MAX_AHEAD_S {
+        if start > now.saturating_add(MAX_AHEAD_S) {
             return Err(bad(
                 "start_too_far",
                 format!("start_time may be at most 6 days ahead ({MAX_AHEAD_S} s)"),
@@ -189,32 +163,25 @@ impl Tasks {
                 format!("preroll_seconds is at most {MAX_PREROLL_S}"),
             ));
         }
-        let config = ctx.config.load_full();
         let template_id = req.template_id.unwrap_or(0);
-        if template_id != 0
-            && !config
-                .config
-                .templates
-                .iter()
-                .any(|t| *t.get_ref().id.get_ref() == template_id)
-        {
+        if template_id != 0 && !(cx.template_exists)(template_id) {
             return Err(TaskError {
                 status: 404,
                 code: "template_not_found",
                 message: format!("no template {template_id}"),
             });
         }
-        let max = config.config.record.max_tasks_per_stream;
+        let max = cx.max_tasks_per_stream;
         let mut entries = self.lock();
         let overlapping = entries
             .values()
-            .filter(|e| {
-                !e.stopped
-                    && e.task.domain == req.domain
-                    && e.task.app == req.app
-                    && e.task.stream == req.stream
-                    && e.task.start_time < req.end_time
-                    && start < e.task.end_time
+            .filter(|t| {
+                t.status != TaskStatus::Stopped
+                    && t.domain == req.domain
+                    && t.app == req.app
+                    && t.stream == req.stream
+                    && t.start_time < req.end_time
+                    && start < t.end_time
             })
             .count();
         if overlapping >= max {
@@ -227,7 +194,7 @@ impl Tasks {
             });
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let task_id = format!("t{:x}{n:04x}", chrono::Utc::now().timestamp_millis());
+        let task_id = format!("t{:x}{n:04x}", cx.now_ms);
         let task = Task {
             task_id: task_id.clone(),
             domain: req.domain,
@@ -241,44 +208,27 @@ impl Tasks {
             preroll_seconds: req.preroll_seconds,
             created: now,
             realtime: req.start_time.is_none(),
-            status: "scheduled".into(),
+            status: TaskStatus::Scheduled,
         };
         info!(task = %task_id, stream = %id, start, end = task.end_time, template_id, "record task created");
-        entries.insert(
-            task_id,
-            Entry {
-                task: task.clone(),
-                running: None,
-                stopped: false,
-            },
-        );
-        drop(entries);
-        // A real-time task starts now, not at the next scheduler pass.
-        self.tick(ctx);
-        Ok(self.get(&task.task_id).unwrap_or(task))
+        entries.insert(task_id, task.clone());
+        Ok(task)
     }
 
     /// Forgets a task whose creation could not be persisted.
     pub fn remove(&self, id: &str) {
-        if let Some(e) = self.lock().remove(id) {
-            if let Some((_, stop)) = e.running {
-                stop.cancel();
-            }
-        }
+        self.lock().remove(id);
     }
 
-    /// Takes out the finished and stopped tasks whose `end_time` is `history` seconds past;
-    /// returns their ids (the caller deletes their state objects).
-    pub fn prune(&self, now: i64, history: u64) -> Vec<String> {
-        let history = history.min(i64::MAX as u64 / 2) as i64;
+    /// Takes out the final tasks whose `end_time` is `history` seconds past; returns their
+    /// ids (the caller deletes their state objects).
+    pub fn prune(&self, now_s: i64, history_s: u64) -> Vec<String> {
+        let history = history_s.min(i64::MAX as u64 / 2) as i64;
         let mut entries = self.lock();
         let old: Vec<String> = entries
             .values()
-            .filter(|e| {
-                (e.stopped || e.task.status == "finished")
-                    && e.task.end_time.saturating_add(history) <= now
-            })
-            .map(|e| e.task.task_id.clone())
+            .filter(|t| t.status.is_final() && t.end_time.saturating_add(history) <= now_s)
+            .map(|t| t.task_id.clone())
             .collect();
         for id in &old {
             entries.remove(id);
@@ -286,53 +236,39 @@ impl Tasks {
         old
     }
 
-    /// How many tasks are in each status (for `/metrics`).
-    pub fn count_by_status(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut out = std::collections::BTreeMap::new();
-        for s in ["scheduled", "waiting", "recording", "finished", "stopped"] {
-            out.insert(s.to_string(), 0);
-        }
-        for e in self.lock().values() {
-            *out.entry(e.task.status.clone()).or_insert(0) += 1;
+    /// How many tasks are in each status (for `/metrics`), every status present.
+    pub fn count_by_status(&self) -> BTreeMap<TaskStatus, usize> {
+        let mut out: BTreeMap<TaskStatus, usize> =
+            TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        for t in self.lock().values() {
+            *out.entry(t.status).or_insert(0) += 1;
         }
         out
     }
 
-    /// Loads the tasks a previous run persisted (R-TK-5); the scheduler takes it from there.
-    pub async fn load(
-        &self,
-        state: &crate::state::State,
-    ) -> Result<usize, crate::state::StateError> {
-        let tasks: Vec<Task> = state.list("tasks").await?;
+    /// Puts back the tasks a previous run persisted (R-TK-5); the ones not final start
+    /// over as `Scheduled` and the supervisor takes it from there.
+    pub fn load(&self, tasks: Vec<Task>) -> usize {
         let mut entries = self.lock();
         let n = tasks.len();
         for mut t in tasks {
-            let stopped = t.status == "stopped";
-            if !stopped && t.status != "finished" {
-                t.status = "scheduled".into();
+            if !t.status.is_final() {
+                t.status = TaskStatus::Scheduled;
             }
-            entries.insert(
-                t.task_id.clone(),
-                Entry {
-                    task: t,
-                    running: None,
-                    stopped,
-                },
-            );
+            entries.insert(t.task_id.clone(), t);
         }
-        Ok(n)
+        n
     }
 
     pub fn get(&self, id: &str) -> Option<Task> {
-        self.lock().get(id).map(|e| e.task.clone())
+        self.lock().get(id).cloned()
     }
 
     /// Tasks matching the filters, oldest first.
-    pub fn list(&self, f: &ListFilter) -> Vec<Task> {
+    pub fn list(&self, f: &TaskFilter) -> Vec<Task> {
         let mut v: Vec<Task> = self
             .lock()
             .values()
-            .map(|e| e.task.clone())
             .filter(|t| {
                 f.domain.as_ref().is_none_or(|d| *d == t.domain)
                     && f.app.as_ref().is_none_or(|a| *a == t.app)
@@ -340,149 +276,218 @@ impl Tasks {
                     && f.from.is_none_or(|from| t.end_time > from)
                     && f.to.is_none_or(|to| t.start_time < to)
             })
+            .cloned()
             .collect();
         v.sort_by(|a, b| (a.created, &a.task_id).cmp(&(b.created, &b.task_id)));
         v
     }
 
-    /// Ends a task now (R-TK-4); its open files are finalized.
+    /// Ends a task now (R-TK-4): `Stopped` unless it already finished. The supervisor
+    /// ends its recording at its next pass.
     pub fn stop(&self, id: &str) -> Option<Task> {
         let mut entries = self.lock();
-        let e = entries.get_mut(id)?;
-        if let Some((_, stop)) = e.running.take() {
-            stop.cancel();
-        }
-        if e.task.status != "finished" {
-            e.stopped = true;
-            e.task.status = "stopped".into();
+        let t = entries.get_mut(id)?;
+        if t.status != TaskStatus::Finished {
+            t.status = TaskStatus::Stopped;
             info!(task = id, "record task stopped");
         }
-        Some(e.task.clone())
+        Some(t.clone())
     }
 
-    /// One scheduler pass: start, restart and end task recordings.
-    pub fn tick(&self, ctx: &Arc<Ctx>) {
-        let now = now_s();
-        let mut to_start = Vec::new();
-        {
-            let mut entries = self.lock();
-            for e in entries.values_mut() {
-                if e.stopped || e.task.status == "finished" {
-                    continue;
-                }
-                if now >= e.task.end_time {
-                    if let Some((_, stop)) = e.running.take() {
-                        stop.cancel();
-                    }
-                    e.task.status = "finished".into();
-                    info!(task = %e.task.task_id, "record task window closed");
-                    continue;
-                }
-                if now < e.task.start_time {
-                    continue;
-                }
-                let id = StreamId {
-                    domain: e.task.domain.clone(),
-                    app: e.task.app.clone(),
-                    stream: e.task.stream.clone(),
-                };
-                match ctx.hub.ring(&id) {
-                    Some((ring, conn)) => {
-                        if e.running.as_ref().is_some_and(|(c, _)| *c == conn) {
-                            continue;
-                        }
-                        // Live, and not yet recorded on this connection (new, or the
-                        // stream came back inside the window).
-                        let stop = CancellationToken::new();
-                        e.running = Some((conn, stop.clone()));
-                        e.task.status = "recording".into();
-                        to_start.push((e.task.clone(), id, ring, stop));
-                    }
-                    None => {
-                        e.running = None;
-                        e.task.status = "waiting".into();
-                    }
-                }
+    /// The tasks that are not final yet (what the supervisor schedules).
+    pub fn pending(&self) -> Vec<Task> {
+        self.lock()
+            .values()
+            .filter(|t| !t.status.is_final())
+            .cloned()
+            .collect()
+    }
+
+    /// When the next final task becomes prunable (unix s), if any.
+    pub fn next_prune(&self, history_s: u64) -> Option<i64> {
+        let history = history_s.min(i64::MAX as u64 / 2) as i64;
+        self.lock()
+            .values()
+            .filter(|t| t.status.is_final())
+            .map(|t| t.end_time.saturating_add(history))
+            .min()
+    }
+
+    /// Records the supervisor's decision, unless the task went final meanwhile (a stop
+    /// over the API wins over a pass that started before it).
+    pub fn set_status(&self, id: &str, status: TaskStatus) {
+        if let Some(t) = self.lock().get_mut(id) {
+            if !t.status.is_final() {
+                t.status = status;
             }
         }
-        for (task, id, ring, stop) in to_start {
-            self.start_recording(ctx, task, id, ring, stop);
+    }
+
+    /// Whether `id` exists and is final (or gone): its recording must end.
+    pub fn is_over(&self, id: &str) -> bool {
+        self.lock().get(id).is_none_or(|t| t.status.is_final())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(start: Option<i64>, end: i64) -> NewTask {
+        NewTask {
+            domain: "d".into(),
+            app: "live".into(),
+            stream: "s".into(),
+            start_time: start,
+            end_time: end,
+            ..Default::default()
         }
     }
 
-    fn start_recording(
-        &self,
-        ctx: &Arc<Ctx>,
-        task: Task,
-        id: StreamId,
-        ring: ring::RingHandle,
-        stop: CancellationToken,
-    ) {
-        let config = ctx.config.load_full();
-        let (plans, name) = config.template_plans(task.template_id);
-        if plans.is_empty() {
-            info!(task = %task.task_id, stream = %id, "task template records nothing");
-            return;
+    fn cx(now_s: i64, live: bool) -> CreateContext<'static> {
+        CreateContext {
+            now_ms: now_s * 1000,
+            live,
+            max_tasks_per_stream: 2,
+            template_exists: &|id| id == 7,
         }
-        // Pre-roll (R-TK-6) only for the first recording of a real-time task: it reaches
-        // back before the request, limited by what the ring holds.
-        let preroll_ms = (task.preroll_seconds as i64) * 1000;
-        // A scheduled window that opened while the stream was live starts at the first
-        // keyframe at or after its start (the ring holds what came since).
-        let since_ms = (!task.realtime)
-            .then(|| (chrono::Utc::now().timestamp_millis() - task.start_time * 1000).max(0));
-        crate::recording::start_plans(
-            ctx,
-            &config,
-            &id,
-            &ring,
-            plans,
-            &name,
-            Some(crate::recording::TaskRun {
-                task_id: task.task_id.clone(),
-                stop,
-                preroll_ms,
-                since_ms,
-            }),
+    }
+
+    fn code(r: Result<Task, TaskError>) -> &'static str {
+        r.err().map(|e| e.code).unwrap_or("ok")
+    }
+
+    #[test]
+    fn creation_rules() {
+        let t = Tasks::default();
+        let now = 1_000_000;
+        assert_eq!(
+            code(t.create(req(None, now + 60), &cx(now, false))),
+            "stream_not_live"
         );
+        assert_eq!(code(t.create(req(None, now + 60), &cx(now, true))), "ok");
+        assert_eq!(
+            code(t.create(req(Some(now + 10), now + 10), &cx(now, false))),
+            "invalid_time_range"
+        );
+        assert_eq!(
+            code(t.create(req(Some(now - 100), now - 1), &cx(now, false))),
+            "invalid_time_range"
+        );
+        assert_eq!(
+            code(t.create(req(Some(now), now + MAX_SPAN_S + 1), &cx(now, false))),
+            "task_too_long"
+        );
+        assert_eq!(
+            code(t.create(req(Some(i64::MIN), i64::MAX), &cx(now, false))),
+            "task_too_long"
+        );
+        assert_eq!(
+            code(t.create(
+                req(Some(now + MAX_AHEAD_S + 1), now + MAX_AHEAD_S + 2),
+                &cx(now, false)
+            )),
+            "start_too_far"
+        );
+        let mut r = req(Some(now + 1), now + 2);
+        r.template_id = Some(8);
+        assert_eq!(
+            code(t.create(r.clone(), &cx(now, false))),
+            "template_not_found"
+        );
+        r.template_id = Some(7);
+        r.preroll_seconds = MAX_PREROLL_S + 1;
+        assert_eq!(
+            code(t.create(r.clone(), &cx(now, false))),
+            "invalid_preroll"
+        );
+        r.preroll_seconds = 0;
+        r.extension = "x".repeat(MAX_EXTENSION_BYTES + 1);
+        assert_eq!(
+            code(t.create(r.clone(), &cx(now, false))),
+            "invalid_extension"
+        );
+        r.extension.clear();
+        r.stream_type = 1;
+        assert_eq!(
+            code(t.create(r.clone(), &cx(now, false))),
+            "stream_type_not_supported"
+        );
+        r.stream_type = 0;
+        r.stream = "../x".into();
+        assert_eq!(code(t.create(r, &cx(now, false))), "invalid_name");
     }
-}
 
-#[derive(Debug, Default, Deserialize)]
-pub struct ListFilter {
-    pub domain: Option<String>,
-    pub app: Option<String>,
-    pub stream: Option<String>,
-    pub from: Option<i64>,
-    pub to: Option<i64>,
-    pub page_token: Option<String>,
-    pub page_size: Option<usize>,
-}
+    #[test]
+    fn overlapping_tasks_are_limited_and_stopped_ones_do_not_count() {
+        let t = Tasks::default();
+        let now = 1_000_000;
+        let a = t
+            .create(req(Some(now + 10), now + 100), &cx(now, false))
+            .unwrap();
+        t.create(req(Some(now + 50), now + 200), &cx(now, false))
+            .unwrap();
+        assert_eq!(
+            code(t.create(req(Some(now + 90), now + 95), &cx(now, false))),
+            "too_many_tasks"
+        );
+        // Not overlapping the first two: fine.
+        assert_eq!(
+            code(t.create(req(Some(now + 200), now + 300), &cx(now, false))),
+            "ok"
+        );
+        t.stop(&a.task_id);
+        assert_eq!(
+            code(t.create(req(Some(now + 90), now + 95), &cx(now, false))),
+            "ok"
+        );
+        // Ids are unique even within one second.
+        let ids: std::collections::HashSet<_> = t
+            .list(&TaskFilter::default())
+            .into_iter()
+            .map(|t| t.task_id)
+            .collect();
+        assert_eq!(ids.len(), 4);
+    }
 
-/// Runs scheduler passes until shutdown; once a second, old tasks are pruned.
-pub async fn scheduler(ctx: Arc<Ctx>) {
-    let stop = ctx.shutdown.clone();
-    let mut n = 0u64;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => ctx.tasks.tick(&ctx),
-            _ = stop.cancelled() => return,
-        }
-        n += 1;
-        if n.is_multiple_of(4) {
-            let history = *ctx.config.load().config.record.task_history.get_ref();
-            for id in ctx.tasks.prune(now_s(), history) {
-                // A failed delete brings the task back at the next start, and it is pruned
-                // again then.
-                match ctx.state.delete("tasks", &id).await {
-                    Ok(()) => {
-                        info!(task = %id, history_s = history, "record task pruned: ended longer ago than record.task_history")
-                    }
-                    Err(e) => {
-                        warn!(task = %id, "record task pruned from memory, but its stored copy could not be deleted: {e}")
-                    }
-                }
-            }
-        }
+    #[test]
+    fn stop_is_final_and_a_finished_task_stays_finished() {
+        let t = Tasks::default();
+        let now = 1_000_000;
+        let a = t
+            .create(req(Some(now + 10), now + 100), &cx(now, false))
+            .unwrap();
+        t.set_status(&a.task_id, TaskStatus::Finished);
+        assert_eq!(t.stop(&a.task_id).unwrap().status, TaskStatus::Finished);
+        let b = t
+            .create(req(Some(now + 10), now + 100), &cx(now, false))
+            .unwrap();
+        assert_eq!(t.stop(&b.task_id).unwrap().status, TaskStatus::Stopped);
+        // A pass that decided before the stop does not undo it.
+        t.set_status(&b.task_id, TaskStatus::Recording);
+        assert_eq!(t.get(&b.task_id).unwrap().status, TaskStatus::Stopped);
+        assert!(t.is_over(&b.task_id) && t.is_over("nope"));
+        let counts = t.count_by_status();
+        assert_eq!(counts.len(), 5);
+        assert_eq!(counts[&TaskStatus::Finished], 1);
+        assert_eq!(counts[&TaskStatus::Stopped], 1);
+        assert_eq!(counts[&TaskStatus::Recording], 0);
+    }
+
+    #[test]
+    fn loaded_tasks_start_over_unless_final() {
+        let t = Tasks::default();
+        let now = 1_000_000;
+        let mut a = t
+            .create(req(Some(now + 10), now + 100), &cx(now, false))
+            .unwrap();
+        let mut b = a.clone();
+        a.status = TaskStatus::Recording;
+        b.task_id = "other".into();
+        b.status = TaskStatus::Stopped;
+        let t2 = Tasks::default();
+        assert_eq!(t2.load(vec![a.clone(), b]), 2);
+        assert_eq!(t2.get(&a.task_id).unwrap().status, TaskStatus::Scheduled);
+        assert_eq!(t2.get("other").unwrap().status, TaskStatus::Stopped);
     }
 }

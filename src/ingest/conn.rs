@@ -1,5 +1,6 @@
 //! One task per RTMP connection: pumps bytes through the sans-IO `rtmp::ServerSession`,
-//! turns its events into media events on the stream's ring, and starts the recording.
+//! registers the publish with the hub (which announces it to the recording supervisor)
+//! and turns the session's events into media events on the stream's ring.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use tracing::{debug, error, info, warn};
 
 use super::hub::LiveStream;
 use super::identity::{self, StreamId};
-use crate::daemon::Ctx;
+use super::Ingest;
+use crate::metrics::STATS;
 
 /// Why a connection ended, for the log line.
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +71,10 @@ impl Publishing {
     }
 }
 
-pub async fn handle(ctx: Arc<Ctx>, socket: TcpStream, peer: SocketAddr, conn_id: u64) {
+pub async fn handle(ingest: Arc<Ingest>, socket: TcpStream, peer: SocketAddr, conn_id: u64) {
     let _ = socket.set_nodelay(true);
     // This connection's settings: a reload applies to connections that start later.
-    let config = ctx.config.load_full();
+    let config = ingest.config.snapshot();
     let cfg = &config.config.rtmp;
     let session = ServerSession::new(rtmp::ServerConfig {
         limits: rtmp::Limits {
@@ -83,7 +85,7 @@ pub async fn handle(ctx: Arc<Ctx>, socket: TcpStream, peer: SocketAddr, conn_id:
         ..rtmp::ServerConfig::default()
     });
     let mut conn = Conn {
-        ctx,
+        ingest,
         peer,
         conn_id,
         session,
@@ -114,7 +116,7 @@ pub async fn handle(ctx: Arc<Ctx>, socket: TcpStream, peer: SocketAddr, conn_id:
 }
 
 struct Conn {
-    ctx: Arc<Ctx>,
+    ingest: Arc<Ingest>,
     peer: SocketAddr,
     conn_id: u64,
     session: ServerSession,
@@ -124,7 +126,7 @@ struct Conn {
 
 impl Conn {
     async fn run(&mut self, mut socket: TcpStream) -> Result<(), ConnEnd> {
-        let config = self.ctx.config.load_full();
+        let config = self.ingest.config.snapshot();
         let rtmp_cfg = &config.config.rtmp;
         let handshake_timeout = Duration::from_secs(*rtmp_cfg.handshake_timeout.get_ref());
         let idle_timeout = Duration::from_secs(*rtmp_cfg.idle_timeout.get_ref());
@@ -134,7 +136,7 @@ impl Conn {
         let mut deadline = Instant::now() + handshake_timeout;
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut was_publishing = false;
-        let shutdown = self.ctx.shutdown.clone();
+        let shutdown = self.ingest.shutdown.clone();
         loop {
             if buf.capacity() - buf.len() < 16 * 1024 {
                 buf.reserve(64 * 1024);
@@ -165,8 +167,7 @@ impl Conn {
             if n == 0 {
                 return Err(ConnEnd::Closed);
             }
-            self.ctx
-                .stats
+            STATS
                 .bytes_in
                 .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             let res = self.session.handle_input(&mut buf);
@@ -285,7 +286,7 @@ impl Conn {
     fn start_publish(&mut self, req: &PublishRequest) -> Result<(), String> {
         // The config as of this publish: rules and templates apply when a push starts
         // (R-TP-6), and the recording keeps them whatever a later reload says.
-        let config = self.ctx.config.load_full();
+        let config = self.ingest.config.snapshot();
         let cfg = &config.config.rtmp;
         if self.publishing.is_some() {
             let reason = "this connection is already publishing".to_string();
@@ -313,15 +314,14 @@ impl Conn {
         };
         // Past the spool quota new recordings are refused rather than risking the open
         // ones (R-ST-4): the store is down or too slow and the disk would fill up.
-        let quota = &self.ctx.sink.quota;
+        let quota = &self.ingest.quota;
         if quota.is_full() {
             let reason = format!(
                 "spool full ({} of {} bytes waiting for storage): new recordings refused until uploads catch up",
                 quota.used(),
                 quota.max()
             );
-            self.ctx
-                .stats
+            STATS
                 .refused_spool_full
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             error!(conn = self.conn_id, peer = %self.peer, stream = %id, "refusing publish: {reason}");
@@ -340,13 +340,14 @@ impl Conn {
             peer: self.peer,
             started: SystemTime::now(),
             cancel: self.cancel.clone(),
-            ring: handle.clone(),
+            ring: handle,
             query: query.clone(),
+            config: config.clone(),
         };
-        if let Err(e) = self
-            .ctx
-            .hub
-            .register(id.clone(), entry, cfg.on_duplicate, cfg.max_streams)
+        if let Err(e) =
+            self.ingest
+                .hub
+                .register(id.clone(), entry, cfg.on_duplicate, cfg.max_streams)
         {
             let reason = e.to_string();
             // A duplicate name is the publisher's problem (BadName, as nginx-rtmp and SRS
@@ -360,7 +361,6 @@ impl Conn {
             return Err(reason);
         }
         info!(conn = self.conn_id, peer = %self.peer, stream = %id, query = query.as_deref().unwrap_or(""), "publish started");
-        crate::recording::start(&self.ctx, &config, &id, &handle);
         self.session.accept_publish(req.stream_id);
         self.publishing = Some(Publishing {
             id,
@@ -377,7 +377,7 @@ impl Conn {
     fn end_publish(&mut self) {
         if let Some(mut p) = self.publishing.take() {
             p.writer.close();
-            self.ctx.hub.unregister(&p.id, self.conn_id);
+            self.ingest.hub.unregister(&p.id, self.conn_id);
             info!(conn = self.conn_id, stream = %p.id, "publish ended");
         }
     }

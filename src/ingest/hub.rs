@@ -1,14 +1,17 @@
 //! The registry of live streams: who publishes what, and the ring each stream feeds.
-//! Duplicate publishers are refused or take over here (R-IN-4).
+//! Duplicate publishers are refused or take over here (R-IN-4). The hub only announces:
+//! every registration and removal becomes a [`HubEvent`] for the recording supervisor,
+//! which decides what to record.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::identity::StreamId;
-use crate::config::OnDuplicate;
+use crate::config::{Loaded, OnDuplicate};
+use crate::model::StreamId;
 
 pub struct LiveStream {
     pub conn_id: u64,
@@ -18,6 +21,9 @@ pub struct LiveStream {
     pub cancel: CancellationToken,
     pub ring: ring::RingHandle,
     pub query: Option<String>,
+    /// The config as of the publish: rules and templates apply when a push starts and
+    /// the recording keeps them (R-TP-6).
+    pub config: Arc<Loaded>,
 }
 
 pub struct StreamInfo {
@@ -28,9 +34,31 @@ pub struct StreamInfo {
     pub ring: ring::RingStats,
 }
 
-#[derive(Default)]
+/// What the hub announces, in the order the registry changed.
+pub enum HubEvent {
+    Published(Publication),
+    /// The publish of `conn_id` ended (its ring is closed; recorders drain it and end).
+    Unpublished {
+        id: StreamId,
+        conn_id: u64,
+    },
+}
+
+pub struct Publication {
+    pub id: StreamId,
+    pub conn_id: u64,
+    pub ring: ring::RingHandle,
+    pub config: Arc<Loaded>,
+    /// A reader made at registration, before the publisher's first packet: while it is
+    /// held the ring keeps everything from the stream's start, so recordings the
+    /// supervisor starts a moment later still begin at the first keyframe. Drop it once
+    /// they are started.
+    pub start: ring::Reader,
+}
+
 pub struct Hub {
     streams: Mutex<HashMap<StreamId, LiveStream>>,
+    events: mpsc::UnboundedSender<HubEvent>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +74,18 @@ pub enum RegisterError {
 }
 
 impl Hub {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// The hub and the receiving end of its events (one subscriber: the supervisor).
+    /// Unbounded because events are one per publish or unpublish, which the connection
+    /// limits bound, and an event lost would be a stream not recorded.
+    pub fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<HubEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(Hub {
+                streams: Mutex::default(),
+                events: tx,
+            }),
+            rx,
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<StreamId, LiveStream>> {
@@ -56,8 +94,8 @@ impl Hub {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a publisher. With `Takeover`, the previous publisher's connection is
-    /// cancelled and its entry replaced.
+    /// Registers a publisher and announces it. With `Takeover`, the previous publisher's
+    /// connection is cancelled and its entry replaced.
     /// At most `max_streams` streams at once (a takeover replaces one, it adds none); the
     /// count and the insert are one critical section, so concurrent publishes cannot
     /// both take the last place.
@@ -83,21 +121,40 @@ impl Hub {
         } else if m.len() >= max_streams {
             return Err(RegisterError::TooManyStreams { max: max_streams });
         }
+        let publication = Publication {
+            id: id.clone(),
+            conn_id: entry.conn_id,
+            ring: entry.ring.clone(),
+            config: entry.config.clone(),
+            start: entry.ring.subscribe(),
+        };
         m.insert(id, entry);
+        // Sent under the lock so events are in the registry's order. Nobody listening
+        // (the daemon is shutting down) is not an error.
+        let _ = self.events.send(HubEvent::Published(publication));
         Ok(())
     }
 
-    /// Removes the entry if it still belongs to `conn_id` (a takeover may have replaced it).
+    /// Removes the entry if it still belongs to `conn_id` (a takeover may have replaced
+    /// it), and announces the end of that publish either way.
     pub fn unregister(&self, id: &StreamId, conn_id: u64) {
         let mut m = self.lock();
         if m.get(id).is_some_and(|e| e.conn_id == conn_id) {
             m.remove(id);
         }
+        let _ = self.events.send(HubEvent::Unpublished {
+            id: id.clone(),
+            conn_id,
+        });
     }
 
-    /// The ring of a live stream and the connection publishing it.
-    pub fn ring(&self, id: &StreamId) -> Option<(ring::RingHandle, u64)> {
-        self.lock().get(id).map(|e| (e.ring.clone(), e.conn_id))
+    /// The connection publishing `id`, if it is live.
+    pub fn publisher(&self, id: &StreamId) -> Option<u64> {
+        self.lock().get(id).map(|e| e.conn_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
     }
 
     pub fn snapshot(&self) -> Vec<StreamInfo> {

@@ -8,50 +8,7 @@
 
 use std::net::IpAddr;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    #[error("is empty")]
-    Empty,
-    #[error("is {0} bytes, longer than 128")]
-    TooLong(usize),
-    #[error("is `.` or `..`")]
-    Dots,
-    #[error("contains byte 0x{0:02x}; allowed are A-Z a-z 0-9 . _ -")]
-    BadByte(u8),
-}
-
-pub fn validate_name(s: &str) -> Result<(), NameError> {
-    if s.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if s.len() > 128 {
-        return Err(NameError::TooLong(s.len()));
-    }
-    if s == "." || s == ".." {
-        return Err(NameError::Dots);
-    }
-    if let Some(b) = s
-        .bytes()
-        .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
-    {
-        return Err(NameError::BadByte(b));
-    }
-    Ok(())
-}
-
-/// Who a publish is: the key of the stream registry and of every object the stream makes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct StreamId {
-    pub domain: String,
-    pub app: String,
-    pub stream: String,
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.domain, self.app, self.stream)
-    }
-}
+pub use crate::model::{validate_name, NameError, StreamId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {

@@ -1,5 +1,20 @@
-//! RTMP ingest: the listener, one task per connection, and the stream registry.
+//! RTMP ingest: the listener, one task per connection, and the stream registry (hub).
 
 pub mod conn;
 pub mod hub;
 pub mod identity;
+pub mod listener;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+/// What ingest needs from the rest of the daemon.
+pub struct Ingest {
+    pub hub: Arc<hub::Hub>,
+    /// Each connection takes a snapshot when it starts (R-TP-6).
+    pub config: Arc<crate::config::RunningConfig>,
+    /// Past the spool quota new publishes are refused (R-ST-4).
+    pub quota: Arc<crate::sink::Quota>,
+    pub shutdown: CancellationToken,
+}

@@ -1,5 +1,8 @@
 //! Recorder tasks: one per recording, reading the stream's ring, driving the pure
-//! `record::FlvRecorder` and carrying out its outputs through the sink.
+//! `record::Recorder` and carrying out its outputs through the sink. What to record and
+//! when is the supervisor's (`supervisor.rs`); this module only carries it out.
+
+pub mod supervisor;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,99 +12,120 @@ use flv::mux::Patch;
 use record::{CutPolicy, FileSummary, Format, Output, Recorder};
 use tracing::{error, info, warn};
 
-use crate::daemon::{Ctx, Stats};
-use crate::ingest::identity::StreamId;
-use crate::sink::{PlaylistHandle, Rec, RecMeta, SpoolFile};
+use crate::metrics::{Stats, STATS};
+use crate::model::{Plan, StreamId};
+use crate::sink::{PlaylistHandle, Rec, RecMeta, Sink, SpoolFile};
 
-/// Starts the recordings of a stream that just began publishing: one task per format of
-/// its template, each reading the ring on its own (a slow or failing format never holds
-/// up another). Formats with equal intervals see the same packets and apply the same cut
-/// policy, so their files cover the same spans (R-SG-4).
-pub fn start(
-    ctx: &Arc<Ctx>,
-    config: &crate::config::Loaded,
-    id: &StreamId,
-    ring: &ring::RingHandle,
-) {
-    let (plans, template) = config.plans_for(&id.domain, &id.app, &id.stream);
-    if plans.is_empty() {
-        info!(stream = %id, template = %template, "not recording: the template records nothing");
-        return;
-    }
-    start_plans(ctx, config, id, ring, plans, &template, None);
+/// Where a recording starts in the stream's ring.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StartAt {
+    /// The first keyframe the ring holds: for a publish that just began, the stream's
+    /// first (the hub's start reader keeps it until the recordings are started).
+    Oldest,
+    /// The newest keyframe (a real-time task, R-TK-3).
+    Newest,
+    /// A keyframe at least this many ms back, or the oldest held (pre-roll, R-TK-6).
+    Preroll(i64),
+    /// The first keyframe within the last this many ms (a scheduled window that opened
+    /// that long ago while the stream was live).
+    Since(i64),
 }
 
-/// What a record task adds to a recording (R-TK): its id (in names and manifests), the
-/// signal that ends it, and how much of the ring to start with.
+/// What a record task adds to a recording (R-TK): its id (in names and manifests) and
+/// the signal that ends it.
 #[derive(Clone)]
 pub struct TaskRun {
     pub task_id: String,
     pub stop: tokio_util::sync::CancellationToken,
-    pub preroll_ms: i64,
-    /// Start at the first keyframe within the last `since_ms` of media (a scheduled
-    /// window that opened that long ago), not at the newest one held.
-    pub since_ms: Option<i64>,
 }
 
-/// Starts one recorder task per plan on `ring`.
-pub fn start_plans(
-    ctx: &Arc<Ctx>,
-    config: &crate::config::Loaded,
-    id: &StreamId,
-    ring: &ring::RingHandle,
-    plans: Vec<crate::config::Plan>,
-    template: &str,
-    task: Option<TaskRun>,
-) {
-    let utc_offset_s = config.config.utc_offset_s();
-    for plan in plans {
-        let task_id = task.as_ref().map(|t| t.task_id.clone()).unwrap_or_default();
-        info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), interval_s = plan.record_interval_ms / 1000, "recording");
-        let reader = match &task {
-            Some(t) if t.preroll_ms > 0 => ring.subscribe_preroll(t.preroll_ms),
-            Some(TaskRun {
-                since_ms: Some(ms), ..
-            }) => ring.subscribe_since(*ms),
-            _ => ring.subscribe(),
-        };
-        let stop = task.as_ref().map(|t| t.stop.clone());
-        let ctx2 = ctx.clone();
-        let id = id.clone();
-        ctx.tracker.spawn(async move {
-            let policy = CutPolicy {
-                interval_ms: plan.record_interval_ms,
-                hard_cap_ms: plan.hard_cap_ms,
+/// A decision of the supervisor: record these plans of this stream.
+pub struct RecordStart {
+    pub id: StreamId,
+    pub ring: ring::RingHandle,
+    pub plans: Vec<Plan>,
+    /// Which template (and rule) said so, for the log.
+    pub template: String,
+    /// `[record] time_zone` of the config the recording started with.
+    pub utc_offset_s: i32,
+    pub at: StartAt,
+    pub task: Option<TaskRun>,
+}
+
+/// Carries out the supervisor's decisions. The daemon's is [`Recorders`]; the
+/// supervisor's unit tests keep what they are asked instead.
+pub trait Launch: Send + Sync + 'static {
+    fn launch(&self, start: RecordStart);
+}
+
+/// Starts recorder tasks writing through the sink: one task per format of the plan,
+/// each reading the ring on its own (a slow or failing format never holds up another).
+/// Formats with equal intervals see the same packets and apply the same cut policy, so
+/// their files cover the same spans (R-SG-4).
+pub struct Recorders {
+    pub sink: Arc<Sink>,
+    pub tracker: tokio_util::task::TaskTracker,
+}
+
+impl Launch for Recorders {
+    fn launch(&self, start: RecordStart) {
+        let RecordStart {
+            id,
+            ring,
+            plans,
+            template,
+            utc_offset_s,
+            at,
+            task,
+        } = start;
+        for plan in plans {
+            let task_id = task.as_ref().map(|t| t.task_id.clone()).unwrap_or_default();
+            info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), interval_s = plan.record_interval_ms / 1000, "recording");
+            let reader = match at {
+                StartAt::Oldest => ring.subscribe_preroll(i64::MAX),
+                StartAt::Newest => ring.subscribe(),
+                StartAt::Preroll(ms) => ring.subscribe_preroll(ms),
+                StartAt::Since(ms) => ring.subscribe_since(ms),
             };
-            let meta = RecMeta {
-                domain: id.domain.clone(),
-                app: id.app.clone(),
-                stream: id.stream.clone(),
-                ext: plan.format.ext().to_string(),
-                file_name: plan.file_name,
-                task_id,
-                storage_time: plan.storage_time,
-                utc_offset_s,
-            };
-            let spool = match ctx2.sink.begin(meta).await {
-                Ok(r) => r,
-                Err(e) => {
-                    error!(stream = %id, format = plan.format.ext(), "cannot start the recording in the spool: {e}");
-                    return;
-                }
-            };
-            let mut task = Recording {
-                ctx: ctx2,
-                id,
-                format: plan.format,
-                spool,
-                rec: Recorder::new(plan.format, policy).with_segment_duration(plan.segment_ms),
-                files: HashMap::new(),
-                hls: HashMap::new(),
-            };
-            task.run(reader, stop).await;
-            let Recording { ctx, spool, .. } = task;
-            ctx.sink.end(spool).await;
-        });
+            let stop = task.as_ref().map(|t| t.stop.clone());
+            let sink = self.sink.clone();
+            let id = id.clone();
+            self.tracker.spawn(async move {
+                let policy = CutPolicy {
+                    interval_ms: plan.record_interval_ms,
+                    hard_cap_ms: plan.hard_cap_ms,
+                };
+                let meta = RecMeta {
+                    domain: id.domain.clone(),
+                    app: id.app.clone(),
+                    stream: id.stream.clone(),
+                    ext: plan.format.ext().to_string(),
+                    file_name: plan.file_name,
+                    task_id,
+                    storage_time: plan.storage_time,
+                    utc_offset_s,
+                };
+                let spool = match sink.begin(meta).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        error!(stream = %id, format = plan.format.ext(), "cannot start the recording in the spool: {e}");
+                        return;
+                    }
+                };
+                let mut task = Recording {
+                    sink,
+                    id,
+                    format: plan.format,
+                    spool,
+                    rec: Recorder::new(plan.format, policy).with_segment_duration(plan.segment_ms),
+                    files: HashMap::new(),
+                    hls: HashMap::new(),
+                };
+                task.run(reader, stop).await;
+                let Recording { sink, spool, .. } = task;
+                sink.end(spool).await;
+            });
+        }
     }
 }
 
@@ -117,7 +141,7 @@ struct HlsFile {
 }
 
 struct Recording {
-    ctx: Arc<Ctx>,
+    sink: Arc<Sink>,
     id: StreamId,
     format: Format,
     hls: HashMap<u64, HlsFile>,
@@ -176,7 +200,6 @@ impl Recording {
                         continue;
                     };
                     match self
-                        .ctx
                         .sink
                         .create(&self.spool, seq, Utc::now(), Some(n))
                         .await
@@ -208,13 +231,13 @@ impl Recording {
                 }
                 Output::Open { seq, .. } => {
                     let started = Utc::now();
-                    match self.ctx.sink.create(&self.spool, seq, started, None).await {
+                    match self.sink.create(&self.spool, seq, started, None).await {
                         Ok(f) => {
                             self.files.insert(seq, (f, started));
-                            Stats::up(&self.ctx.stats.files_open);
+                            Stats::up(&STATS.files_open);
                         }
                         Err(e) => {
-                            Stats::up(&self.ctx.stats.files_failed);
+                            Stats::up(&STATS.files_failed);
                             error!(stream = %self.id, "cannot create a spool file, this file is lost: {e}")
                         }
                     }
@@ -251,7 +274,7 @@ impl Recording {
     async fn open_hls(&mut self, seq: u64, start_dts: i64) {
         let started = Utc::now();
         let name = self.spool.meta.render(seq, started, started);
-        match self.ctx.sink.open_playlist(&self.spool, seq, &name).await {
+        match self.sink.open_playlist(&self.spool, seq, &name).await {
             Ok(handle) => {
                 let name = crate::sink::file_of(&handle.key)
                     .strip_suffix(".m3u8")
@@ -268,10 +291,10 @@ impl Recording {
                         segments: HashMap::new(),
                     },
                 );
-                Stats::up(&self.ctx.stats.files_open);
+                Stats::up(&STATS.files_open);
             }
             Err(e) => {
-                Stats::up(&self.ctx.stats.files_failed);
+                Stats::up(&STATS.files_failed);
                 error!(stream = %self.id, "cannot open the playlist, this recording is lost: {e}")
             }
         }
@@ -299,7 +322,6 @@ impl Recording {
         with.push_segment(seg.clone());
         let text = with.render(false);
         match self
-            .ctx
             .sink
             .segment_done(&mut h.handle, f, &self.id, &name, seg.clone(), text)
             .await
@@ -316,18 +338,17 @@ impl Recording {
         let Some(h) = self.hls.remove(&seq) else {
             return;
         };
-        Stats::down(&self.ctx.stats.files_open);
+        Stats::down(&STATS.files_open);
         let text = h.playlist.render(true);
         let key = h.handle.key.clone();
         let segments = h.playlist.segments().len();
         match self
-            .ctx
             .sink
             .close_playlist(h.handle, text, summary.duration_ms)
             .await
         {
             Ok(()) => {
-                Stats::up(&self.ctx.stats.files_finalized);
+                Stats::up(&STATS.files_finalized);
                 info!(
                     stream = %self.id, key = %key, segments, duration_ms = summary.duration_ms,
                     bytes = summary.bytes, video_frames = summary.video_frames, audio_frames = summary.audio_frames,
@@ -335,7 +356,7 @@ impl Recording {
                 )
             }
             Err(e) => {
-                Stats::up(&self.ctx.stats.files_failed);
+                Stats::up(&STATS.files_failed);
                 error!(stream = %self.id, "finalizing playlist failed: {e}")
             }
         }
@@ -349,13 +370,12 @@ impl Recording {
         let Some((f, started)) = self.files.remove(&seq) else {
             return;
         };
-        Stats::down(&self.ctx.stats.files_open);
+        Stats::down(&STATS.files_open);
         // Names use wall-clock start and start + media duration as end, so the name
         // states the span the file really holds.
         let end = started + chrono::Duration::milliseconds(summary.duration_ms);
         let name = self.spool.meta.render(seq, started, end);
         match self
-            .ctx
             .sink
             .finish(
                 f,
@@ -367,7 +387,7 @@ impl Recording {
             .await
         {
             Ok(key) => {
-                Stats::up(&self.ctx.stats.files_finalized);
+                Stats::up(&STATS.files_finalized);
                 info!(
                     stream = %self.id, key = %key, duration_ms = summary.duration_ms, bytes = summary.bytes,
                     video_frames = summary.video_frames, audio_frames = summary.audio_frames, hard_cut = summary.hard_cut,
@@ -375,7 +395,7 @@ impl Recording {
                 )
             }
             Err(e) => {
-                Stats::up(&self.ctx.stats.files_failed);
+                Stats::up(&STATS.files_failed);
                 error!(stream = %self.id, "finishing file failed: {e}")
             }
         }

@@ -27,26 +27,7 @@ pub struct Entry {
     pub expires: i64,
 }
 
-/// One stored recording file (R-QY-1), indexed when the store confirmed it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct FileRecord {
-    pub key: String,
-    pub format: String,
-    pub domain: String,
-    pub app: String,
-    pub stream: String,
-    #[serde(default)]
-    pub task_id: String,
-    /// Wall-clock start and end, unix milliseconds.
-    pub start_ms: i64,
-    pub end_ms: i64,
-    pub duration_ms: i64,
-    pub size: u64,
-    /// Unix seconds after which retention deletes it (0: kept forever). In the store's
-    /// catalog so a node that lost its spool can expire it again after a rebuild.
-    #[serde(default)]
-    pub expires: i64,
-}
+pub use crate::model::FileRecord;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RecordingFilter {

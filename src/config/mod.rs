@@ -8,6 +8,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::model::StreamId;
+pub use crate::model::{FormatConfig, Plan};
+
+pub mod running;
+pub use running::RunningConfig;
+
 /// A config error with the line it concerns, so `check-config` can point at it.
 #[derive(Debug, thiserror::Error)]
 #[error("{}{message}", location.as_ref().map(|l| format!("{}:{}: ", l.file, l.line)).unwrap_or_default())]
@@ -53,19 +59,8 @@ pub struct Rule {
 
 impl Rule {
     /// R-TP-3's priority (1 = most specific) when the rule matches `id`, else None.
-    pub fn priority(&self, domain: &str, app: &str, stream: &str) -> Option<u8> {
-        if self.domain != domain
-            || (!self.app.is_empty() && self.app != app)
-            || (!self.stream.is_empty() && self.stream != stream)
-        {
-            return None;
-        }
-        Some(match (self.app.is_empty(), self.stream.is_empty()) {
-            (false, false) => 1,
-            (true, false) => 2,
-            (false, true) => 3,
-            (true, true) => 4,
-        })
+    pub fn priority(&self, id: &StreamId) -> Option<u8> {
+        crate::model::rule_priority(&self.domain, &self.app, &self.stream, id)
     }
 }
 
@@ -323,31 +318,6 @@ pub struct Template {
     pub aac: Option<Spanned<FormatConfig>>,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-// `storage_time`, `segment_duration` and `continue_timeout` are parsed (and so validated
-// as numbers) now so configs written for later releases load; retention (R-ST-5) and
-// HLS (R-FM-2, R-SP-1) read them.
-#[allow(dead_code)]
-pub struct FormatConfig {
-    #[serde(default)]
-    pub enable: bool,
-    #[serde(default = "default_interval")]
-    pub record_interval: u64,
-    #[serde(default)]
-    pub storage_time: u64,
-    #[serde(default)]
-    pub file_name: Option<String>,
-    #[serde(default)]
-    pub segment_duration: Option<f64>,
-    #[serde(default)]
-    pub continue_timeout: Option<u64>,
-}
-
-fn default_interval() -> u64 {
-    1800
-}
-
 fn unspanned<T>(v: T) -> Spanned<T> {
     Spanned::new(0..0, v)
 }
@@ -425,21 +395,6 @@ impl Loaded {
     }
 }
 
-/// One format a stream records, resolved from a template.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
-    pub format: record::Format,
-    /// HLS segment target length (R-FM-2).
-    pub segment_ms: i64,
-    pub record_interval_ms: i64,
-    pub hard_cap_ms: i64,
-    pub file_name: String,
-    /// Seconds the files are kept (0 = forever, R-ST-5).
-    pub storage_time: u64,
-}
-
-pub const DEFAULT_FILE_NAME: &str = "{StreamID}_{StartYear}-{StartMonth}-{StartDay}-{StartHour}-{StartMinute}-{StartSecond}_{EndYear}-{EndMonth}-{EndDay}-{EndHour}-{EndMinute}-{EndSecond}";
-
 /// A loaded, validated configuration and the source it came from.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -459,13 +414,13 @@ impl Loaded {
 
     /// The rule that applies to a stream (R-TP-3): the most specific match; none = the
     /// default template. Returns the template id and a description for the log.
-    pub fn template_for(&self, domain: &str, app: &str, stream: &str) -> (i64, String) {
+    pub fn template_for(&self, id: &StreamId) -> (i64, String) {
         self.config
             .rules
             .iter()
             .filter_map(|r| {
                 let r = r.get_ref();
-                r.priority(domain, app, stream).map(|p| (p, r))
+                r.priority(id).map(|p| (p, r))
             })
             .min_by_key(|(p, _)| *p)
             .map(|(p, r)| {
@@ -488,8 +443,8 @@ impl Loaded {
     }
 
     /// What a stream records: the plans of the template its rule (or the default) names.
-    pub fn plans_for(&self, domain: &str, app: &str, stream: &str) -> (Vec<Plan>, String) {
-        let (id, why) = self.template_for(domain, app, stream);
+    pub fn plans_for(&self, stream: &StreamId) -> (Vec<Plan>, String) {
+        let (id, why) = self.template_for(stream);
         let (plans, name) = self.template_plans(id);
         (plans, format!("{name} by {why}"))
     }
@@ -497,20 +452,6 @@ impl Loaded {
     /// The plans of template `id` (0 = built in, negative = record nothing).
     pub fn template_plans(&self, id: i64) -> (Vec<Plan>, String) {
         let factor = *self.config.record.hard_cap_factor.get_ref();
-        let make = |format, f: &FormatConfig| {
-            let interval = f.record_interval as i64 * 1000;
-            Plan {
-                format,
-                segment_ms: (f.segment_duration.unwrap_or(10.0) * 1000.0) as i64,
-                record_interval_ms: interval,
-                hard_cap_ms: (interval as f64 * factor) as i64,
-                storage_time: f.storage_time,
-                file_name: f
-                    .file_name
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_FILE_NAME.to_string()),
-            }
-        };
         if id < 0 {
             return (Vec::new(), "-1 (record nothing)".into());
         }
@@ -532,24 +473,12 @@ impl Loaded {
                 f.as_ref()
                     .map(|f| f.get_ref())
                     .filter(|f| f.enable)
-                    .map(|f| make(format, f))
+                    .map(|f| Plan::new(format, f, factor))
             })
             .collect();
             return (plans, format!("{id} ({})", t.name));
         }
-        // Template 0 is built in: FLV, 1800 s, kept forever (R-TP-1, R-OP-1).
-        let builtin = FormatConfig {
-            enable: true,
-            record_interval: 1800,
-            storage_time: 0,
-            file_name: None,
-            segment_duration: None,
-            continue_timeout: None,
-        };
-        (
-            vec![make(record::Format::Flv, &builtin)],
-            "0 (built-in)".to_string(),
-        )
+        (vec![Plan::builtin(factor)], "0 (built-in)".to_string())
     }
 }
 
@@ -973,7 +902,7 @@ mod tests {
         }
         let l = parse(&text, None).unwrap();
         let interval = |d: &str, a: &str, s: &str| -> Option<i64> {
-            let (plans, _) = l.plans_for(d, a, s);
+            let (plans, _) = l.plans_for(&StreamId::new(d, a, s));
             plans.first().map(|p| p.record_interval_ms / 1000)
         };
         // (domain, app, stream) -> FLV interval (= template id), None = not recorded.
@@ -993,7 +922,10 @@ mod tests {
         // Record nothing by default when configured so.
         let text2 = text.replace("default_template = 0", "default_template = -1");
         let l2 = parse(&text2, None).unwrap();
-        assert!(l2.plans_for("z", "live", "cam").0.is_empty());
+        assert!(l2
+            .plans_for(&StreamId::new("z", "live", "cam"))
+            .0
+            .is_empty());
     }
 
     #[test]
@@ -1076,7 +1008,7 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         parse(text, Some(Path::new("config.example.toml"))).unwrap();
     }
 }

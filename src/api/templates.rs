@@ -9,45 +9,32 @@ use axum::Json;
 use serde_json::Value;
 use tracing::info;
 
-use crate::config::{ApiItems, Loaded, RuleBody, TemplateBody};
-use crate::daemon::Ctx;
+use super::wire::{error, Reply, RuleBody, TemplateBody};
+use super::Ctx;
+use crate::config::running::Edit;
+use crate::config::{ApiItems, RunningConfig};
+use crate::state::State;
 
-pub type Reply = (StatusCode, Json<Value>);
-
-pub fn error(status: StatusCode, code: &str, message: &str) -> Reply {
-    (
-        status,
-        Json(serde_json::json!({ "code": code, "message": message })),
-    )
-}
-
-/// Makes `items` the API's templates and rules, if the merged config is valid.
-fn apply(ctx: &Ctx, items: &ApiItems) -> Result<(), Reply> {
-    let file = ctx
-        .file_config
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let merged = Loaded::merged(&file, items).map_err(|errors| {
+/// Makes `next` the API's templates and rules in the running config, if the merged
+/// config is valid (not kept yet).
+fn apply(edit: &Edit<'_>, next: &ApiItems) -> Result<(), Reply> {
+    edit.apply(next).map_err(|errors| {
         let msg: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         error(StatusCode::BAD_REQUEST, "invalid", &msg.join("; "))
-    })?;
-    ctx.config.store(Arc::new(merged));
-    Ok(())
+    })
 }
 
 /// Applies `next` (validated with the file's config), stores the change with `save`, and
 /// keeps `next` as the API's items — or puts the running config back when storing fails.
 async fn commit(
-    ctx: &Ctx,
-    items: &mut ApiItems,
+    edit: &mut Edit<'_>,
     next: ApiItems,
     save: impl std::future::Future<Output = Result<(), crate::state::StateError>>,
     exists_code: &str,
 ) -> Result<(), Reply> {
-    apply(ctx, &next)?;
+    apply(edit, &next)?;
     if let Err(e) = save.await {
-        let _ = apply(ctx, items);
+        edit.revert();
         return Err(match e {
             // Made meanwhile by another node sharing the store.
             crate::state::StateError::Exists(what) => error(
@@ -58,16 +45,14 @@ async fn commit(
             e => stored_err(e),
         });
     }
-    *items = next;
+    edit.keep(next);
     Ok(())
 }
 
-fn is_file_template(ctx: &Ctx, id: i64) -> bool {
+fn is_file_template(edit: &Edit<'_>, id: i64) -> bool {
     id == 0
-        || ctx
-            .file_config
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        || edit
+            .file()
             .config
             .templates
             .iter()
@@ -83,12 +68,12 @@ fn stored_err(e: crate::state::StateError) -> Reply {
 }
 
 pub async fn create_template(ctx: Arc<Ctx>, mut body: TemplateBody) -> Reply {
-    let mut items = ctx.api_items.lock().await;
+    let mut edit = ctx.config.edit().await;
     let id = match body.id {
         Some(id) => id,
         None => {
             // The next id after every one in use.
-            let cfg = ctx.config.load();
+            let cfg = ctx.config.snapshot();
             cfg.config
                 .templates
                 .iter()
@@ -99,7 +84,7 @@ pub async fn create_template(ctx: Arc<Ctx>, mut body: TemplateBody) -> Reply {
                 + 1
         }
     };
-    if is_file_template(&ctx, id) || items.templates.contains_key(&id) {
+    if is_file_template(&edit, id) || edit.api().templates.contains_key(&id) {
         return error(
             StatusCode::CONFLICT,
             "template_exists",
@@ -107,11 +92,11 @@ pub async fn create_template(ctx: Arc<Ctx>, mut body: TemplateBody) -> Reply {
         );
     }
     body.id = Some(id);
-    let mut next = items.clone();
+    let mut next = edit.api().clone();
     next.templates.insert(id, body.clone());
     let key = id.to_string();
     let save = ctx.state.create("templates", &key, &body);
-    if let Err(r) = commit(&ctx, &mut items, next, save, "template_exists").await {
+    if let Err(r) = commit(&mut edit, next, save, "template_exists").await {
         return r;
     }
     info!(template = id, "template created over the API");
@@ -119,15 +104,15 @@ pub async fn create_template(ctx: Arc<Ctx>, mut body: TemplateBody) -> Reply {
 }
 
 pub async fn put_template(ctx: Arc<Ctx>, id: i64, mut body: TemplateBody) -> Reply {
-    if is_file_template(&ctx, id) {
+    let mut edit = ctx.config.edit().await;
+    if is_file_template(&edit, id) {
         return error(
             StatusCode::FORBIDDEN,
             "read_only",
             &format!("template {id} comes from the config file; edit the file and reload"),
         );
     }
-    let mut items = ctx.api_items.lock().await;
-    if !items.templates.contains_key(&id) {
+    if !edit.api().templates.contains_key(&id) {
         return error(
             StatusCode::NOT_FOUND,
             "template_not_found",
@@ -135,11 +120,11 @@ pub async fn put_template(ctx: Arc<Ctx>, id: i64, mut body: TemplateBody) -> Rep
         );
     }
     body.id = Some(id);
-    let mut next = items.clone();
+    let mut next = edit.api().clone();
     next.templates.insert(id, body.clone());
     let key = id.to_string();
     let save = ctx.state.put("templates", &key, &body);
-    if let Err(r) = commit(&ctx, &mut items, next, save, "template_exists").await {
+    if let Err(r) = commit(&mut edit, next, save, "template_exists").await {
         return r;
     }
     info!(
@@ -150,25 +135,25 @@ pub async fn put_template(ctx: Arc<Ctx>, id: i64, mut body: TemplateBody) -> Rep
 }
 
 pub async fn delete_template(ctx: Arc<Ctx>, id: i64) -> Reply {
-    if is_file_template(&ctx, id) {
+    let mut edit = ctx.config.edit().await;
+    if is_file_template(&edit, id) {
         return error(
             StatusCode::FORBIDDEN,
             "read_only",
             &format!("template {id} comes from the config file"),
         );
     }
-    let mut items = ctx.api_items.lock().await;
-    if !items.templates.contains_key(&id) {
+    if !edit.api().templates.contains_key(&id) {
         return error(
             StatusCode::NOT_FOUND,
             "template_not_found",
             &format!("no template {id}"),
         );
     }
-    let mut next = items.clone();
+    let mut next = edit.api().clone();
     next.templates.remove(&id);
     // A rule (or the default) still naming it makes the merged config invalid.
-    if let Err((_, Json(v))) = apply(&ctx, &next) {
+    if let Err((_, Json(v))) = apply(&edit, &next) {
         return error(
             StatusCode::CONFLICT,
             "template_in_use",
@@ -176,31 +161,31 @@ pub async fn delete_template(ctx: Arc<Ctx>, id: i64) -> Reply {
         );
     }
     if let Err(e) = ctx.state.delete("templates", &id.to_string()).await {
-        let _ = apply(&ctx, &items);
+        edit.revert();
         return stored_err(e);
     }
-    *items = next;
+    edit.keep(next);
     info!(template = id, "template deleted over the API");
     (StatusCode::OK, Json(serde_json::json!({ "deleted": id })))
 }
 
 pub async fn create_rule(ctx: Arc<Ctx>, mut body: RuleBody) -> Reply {
-    let mut items = ctx.api_items.lock().await;
+    let mut edit = ctx.config.edit().await;
     // The id is the rule's key (one template per key, R-TP-3), so creating it with an
     // exclusive create keeps the key unique across nodes sharing the store. Names are
     // [A-Za-z0-9._-], so `~` cannot occur in them.
     let id = format!("{}~{}~{}", body.domain, body.app, body.stream);
     body.rule_id = Some(id.clone());
-    let mut next = items.clone();
+    let mut next = edit.api().clone();
     next.rules.insert(id.clone(), body.clone());
-    if items.rules.contains_key(&id) {
+    if edit.api().rules.contains_key(&id) {
         return error(
             StatusCode::CONFLICT,
             "rule_exists",
             &format!("a rule for {id} already exists"),
         );
     }
-    if let Err((_, Json(v))) = apply(&ctx, &next) {
+    if let Err((_, Json(v))) = apply(&edit, &next) {
         let msg = v["message"].as_str().unwrap_or("invalid rule").to_string();
         let (status, code) = if msg.contains("already exists") {
             (StatusCode::CONFLICT, "rule_exists")
@@ -210,7 +195,7 @@ pub async fn create_rule(ctx: Arc<Ctx>, mut body: RuleBody) -> Reply {
         return error(status, code, &msg);
     }
     let save = ctx.state.create("rules", &id, &body);
-    if let Err(r) = commit(&ctx, &mut items, next, save, "rule_exists").await {
+    if let Err(r) = commit(&mut edit, next, save, "rule_exists").await {
         return r;
     }
     info!(rule = %id, template = body.template_id, "rule created over the API");
@@ -218,8 +203,8 @@ pub async fn create_rule(ctx: Arc<Ctx>, mut body: RuleBody) -> Reply {
 }
 
 pub async fn delete_rule(ctx: Arc<Ctx>, id: String) -> Reply {
-    let mut items = ctx.api_items.lock().await;
-    if !items.rules.contains_key(&id) {
+    let mut edit = ctx.config.edit().await;
+    if !edit.api().rules.contains_key(&id) {
         let code = if id.starts_with("config-") {
             return error(
                 StatusCode::FORBIDDEN,
@@ -231,10 +216,10 @@ pub async fn delete_rule(ctx: Arc<Ctx>, id: String) -> Reply {
         };
         return error(StatusCode::NOT_FOUND, code, &format!("no rule {id:?}"));
     }
-    let mut next = items.clone();
+    let mut next = edit.api().clone();
     next.rules.remove(&id);
     let save = ctx.state.delete("rules", &id);
-    if let Err(r) = commit(&ctx, &mut items, next, save, "rule_exists").await {
+    if let Err(r) = commit(&mut edit, next, save, "rule_exists").await {
         return r;
     }
     info!(rule = %id, "rule deleted over the API");
@@ -247,12 +232,12 @@ pub fn api_template_json(id: i64, t: &TemplateBody) -> Value {
     v
 }
 
-fn format_json(f: &crate::config::FormatConfig) -> Value {
+fn format_json(f: &crate::model::FormatConfig) -> Value {
     serde_json::json!({
         "enable": f.enable,
         "record_interval": f.record_interval,
         "storage_time": f.storage_time,
-        "file_name": f.file_name.clone().unwrap_or_else(|| crate::config::DEFAULT_FILE_NAME.to_string()),
+        "file_name": f.file_name.clone().unwrap_or_else(|| crate::model::DEFAULT_FILE_NAME.to_string()),
         "segment_duration": f.segment_duration,
         "continue_timeout": f.continue_timeout,
     })
@@ -282,13 +267,9 @@ pub fn rule_json(r: &RuleBody, source: &str) -> Value {
 }
 
 /// Loads the API's templates and rules from the store and merges them (at start).
-pub async fn load(ctx: &Ctx) -> Result<(usize, usize), String> {
-    let templates: Vec<TemplateBody> = ctx
-        .state
-        .list("templates")
-        .await
-        .map_err(|e| e.to_string())?;
-    let rules: Vec<RuleBody> = ctx.state.list("rules").await.map_err(|e| e.to_string())?;
+pub async fn load(config: &RunningConfig, state: &State) -> Result<(usize, usize), String> {
+    let templates: Vec<TemplateBody> = state.list("templates").await.map_err(|e| e.to_string())?;
+    let rules: Vec<RuleBody> = state.list("rules").await.map_err(|e| e.to_string())?;
     let mut items = ApiItems::default();
     for t in templates {
         if let Some(id) = t.id {
@@ -301,12 +282,13 @@ pub async fn load(ctx: &Ctx) -> Result<(usize, usize), String> {
         }
     }
     let n = (items.templates.len(), items.rules.len());
-    apply(ctx, &items).map_err(|(_, Json(v))| {
+    let mut edit = config.edit().await;
+    apply(&edit, &items).map_err(|(_, Json(v))| {
         format!(
             "the stored API templates/rules do not fit the config file: {}",
             v["message"]
         )
     })?;
-    *ctx.api_items.lock().await = items;
+    edit.keep(items);
     Ok(n)
 }

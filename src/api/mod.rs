@@ -1,6 +1,11 @@
-//! The HTTP API's routes (SPEC §13): one named handler per operation over the shared
-//! [`Ctx`]; templates and rules changes live in `api.rs`, task logic in `tasks.rs`.
-//! `docs/openapi.json` documents them and a test checks it against this router.
+//! The HTTP API (SPEC §13, R-OP-4): one named handler per operation over [`Ctx`], the
+//! handles of the subsystems it reads and drives. Templates and rules changes live in
+//! `templates.rs`, request and response shapes in `wire.rs`; task rules are the task
+//! table's (`tasks.rs`). `docs/openapi.json` documents the routes and a test checks it
+//! against this router.
+
+pub mod templates;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -12,14 +17,33 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::api::{error, Reply};
-use crate::daemon::Ctx;
+use crate::clock::Clock;
+use crate::config::RunningConfig;
+use crate::ingest::hub::Hub;
+use crate::model::TaskStatus;
+use crate::recording::supervisor::SupervisorHandle;
+use crate::sink::Sink;
+use crate::state::State as StateStore;
+use crate::tasks::Tasks;
+use wire::{error, Reply};
+
+/// What the API reads and drives.
+pub struct Ctx {
+    pub config: Arc<RunningConfig>,
+    pub hub: Arc<Hub>,
+    pub sink: Arc<Sink>,
+    pub tasks: Arc<Tasks>,
+    /// Told when tasks are created or stopped, so it acts at once.
+    pub supervisor: SupervisorHandle,
+    pub state: StateStore,
+    pub clock: Arc<dyn Clock>,
+}
 
 type Ctxt = State<Arc<Ctx>>;
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let token = {
-        let t = &ctx.config.load().config.api.token;
+        let t = &ctx.config.snapshot().config.api.token;
         (!t.is_empty()).then(|| Arc::new(t.clone()))
     };
     Router::new()
@@ -110,17 +134,25 @@ async fn healthz(State(ctx): Ctxt) -> Json<Value> {
 }
 
 async fn metrics(State(ctx): Ctxt) -> impl IntoResponse {
+    let gauges = crate::metrics::Gauges {
+        spool_bytes: ctx.sink.quota.used(),
+        spool_max_bytes: ctx.sink.quota.max(),
+        upload_queue: ctx.sink.pending_uploads() as u64,
+        streams: ctx.hub.len() as u64,
+        index_unpublished: ctx.sink.index().unpublished(),
+        tasks: ctx.tasks.count_by_status(),
+    };
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::daemon::metrics_text(&ctx),
+        crate::metrics::render(&gauges),
     )
 }
 
 async fn reload(State(ctx): Ctxt) -> Reply {
-    match crate::daemon::reload(&ctx).await {
+    match crate::systemd::reload(&ctx.config).await {
         Ok(warnings) => (
             StatusCode::OK,
             Json(json!({"status": "reloaded", "warnings": warnings})),
@@ -141,14 +173,14 @@ async fn streams(State(ctx): Ctxt) -> Json<Value> {
         .map(|s| {
             let tasks: Vec<String> = ctx
                 .tasks
-                .list(&crate::tasks::ListFilter {
+                .list(&crate::tasks::TaskFilter {
                     domain: Some(s.id.domain.clone()),
                     app: Some(s.id.app.clone()),
                     stream: Some(s.id.stream.clone()),
                     ..Default::default()
                 })
                 .into_iter()
-                .filter(|t| t.status == "recording")
+                .filter(|t| t.status == TaskStatus::Recording)
                 .map(|t| t.task_id)
                 .collect();
             json!({
@@ -164,16 +196,34 @@ async fn streams(State(ctx): Ctxt) -> Json<Value> {
     Json(json!({ "streams": streams }))
 }
 
-async fn create_task(
-    State(ctx): Ctxt,
-    b: Result<Json<crate::tasks::CreateTask>, JsonRejection>,
-) -> Reply {
+async fn create_task(State(ctx): Ctxt, b: Result<Json<wire::CreateTask>, JsonRejection>) -> Reply {
     let req = match body(b) {
         Ok(r) => r,
         Err(e) => return e,
     };
-    match ctx.tasks.create(&ctx, req) {
+    let created = {
+        let config = ctx.config.snapshot();
+        let live = ctx.hub.publisher(&req.stream_id()).is_some();
+        let template_exists = |id: i64| {
+            config
+                .config
+                .templates
+                .iter()
+                .any(|t| *t.get_ref().id.get_ref() == id)
+        };
+        let cx = crate::tasks::CreateContext {
+            now_ms: ctx.clock.now_ms(),
+            live,
+            max_tasks_per_stream: config.config.record.max_tasks_per_stream,
+            template_exists: &template_exists,
+        };
+        ctx.tasks.create(req.into(), &cx)
+    };
+    match created {
         Ok(t) => {
+            // A real-time task is recording by the time it is answered.
+            ctx.supervisor.tasks_changed().await;
+            let t = ctx.tasks.get(&t.task_id).unwrap_or(t);
             // Persisted before it is acknowledged (R-TK-5).
             if let Err(e) = ctx.state.put("tasks", &t.task_id, &t).await {
                 ctx.tasks.remove(&t.task_id);
@@ -196,15 +246,12 @@ async fn create_task(
     }
 }
 
-async fn list_tasks(
-    State(ctx): Ctxt,
-    q: Result<Query<crate::tasks::ListFilter>, QueryRejection>,
-) -> Reply {
+async fn list_tasks(State(ctx): Ctxt, q: Result<Query<wire::TaskQuery>, QueryRejection>) -> Reply {
     let f = match query(q) {
         Ok(f) => f,
         Err(e) => return e,
     };
-    let all = ctx.tasks.list(&f);
+    let all = ctx.tasks.list(&f.filter());
     let from = match f.page_token.as_deref().map(str::parse::<usize>) {
         None => 0,
         Some(Ok(n)) => n,
@@ -243,6 +290,8 @@ async fn get_task(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
 async fn stop_task(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
     match ctx.tasks.stop(&id) {
         Some(t) => {
+            // Its open files are finalized now (R-TK-4).
+            ctx.supervisor.tasks_changed().await;
             if let Err(e) = ctx.state.put("tasks", &t.task_id, &t).await {
                 tracing::warn!(task = %t.task_id, "stopped, but the stop could not be stored: {e}");
             }
@@ -261,7 +310,7 @@ async fn recordings(
         Ok(f) => f,
         Err(e) => return e,
     };
-    let cfg = ctx.config.load_full();
+    let cfg = ctx.config.snapshot();
     let base = cfg.config.storage.public_base_url.trim_end_matches('/');
     // The index is on disk (one file per stream): read off the async workers.
     let index = ctx.sink.index().clone();
@@ -333,7 +382,7 @@ fn builtin_template_json() -> Value {
         "id": 0, "name": "built-in", "source": "builtin",
         "flv": {
             "enable": true, "record_interval": 1800, "storage_time": 0,
-            "file_name": crate::config::DEFAULT_FILE_NAME,
+            "file_name": crate::model::DEFAULT_FILE_NAME,
         },
     })
 }
@@ -347,18 +396,19 @@ fn template_not_found(id: &str) -> Reply {
 }
 
 async fn list_templates(State(ctx): Ctxt) -> Json<Value> {
-    let cfg = ctx.config.load_full();
+    let cfg = ctx.config.snapshot();
     let api: std::collections::HashSet<i64> = ctx
-        .api_items
-        .lock()
+        .config
+        .edit()
         .await
+        .api()
         .templates
         .keys()
         .copied()
         .collect();
     let mut list = vec![builtin_template_json()];
     list.extend(cfg.config.templates.iter().map(|t| {
-        let mut j = crate::api::template_json(t.get_ref());
+        let mut j = templates::template_json(t.get_ref());
         if api.contains(t.get_ref().id.get_ref()) {
             j["source"] = "api".into();
         }
@@ -369,16 +419,16 @@ async fn list_templates(State(ctx): Ctxt) -> Json<Value> {
 
 async fn create_template(
     State(ctx): Ctxt,
-    b: Result<Json<crate::config::TemplateBody>, JsonRejection>,
+    b: Result<Json<wire::TemplateBody>, JsonRejection>,
 ) -> Reply {
     match body(b) {
-        Ok(b) => crate::api::create_template(ctx, b).await,
+        Ok(b) => templates::create_template(ctx, b).await,
         Err(e) => e,
     }
 }
 
 async fn get_template(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
-    let cfg = ctx.config.load_full();
+    let cfg = ctx.config.snapshot();
     let found = match id.parse::<i64>() {
         Ok(0) => Some(builtin_template_json()),
         Ok(n) => cfg
@@ -386,13 +436,13 @@ async fn get_template(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
             .templates
             .iter()
             .find(|t| *t.get_ref().id.get_ref() == n)
-            .map(|t| crate::api::template_json(t.get_ref())),
+            .map(|t| templates::template_json(t.get_ref())),
         Err(_) => None,
     };
     match found {
         Some(mut t) => {
             let n = t["id"].as_i64().unwrap_or(-1);
-            if ctx.api_items.lock().await.templates.contains_key(&n) {
+            if ctx.config.edit().await.api().templates.contains_key(&n) {
                 t["source"] = "api".into();
             }
             (StatusCode::OK, Json(t))
@@ -404,39 +454,36 @@ async fn get_template(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
 async fn put_template(
     State(ctx): Ctxt,
     Path(id): Path<String>,
-    b: Result<Json<crate::config::TemplateBody>, JsonRejection>,
+    b: Result<Json<wire::TemplateBody>, JsonRejection>,
 ) -> Reply {
     let Ok(n) = id.parse::<i64>() else {
         return template_not_found(&id);
     };
     match body(b) {
-        Ok(b) => crate::api::put_template(ctx, n, b).await,
+        Ok(b) => templates::put_template(ctx, n, b).await,
         Err(e) => e,
     }
 }
 
 async fn delete_template(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
     match id.parse::<i64>() {
-        Ok(n) => crate::api::delete_template(ctx, n).await,
+        Ok(n) => templates::delete_template(ctx, n).await,
         Err(_) => template_not_found(&id),
     }
 }
 
 async fn list_rules(State(ctx): Ctxt) -> Json<Value> {
-    let file = ctx
-        .file_config
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let mut list: Vec<_> = file
+    let sources = ctx.config.edit().await;
+    let mut list: Vec<_> = sources
+        .file()
         .config
         .rules
         .iter()
         .enumerate()
         .map(|(i, r)| {
             let r = r.get_ref();
-            crate::api::rule_json(
-                &crate::config::RuleBody {
+            templates::rule_json(
+                &wire::RuleBody {
                     rule_id: Some(format!("config-{i}")),
                     domain: r.domain.clone(),
                     app: r.app.clone(),
@@ -448,26 +495,22 @@ async fn list_rules(State(ctx): Ctxt) -> Json<Value> {
         })
         .collect();
     list.extend(
-        ctx.api_items
-            .lock()
-            .await
+        sources
+            .api()
             .rules
             .values()
-            .map(|r| crate::api::rule_json(r, "api")),
+            .map(|r| templates::rule_json(r, "api")),
     );
     Json(json!({ "rules": list }))
 }
 
-async fn create_rule(
-    State(ctx): Ctxt,
-    b: Result<Json<crate::config::RuleBody>, JsonRejection>,
-) -> Reply {
+async fn create_rule(State(ctx): Ctxt, b: Result<Json<wire::RuleBody>, JsonRejection>) -> Reply {
     match body(b) {
-        Ok(b) => crate::api::create_rule(ctx, b).await,
+        Ok(b) => templates::create_rule(ctx, b).await,
         Err(e) => e,
     }
 }
 
 async fn delete_rule(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
-    crate::api::delete_rule(ctx, id).await
+    templates::delete_rule(ctx, id).await
 }

@@ -1,0 +1,88 @@
+//! The API's request and response shapes (SPEC §13), kept apart from the domain types
+//! they convert into, so the wire format can stay stable while the model changes.
+
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::model::StreamId;
+use crate::tasks::{NewTask, TaskFilter};
+
+pub use crate::config::{RuleBody, TemplateBody};
+
+pub type Reply = (StatusCode, Json<Value>);
+
+/// The error shape of every route: a stable code and a message.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Reply {
+    (
+        status,
+        Json(serde_json::json!({ "code": code, "message": message })),
+    )
+}
+
+/// `POST /v1/tasks` (R-TK-1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    pub domain: String,
+    pub app: String,
+    pub stream: String,
+    pub end_time: i64,
+    #[serde(default)]
+    pub start_time: Option<i64>,
+    #[serde(default)]
+    pub template_id: Option<i64>,
+    #[serde(default)]
+    pub extension: String,
+    #[serde(default)]
+    pub stream_type: u8,
+    #[serde(default)]
+    pub preroll_seconds: u64,
+}
+
+impl CreateTask {
+    pub fn stream_id(&self) -> StreamId {
+        StreamId::new(&self.domain, &self.app, &self.stream)
+    }
+}
+
+impl From<CreateTask> for NewTask {
+    fn from(c: CreateTask) -> NewTask {
+        NewTask {
+            domain: c.domain,
+            app: c.app,
+            stream: c.stream,
+            end_time: c.end_time,
+            start_time: c.start_time,
+            template_id: c.template_id,
+            extension: c.extension,
+            stream_type: c.stream_type,
+            preroll_seconds: c.preroll_seconds,
+        }
+    }
+}
+
+/// `GET /v1/tasks` query (R-TK-4).
+#[derive(Debug, Default, Deserialize)]
+pub struct TaskQuery {
+    pub domain: Option<String>,
+    pub app: Option<String>,
+    pub stream: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub page_token: Option<String>,
+    pub page_size: Option<usize>,
+}
+
+impl TaskQuery {
+    pub fn filter(&self) -> TaskFilter {
+        TaskFilter {
+            domain: self.domain.clone(),
+            app: self.app.clone(),
+            stream: self.stream.clone(),
+            from: self.from,
+            to: self.to,
+        }
+    }
+}
