@@ -132,14 +132,7 @@ pub async fn run(
     tokio::spawn(crate::sink::retention::sweeper(
         sink.index().clone(),
         sink.backend().clone(),
-        Duration::from_secs(
-            *config
-                .snapshot()
-                .config
-                .storage
-                .retention_sweep_interval
-                .get_ref(),
-        ),
+        Duration::from_secs(config.snapshot().config.storage.retention_sweep_interval),
         shutdown.clone(),
     ));
 

@@ -204,13 +204,7 @@ async fn create_task(State(ctx): Ctxt, b: Result<Json<wire::CreateTask>, JsonRej
     let created = {
         let config = ctx.config.snapshot();
         let live = ctx.hub.publisher(&req.stream_id()).is_some();
-        let template_exists = |id: i64| {
-            config
-                .config
-                .templates
-                .iter()
-                .any(|t| *t.get_ref().id.get_ref() == id)
-        };
+        let template_exists = |id: i64| config.config.templates.iter().any(|t| t.id == id);
         let cx = crate::tasks::CreateContext {
             now_ms: ctx.clock.now_ms(),
             live,
@@ -408,8 +402,8 @@ async fn list_templates(State(ctx): Ctxt) -> Json<Value> {
         .collect();
     let mut list = vec![builtin_template_json()];
     list.extend(cfg.config.templates.iter().map(|t| {
-        let mut j = templates::template_json(t.get_ref());
-        if api.contains(t.get_ref().id.get_ref()) {
+        let mut j = templates::template_json(t);
+        if api.contains(&t.id) {
             j["source"] = "api".into();
         }
         j
@@ -431,12 +425,7 @@ async fn get_template(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
     let cfg = ctx.config.snapshot();
     let found = match id.parse::<i64>() {
         Ok(0) => Some(builtin_template_json()),
-        Ok(n) => cfg
-            .config
-            .templates
-            .iter()
-            .find(|t| *t.get_ref().id.get_ref() == n)
-            .map(|t| templates::template_json(t.get_ref())),
+        Ok(n) => cfg.template(n).map(templates::template_json),
         Err(_) => None,
     };
     match found {
@@ -481,25 +470,15 @@ async fn list_rules(State(ctx): Ctxt) -> Json<Value> {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let r = r.get_ref();
-            templates::rule_json(
-                &wire::RuleBody {
-                    rule_id: Some(format!("config-{i}")),
-                    domain: r.domain.clone(),
-                    app: r.app.clone(),
-                    stream: r.stream.clone(),
-                    template_id: *r.template_id.get_ref(),
-                },
-                "config",
-            )
+            templates::rule_json(&wire::RuleBody::of(&format!("config-{i}"), r), "config")
         })
         .collect();
     list.extend(
         sources
             .api()
             .rules
-            .values()
-            .map(|r| templates::rule_json(r, "api")),
+            .iter()
+            .map(|(id, r)| templates::rule_json(&wire::RuleBody::of(id, r), "api")),
     );
     Json(json!({ "rules": list }))
 }

@@ -12,7 +12,7 @@ use tracing::info;
 use super::wire::{error, Reply, RuleBody, TemplateBody};
 use super::Ctx;
 use crate::config::running::Edit;
-use crate::config::{ApiItems, RunningConfig};
+use crate::config::{ApiItems, RunningConfig, Template};
 use crate::state::State;
 
 /// Makes `next` the API's templates and rules in the running config, if the merged
@@ -50,13 +50,7 @@ async fn commit(
 }
 
 fn is_file_template(edit: &Edit<'_>, id: i64) -> bool {
-    id == 0
-        || edit
-            .file()
-            .config
-            .templates
-            .iter()
-            .any(|t| *t.get_ref().id.get_ref() == id)
+    id == 0 || edit.file().config.templates.iter().any(|t| t.id == id)
 }
 
 fn stored_err(e: crate::state::StateError) -> Reply {
@@ -77,7 +71,7 @@ pub async fn create_template(ctx: Arc<Ctx>, mut body: TemplateBody) -> Reply {
             cfg.config
                 .templates
                 .iter()
-                .map(|t| *t.get_ref().id.get_ref())
+                .map(|t| t.id)
                 .max()
                 .unwrap_or(0)
                 .max(0)
@@ -92,15 +86,16 @@ pub async fn create_template(ctx: Arc<Ctx>, mut body: TemplateBody) -> Reply {
         );
     }
     body.id = Some(id);
+    let template = body.clone().into_template(id);
     let mut next = edit.api().clone();
-    next.templates.insert(id, body.clone());
+    next.templates.insert(id, template.clone());
     let key = id.to_string();
     let save = ctx.state.create("templates", &key, &body);
     if let Err(r) = commit(&mut edit, next, save, "template_exists").await {
         return r;
     }
     info!(template = id, "template created over the API");
-    (StatusCode::CREATED, Json(api_template_json(id, &body)))
+    (StatusCode::CREATED, Json(api_template_json(&template)))
 }
 
 pub async fn put_template(ctx: Arc<Ctx>, id: i64, mut body: TemplateBody) -> Reply {
@@ -120,8 +115,9 @@ pub async fn put_template(ctx: Arc<Ctx>, id: i64, mut body: TemplateBody) -> Rep
         );
     }
     body.id = Some(id);
+    let template = body.clone().into_template(id);
     let mut next = edit.api().clone();
-    next.templates.insert(id, body.clone());
+    next.templates.insert(id, template.clone());
     let key = id.to_string();
     let save = ctx.state.put("templates", &key, &body);
     if let Err(r) = commit(&mut edit, next, save, "template_exists").await {
@@ -131,7 +127,7 @@ pub async fn put_template(ctx: Arc<Ctx>, id: i64, mut body: TemplateBody) -> Rep
         template = id,
         "template replaced over the API; new pushes use it"
     );
-    (StatusCode::OK, Json(api_template_json(id, &body)))
+    (StatusCode::OK, Json(api_template_json(&template)))
 }
 
 pub async fn delete_template(ctx: Arc<Ctx>, id: i64) -> Reply {
@@ -177,7 +173,7 @@ pub async fn create_rule(ctx: Arc<Ctx>, mut body: RuleBody) -> Reply {
     let id = format!("{}~{}~{}", body.domain, body.app, body.stream);
     body.rule_id = Some(id.clone());
     let mut next = edit.api().clone();
-    next.rules.insert(id.clone(), body.clone());
+    next.rules.insert(id.clone(), body.rule());
     if edit.api().rules.contains_key(&id) {
         return error(
             StatusCode::CONFLICT,
@@ -226,8 +222,8 @@ pub async fn delete_rule(ctx: Arc<Ctx>, id: String) -> Reply {
     (StatusCode::OK, Json(serde_json::json!({ "deleted": id })))
 }
 
-pub fn api_template_json(id: i64, t: &TemplateBody) -> Value {
-    let mut v = template_json(&t.to_template(id));
+pub fn api_template_json(t: &Template) -> Value {
+    let mut v = template_json(t);
     v["source"] = "api".into();
     v
 }
@@ -244,8 +240,8 @@ fn format_json(f: &crate::model::FormatConfig) -> Value {
 }
 
 /// A template as the API shows it (`source` = "config"; callers mark API ones).
-pub fn template_json(t: &crate::config::Template) -> Value {
-    let mut v = serde_json::json!({ "id": t.id.get_ref(), "name": t.name, "source": "config" });
+pub fn template_json(t: &Template) -> Value {
+    let mut v = serde_json::json!({ "id": t.id, "name": t.name, "source": "config" });
     for (k, f) in [
         ("flv", &t.flv),
         ("hls", &t.hls),
@@ -253,7 +249,7 @@ pub fn template_json(t: &crate::config::Template) -> Value {
         ("aac", &t.aac),
     ] {
         if let Some(f) = f {
-            v[k] = format_json(f.get_ref());
+            v[k] = format_json(f);
         }
     }
     v
@@ -273,12 +269,12 @@ pub async fn load(config: &RunningConfig, state: &State) -> Result<(usize, usize
     let mut items = ApiItems::default();
     for t in templates {
         if let Some(id) = t.id {
-            items.templates.insert(id, t);
+            items.templates.insert(id, t.into_template(id));
         }
     }
     for r in rules {
-        if let Some(id) = r.rule_id.clone() {
-            items.rules.insert(id, r);
+        if let Some(id) = &r.rule_id {
+            items.rules.insert(id.clone(), r.rule());
         }
     }
     let n = (items.templates.len(), items.rules.len());

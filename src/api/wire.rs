@@ -9,7 +9,8 @@ use serde_json::Value;
 use crate::model::StreamId;
 use crate::tasks::{NewTask, TaskFilter};
 
-pub use crate::config::{RuleBody, TemplateBody};
+use crate::config::{Rule, Template};
+use crate::model::FormatConfig;
 
 pub type Reply = (StatusCode, Json<Value>);
 
@@ -83,6 +84,73 @@ impl TaskQuery {
             stream: self.stream.clone(),
             from: self.from,
             to: self.to,
+        }
+    }
+}
+
+/// A template as the HTTP API takes it and stores it in the state store (R-TP-5): the
+/// TOML shape in JSON, the id optional on create.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateBody {
+    #[serde(default)]
+    pub id: Option<i64>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub flv: Option<FormatConfig>,
+    #[serde(default)]
+    pub hls: Option<FormatConfig>,
+    #[serde(default)]
+    pub mp4: Option<FormatConfig>,
+    #[serde(default)]
+    pub aac: Option<FormatConfig>,
+}
+
+impl TemplateBody {
+    pub fn into_template(self, id: i64) -> Template {
+        Template {
+            id,
+            name: self.name,
+            flv: self.flv,
+            hls: self.hls,
+            mp4: self.mp4,
+            aac: self.aac,
+        }
+    }
+}
+
+/// A rule as the HTTP API takes it and stores it; `rule_id` is its key.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBody {
+    #[serde(default)]
+    pub rule_id: Option<String>,
+    pub domain: String,
+    #[serde(default)]
+    pub app: String,
+    #[serde(default)]
+    pub stream: String,
+    pub template_id: i64,
+}
+
+impl RuleBody {
+    pub fn rule(&self) -> Rule {
+        Rule {
+            domain: self.domain.clone(),
+            app: self.app.clone(),
+            stream: self.stream.clone(),
+            template_id: self.template_id,
+        }
+    }
+
+    pub fn of(id: &str, r: &Rule) -> RuleBody {
+        RuleBody {
+            rule_id: Some(id.to_string()),
+            domain: r.domain.clone(),
+            app: r.app.clone(),
+            stream: r.stream.clone(),
+            template_id: r.template_id,
         }
     }
 }

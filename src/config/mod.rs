@@ -1,17 +1,22 @@
 //! The TOML configuration (SPEC.md section 13): every key optional, embedded defaults,
 //! unknown keys refused, and every error reported with its line (R-OP-1).
+//!
+//! This module is the model (plain structs, what the rest of the daemon reads) and the
+//! loading; [`validate`] checks a model and names the key each problem is about, and
+//! [`source`] turns that key into a line of the file. Spans stay inside loading.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use toml::Spanned;
+use serde::{Deserialize, Serialize};
 
 use crate::model::StreamId;
 pub use crate::model::{FormatConfig, Plan};
 
 pub mod running;
+mod source;
+mod validate;
 pub use running::RunningConfig;
 
 /// A config error with the line it concerns, so `check-config` can point at it.
@@ -28,7 +33,7 @@ pub struct Location {
     pub line: usize,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub rtmp: RtmpConfig,
@@ -40,9 +45,9 @@ pub struct Config {
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
     #[serde(rename = "template")]
-    pub templates: Vec<Spanned<Template>>,
+    pub templates: Vec<Template>,
     #[serde(rename = "rule")]
-    pub rules: Vec<Spanned<Rule>>,
+    pub rules: Vec<Rule>,
 }
 
 /// Binds a template to a domain and optionally an app and a stream (R-TP-3).
@@ -54,7 +59,7 @@ pub struct Rule {
     pub app: String,
     #[serde(default)]
     pub stream: String,
-    pub template_id: Spanned<i64>,
+    pub template_id: i64,
 }
 
 impl Rule {
@@ -71,44 +76,44 @@ pub enum OnDuplicate {
     Takeover,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtmpConfig {
-    pub listen: Spanned<String>,
+    pub listen: String,
     /// Domain for pushes whose tcUrl host is an IP address or not in `domains` (R-IN-2).
-    pub default_domain: Spanned<String>,
+    pub default_domain: String,
     /// Domains this node serves; a tcUrl host among them is used as the stream's domain.
-    pub domains: Vec<Spanned<String>>,
+    pub domains: Vec<String>,
     pub on_duplicate: OnDuplicate,
     /// Largest RTMP message accepted, in bytes (R-SEC-2; reliability.md C4).
-    pub max_message_bytes: Spanned<usize>,
+    pub max_message_bytes: usize,
     /// Seconds a client has to finish the handshake and start publishing (reliability H3).
-    pub handshake_timeout: Spanned<u64>,
+    pub handshake_timeout: u64,
     /// Seconds without any media before a publisher is dropped (reliability H4).
-    pub idle_timeout: Spanned<u64>,
+    pub idle_timeout: u64,
     pub max_connections: usize,
     /// Concurrent RTMP connections from one IP address (R-SEC-2); 0 = no per-IP limit.
     pub max_connections_per_ip: usize,
     /// Streams being published at once (R-SEC-2).
     pub max_streams: usize,
     /// Our outgoing chunk size; large chunks cost the publisher less CPU.
-    pub chunk_size: Spanned<u32>,
+    pub chunk_size: u32,
 }
 
 impl Default for RtmpConfig {
     fn default() -> Self {
         Self {
-            listen: unspanned("0.0.0.0:1935".into()),
-            default_domain: unspanned("localhost".into()),
+            listen: "0.0.0.0:1935".into(),
+            default_domain: "localhost".into(),
             domains: Vec::new(),
             on_duplicate: OnDuplicate::Reject,
-            max_message_bytes: unspanned(8 << 20),
-            handshake_timeout: unspanned(10),
-            idle_timeout: unspanned(30),
+            max_message_bytes: 8 << 20,
+            handshake_timeout: 10,
+            idle_timeout: 30,
             max_connections: 2000,
             max_connections_per_ip: 256,
             max_streams: 1000,
-            chunk_size: unspanned(4096),
+            chunk_size: 4096,
         }
     }
 }
@@ -116,14 +121,14 @@ impl Default for RtmpConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    pub listen: Spanned<String>,
+    pub listen: String,
     pub token: String,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
-            listen: unspanned("127.0.0.1:8080".into()),
+            listen: "127.0.0.1:8080".into(),
             token: String::new(),
         }
     }
@@ -149,13 +154,13 @@ impl RuntimeConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    pub kind: Spanned<String>,
+    pub kind: String,
     /// `kind = "local"`: the recordings directory.
     pub root: PathBuf,
     /// `kind = "s3"` (R-ST-1): any S3-compatible store through object_store.
-    pub bucket: Spanned<String>,
+    pub bucket: String,
     /// Empty means AWS itself (`https://s3.{region}.amazonaws.com`).
-    pub endpoint: Spanned<String>,
+    pub endpoint: String,
     pub region: String,
     /// Path-style requests (`endpoint/bucket/key`) are the default because MinIO, Ceph
     /// RGW and Garage expect them; AWS accepts both.
@@ -168,35 +173,35 @@ pub struct StorageConfig {
     pub secret_access_key: String,
     pub session_token: String,
     /// Prepended to every key (`{prefix}/{domain}/{app}/{stream}/…`, R-ST-3).
-    pub prefix: Spanned<String>,
+    pub prefix: String,
     /// Base URL of the stored files, for `video_url` in callbacks and queries.
     pub public_base_url: String,
     /// Multipart part size in bytes (S3 needs ≥ 5 MiB for every part but the last).
-    pub part_size: Spanned<u64>,
+    pub part_size: u64,
     /// Uploads running at once, over all streams.
-    pub upload_concurrency: Spanned<usize>,
+    pub upload_concurrency: usize,
     /// Seconds between retention sweeps (R-ST-5).
-    pub retention_sweep_interval: Spanned<u64>,
+    pub retention_sweep_interval: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
-            kind: unspanned("local".into()),
+            kind: "local".into(),
             root: PathBuf::from("./recordings"),
-            bucket: unspanned(String::new()),
-            endpoint: unspanned(String::new()),
+            bucket: String::new(),
+            endpoint: String::new(),
             region: "us-east-1".into(),
             virtual_hosted_style: false,
             allow_http: false,
             access_key_id: String::new(),
             secret_access_key: String::new(),
             session_token: String::new(),
-            prefix: unspanned(String::new()),
+            prefix: String::new(),
             public_base_url: String::new(),
-            part_size: unspanned(8 << 20),
-            upload_concurrency: unspanned(8),
-            retention_sweep_interval: unspanned(60),
+            part_size: 8 << 20,
+            upload_concurrency: 8,
+            retention_sweep_interval: 60,
         }
     }
 }
@@ -217,15 +222,15 @@ impl Default for SpoolConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordConfig {
     /// Template for streams no rule matches; -1 records nothing.
-    pub default_template: Spanned<i64>,
+    pub default_template: i64,
     /// A file is cut at `hard_cap_factor × record_interval` even without a keyframe (R-SG-2).
-    pub hard_cap_factor: Spanned<f64>,
+    pub hard_cap_factor: f64,
     /// Time zone of the `{Start…}`/`{End…}` name fields (R-ST-3): `UTC` or `+HH:MM`.
-    pub time_zone: Spanned<String>,
+    pub time_zone: String,
     /// Limits on templates and rules (R-TP-4).
     pub max_templates: usize,
     pub max_rules: usize,
@@ -233,19 +238,19 @@ pub struct RecordConfig {
     pub max_tasks_per_stream: usize,
     /// Seconds a finished or stopped task stays readable after its `end_time`; then it is
     /// removed from memory and the state store, so tasks do not pile up forever.
-    pub task_history: Spanned<u64>,
+    pub task_history: u64,
 }
 
 impl Default for RecordConfig {
     fn default() -> Self {
         Self {
-            default_template: unspanned(0),
-            hard_cap_factor: unspanned(2.0),
-            time_zone: unspanned("UTC".into()),
+            default_template: 0,
+            hard_cap_factor: 2.0,
+            time_zone: "UTC".into(),
             max_templates: 50,
             max_rules: 50,
             max_tasks_per_stream: 10,
-            task_history: unspanned(7 * 86_400),
+            task_history: 7 * 86_400,
         }
     }
 }
@@ -253,15 +258,15 @@ impl Default for RecordConfig {
 impl Config {
     /// `[record] time_zone` in seconds east of UTC (validated at load).
     pub fn utc_offset_s(&self) -> i32 {
-        record::naming::parse_offset(self.record.time_zone.get_ref()).unwrap_or(0)
+        record::naming::parse_offset(&self.record.time_zone).unwrap_or(0)
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Media the per-stream ring keeps, in seconds (whole GOPs; R-IN-7).
-    pub ring_seconds: Spanned<f64>,
+    pub ring_seconds: f64,
     /// Byte bound of the per-stream ring.
     pub ring_max_bytes: usize,
 }
@@ -269,7 +274,7 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
-            ring_seconds: unspanned(2.0),
+            ring_seconds: 2.0,
             ring_max_bytes: 16 << 20,
         }
     }
@@ -299,35 +304,12 @@ impl Default for LogConfig {
     }
 }
 
-/// A recording template (R-TP-1). This build records the FLV format; the other formats'
-/// tables are accepted by the parser so configs stay forward compatible, and refused by
-/// validation until their muxers exist.
-#[derive(Debug, Clone, Deserialize)]
+/// A recording template (R-TP-1): which formats a stream records and how. The same shape
+/// in the file and over the API (R-TP-5), where it is stored as JSON.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Template {
-    pub id: Spanned<i64>,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub flv: Option<Spanned<FormatConfig>>,
-    #[serde(default)]
-    pub hls: Option<Spanned<FormatConfig>>,
-    #[serde(default)]
-    pub mp4: Option<Spanned<FormatConfig>>,
-    #[serde(default)]
-    pub aac: Option<Spanned<FormatConfig>>,
-}
-
-fn unspanned<T>(v: T) -> Spanned<T> {
-    Spanned::new(0..0, v)
-}
-
-/// A template as the HTTP API takes and stores it (R-TP-5): the TOML shape, in JSON.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TemplateBody {
-    #[serde(default)]
-    pub id: Option<i64>,
+    pub id: i64,
     #[serde(default)]
     pub name: String,
     #[serde(default)]
@@ -340,62 +322,15 @@ pub struct TemplateBody {
     pub aac: Option<FormatConfig>,
 }
 
-impl TemplateBody {
-    pub fn to_template(&self, id: i64) -> Template {
-        Template {
-            id: unspanned(id),
-            name: self.name.clone(),
-            flv: self.flv.clone().map(unspanned),
-            hls: self.hls.clone().map(unspanned),
-            mp4: self.mp4.clone().map(unspanned),
-            aac: self.aac.clone().map(unspanned),
-        }
-    }
-}
-
-/// A rule as the HTTP API takes and stores it.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RuleBody {
-    #[serde(default)]
-    pub rule_id: Option<String>,
-    pub domain: String,
-    #[serde(default)]
-    pub app: String,
-    #[serde(default)]
-    pub stream: String,
-    pub template_id: i64,
-}
-
 /// Templates and rules made over the API, kept apart from the file's so a reload can
-/// merge them again.
+/// merge them again. Rules are keyed by their API id.
 #[derive(Debug, Clone, Default)]
 pub struct ApiItems {
-    pub templates: std::collections::BTreeMap<i64, TemplateBody>,
-    pub rules: std::collections::BTreeMap<String, RuleBody>,
+    pub templates: BTreeMap<i64, Template>,
+    pub rules: BTreeMap<String, Rule>,
 }
 
-impl Loaded {
-    /// The file's config with the API's templates and rules added, validated as one
-    /// (ids, rule keys, limits, formats: the same checks as the file's).
-    pub fn merged(file: &Loaded, api: &ApiItems) -> Result<Loaded, Vec<ConfigError>> {
-        let mut c = file.config.clone();
-        for (id, t) in &api.templates {
-            c.templates.push(unspanned(t.to_template(*id)));
-        }
-        for r in api.rules.values() {
-            c.rules.push(unspanned(Rule {
-                domain: r.domain.clone(),
-                app: r.app.clone(),
-                stream: r.stream.clone(),
-                template_id: unspanned(r.template_id),
-            }));
-        }
-        validate(c, "", None)
-    }
-}
-
-/// A loaded, validated configuration and the source it came from.
+/// A loaded, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
@@ -404,12 +339,20 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// What a stream records (one plan per enabled format; empty = nothing) and the
-    /// name of the template that said so.
+    /// The file's config with the API's templates and rules added after the file's,
+    /// validated as one (ids, rule keys, limits, formats: the same checks as the file's).
+    pub fn merged(file: &Loaded, api: &ApiItems) -> Result<Loaded, Vec<ConfigError>> {
+        let mut c = file.config.clone();
+        c.templates.extend(api.templates.values().cloned());
+        c.rules.extend(api.rules.values().cloned());
+        // API items have no line; problems in the file's part were caught at its load.
+        checked(c, |_| None)
+    }
+
     /// What a stream no rule matches records (the default template).
     #[cfg(test)]
     pub fn plans(&self) -> (Vec<Plan>, String) {
-        self.template_plans(*self.config.record.default_template.get_ref())
+        self.template_plans(self.config.record.default_template)
     }
 
     /// The rule that applies to a stream (R-TP-3): the most specific match; none = the
@@ -418,14 +361,11 @@ impl Loaded {
         self.config
             .rules
             .iter()
-            .filter_map(|r| {
-                let r = r.get_ref();
-                r.priority(id).map(|p| (p, r))
-            })
+            .filter_map(|r| r.priority(id).map(|p| (p, r)))
             .min_by_key(|(p, _)| *p)
             .map(|(p, r)| {
                 (
-                    *r.template_id.get_ref(),
+                    r.template_id,
                     format!(
                         "rule domain={} app={} stream={} (priority {p})",
                         r.domain,
@@ -436,7 +376,7 @@ impl Loaded {
             })
             .unwrap_or_else(|| {
                 (
-                    *self.config.record.default_template.get_ref(),
+                    self.config.record.default_template,
                     "record.default_template".into(),
                 )
             })
@@ -449,19 +389,18 @@ impl Loaded {
         (plans, format!("{name} by {why}"))
     }
 
+    /// The template with this id, from the file or the API.
+    pub fn template(&self, id: i64) -> Option<&Template> {
+        self.config.templates.iter().find(|t| t.id == id)
+    }
+
     /// The plans of template `id` (0 = built in, negative = record nothing).
     pub fn template_plans(&self, id: i64) -> (Vec<Plan>, String) {
-        let factor = *self.config.record.hard_cap_factor.get_ref();
+        let factor = self.config.record.hard_cap_factor;
         if id < 0 {
             return (Vec::new(), "-1 (record nothing)".into());
         }
-        if let Some(t) = self
-            .config
-            .templates
-            .iter()
-            .find(|t| *t.get_ref().id.get_ref() == id)
-        {
-            let t = t.get_ref();
+        if let Some(t) = self.template(id) {
             let plans = [
                 (record::Format::Flv, &t.flv),
                 (record::Format::Mp4, &t.mp4),
@@ -471,7 +410,6 @@ impl Loaded {
             .into_iter()
             .filter_map(|(format, f)| {
                 f.as_ref()
-                    .map(|f| f.get_ref())
                     .filter(|f| f.enable)
                     .map(|f| Plan::new(format, f, factor))
             })
@@ -485,7 +423,7 @@ impl Loaded {
 /// Loads `path`, or the embedded defaults when `path` is None.
 pub fn load(path: Option<&Path>) -> Result<Loaded, Vec<ConfigError>> {
     match path {
-        None => validate(Config::default(), "", None),
+        None => checked(Config::default(), |_| None),
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| {
                 vec![ConfigError {
@@ -502,318 +440,40 @@ pub fn parse(text: &str, source: Option<&Path>) -> Result<Loaded, Vec<ConfigErro
     let file = source
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "<config>".into());
+    let at = |line: Option<usize>| {
+        line.map(|line| Location {
+            file: file.clone(),
+            line,
+        })
+    };
     let config: Config = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| line_of(text, s.start));
         vec![ConfigError {
-            location: line.map(|line| Location {
-                file: file.clone(),
-                line,
-            }),
+            location: at(e.span().map(|s| source::line_of(text, s.start))),
             message: e.message().to_string(),
         }]
     })?;
-    validate(config, text, source)
+    let lines = source::Lines::parse(text);
+    checked(config, |key| at(lines.line(key)))
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset)
-        .map(|s| s.bytes().filter(|&b| b == b'\n').count() + 1)
-        .unwrap_or(1)
-}
-
-fn validate(config: Config, text: &str, source: Option<&Path>) -> Result<Loaded, Vec<ConfigError>> {
-    let file = source
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "<defaults>".into());
-    let mut errors = Vec::new();
-    let mut err = |span: Range<usize>, message: String| {
-        let location = (span != (0..0)).then(|| Location {
-            file: file.clone(),
-            line: line_of(text, span.start),
-        });
-        errors.push(ConfigError { location, message });
-    };
-
-    let addr = |s: &Spanned<String>, key: &str, err: &mut dyn FnMut(Range<usize>, String)| {
-        s.get_ref().parse::<SocketAddr>().map_err(|e| {
-            err(
-                s.span(),
-                format!("{key} = {:?} is not an address:port ({e})", s.get_ref()),
-            )
-        })
-    };
-    let rtmp_listen = addr(&config.rtmp.listen, "rtmp.listen", &mut err);
-    let api_listen = addr(&config.api.listen, "api.listen", &mut err);
-    if let Ok(a) = &api_listen {
-        if !a.ip().is_loopback() && config.api.token.is_empty() {
-            err(
-                config.api.listen.span(),
-                format!("api.listen = {a} is not loopback, so api.token must be set (R-OP-4)"),
-            );
-        }
-    }
-    let d = &config.rtmp.default_domain;
-    if crate::ingest::identity::validate_name(d.get_ref()).is_err() {
-        err(
-            d.span(),
-            format!(
-                "rtmp.default_domain = {:?} must be 1-128 bytes of [A-Za-z0-9._-]",
-                d.get_ref()
-            ),
-        );
-    }
-    for d in &config.rtmp.domains {
-        if crate::ingest::identity::validate_name(d.get_ref()).is_err() {
-            err(
-                d.span(),
-                format!(
-                    "rtmp.domains entry {:?} is not a valid domain name",
-                    d.get_ref()
-                ),
-            );
-        }
-    }
-    let m = &config.rtmp.max_message_bytes;
-    if !(4096..=(16 << 20)).contains(m.get_ref()) {
-        err(
-            m.span(),
-            format!(
-                "rtmp.max_message_bytes = {} must be 4096..=16777216 (RTMP lengths are 24-bit)",
-                m.get_ref()
-            ),
-        );
-    }
-    let c = &config.rtmp.chunk_size;
-    if !(128..=65536).contains(c.get_ref()) {
-        err(
-            c.span(),
-            format!("rtmp.chunk_size = {} must be 128..=65536", c.get_ref()),
-        );
-    }
-    for (key, v) in [
-        ("rtmp.handshake_timeout", &config.rtmp.handshake_timeout),
-        ("rtmp.idle_timeout", &config.rtmp.idle_timeout),
-    ] {
-        if *v.get_ref() == 0 {
-            err(v.span(), format!("{key} must be at least 1 second"));
-        }
-    }
-    let st = &config.storage;
-    let k = &st.kind;
-    match k.get_ref().as_str() {
-        "local" => {}
-        "s3" => {
-            if st.bucket.get_ref().is_empty() {
-                err(
-                    k.span(),
-                    "storage.kind = \"s3\" needs storage.bucket".into(),
-                );
-            }
-            let e = st.endpoint.get_ref();
-            if e.starts_with("http://") && !st.allow_http {
-                err(
-                    st.endpoint.span(),
-                    format!("storage.endpoint = {e:?} is plain HTTP: set storage.allow_http = true to allow it"),
-                );
-            } else if !e.is_empty() && !e.starts_with("http://") && !e.starts_with("https://") {
-                err(
-                    st.endpoint.span(),
-                    format!("storage.endpoint = {e:?} must start with http:// or https://"),
-                );
-            }
-        }
-        other => err(
-            k.span(),
-            format!("storage.kind = {other:?}: expected \"local\" or \"s3\""),
-        ),
-    }
-    let prefix = st.prefix.get_ref().trim_matches('/');
-    if !prefix.is_empty() && object_store::path::Path::parse(prefix).is_err() {
-        err(
-            st.prefix.span(),
-            format!("storage.prefix = {prefix:?} is not a valid key prefix (no empty, '.' or '..' segments)"),
-        );
-    }
-    // S3 refuses parts under 5 MiB (except the last) and allows at most 10 000 parts.
-    let ps = &st.part_size;
-    if !((5 << 20)..=(5u64 << 30)).contains(ps.get_ref()) {
-        err(
-            ps.span(),
-            format!(
-                "storage.part_size = {} must be 5 MiB..=5 GiB (S3 limits)",
-                ps.get_ref()
-            ),
-        );
-    }
-    let th = &config.record.task_history;
-    if *th.get_ref() == 0 {
-        err(
-            th.span(),
-            "record.task_history must be at least 1 second".into(),
-        );
-    }
-    let rs = &st.retention_sweep_interval;
-    if *rs.get_ref() == 0 {
-        err(
-            rs.span(),
-            "storage.retention_sweep_interval must be at least 1 second".into(),
-        );
-    }
-    let uc = &st.upload_concurrency;
-    if !(1..=256).contains(uc.get_ref()) {
-        err(
-            uc.span(),
-            format!(
-                "storage.upload_concurrency = {} must be 1..=256",
-                uc.get_ref()
-            ),
-        );
-    }
-    let tz = &config.record.time_zone;
-    if let Err(e) = record::naming::parse_offset(tz.get_ref()) {
-        err(tz.span(), format!("record.time_zone = {e}"));
-    }
-    let f = &config.record.hard_cap_factor;
-    if !(f.get_ref().is_finite() && *f.get_ref() >= 1.0) {
-        err(
-            f.span(),
-            format!("record.hard_cap_factor = {} must be >= 1.0", f.get_ref()),
-        );
-    }
-    let r = &config.ingest.ring_seconds;
-    if !(r.get_ref().is_finite() && (0.0..=600.0).contains(r.get_ref())) {
-        err(
-            r.span(),
-            format!("ingest.ring_seconds = {} must be 0..=600", r.get_ref()),
-        );
-    }
-    let mut seen = std::collections::HashSet::new();
-    for t in &config.templates {
-        let t = t.get_ref();
-        let id = *t.id.get_ref();
-        if id <= 0 {
-            err(
-                t.id.span(),
-                format!("template id {id}: ids from 1 up are yours, 0 is the built-in default"),
-            );
-        }
-        if !seen.insert(id) {
-            err(t.id.span(), format!("template id {id} is declared twice"));
-        }
-        if let Some(f) = &t.hls {
-            let h = f.get_ref();
-            if let Some(sd) = h.segment_duration {
-                if !(sd.is_finite() && (1.0..=60.0).contains(&sd)) {
-                    err(
-                        f.span(),
-                        format!(
-                            "template {id}: hls segment_duration = {sd} must be 1..=60 seconds"
-                        ),
-                    );
-                }
-            }
-            if h.continue_timeout.is_some_and(|t| t > 0) {
-                err(f.span(), format!("template {id}: hls continue_timeout (splicing, R-SP-1) is not available in this build yet; use 0"));
-            }
-        }
-        for f in [&t.flv, &t.hls, &t.mp4, &t.aac].into_iter().flatten() {
-            let fc = f.get_ref();
-            if !(1..=86_400).contains(&fc.record_interval) {
-                err(
-                    f.span(),
-                    format!(
-                        "template {id}: record_interval = {} must be 1..=86400 seconds (R-TP-1)",
-                        fc.record_interval
-                    ),
-                );
-            }
-            if let Some(p) = &fc.file_name {
-                if let Err(e) = record::naming::check_pattern(p) {
-                    err(f.span(), format!("template {id}: file_name {p:?}: {e}"));
-                }
-            }
-        }
-    }
-    let dt = &config.record.default_template;
-    let id = *dt.get_ref();
-    if id != 0 && id != -1 && !seen.contains(&id) {
-        err(dt.span(), format!("record.default_template = {id} names no template (0 = built-in, -1 = record nothing)"));
-    }
-    let rc = &config.record;
-    if let Some(t) = config.templates.get(rc.max_templates) {
-        err(
-            t.span(),
-            format!(
-                "{} templates: at most record.max_templates = {} (R-TP-4)",
-                config.templates.len(),
-                rc.max_templates
-            ),
-        );
-    }
-    if let Some(r) = config.rules.get(rc.max_rules) {
-        err(
-            r.span(),
-            format!(
-                "{} rules: at most record.max_rules = {} (R-TP-4)",
-                config.rules.len(),
-                rc.max_rules
-            ),
-        );
-    }
-    let mut keys = std::collections::HashMap::new();
-    for r in &config.rules {
-        let rule = r.get_ref();
-        let tid = *rule.template_id.get_ref();
-        if tid != 0 && !seen.contains(&tid) {
-            err(
-                rule.template_id.span(),
-                format!("rule template_id = {tid} names no template (0 = built-in)"),
-            );
-        }
-        let names = [
-            ("domain", &rule.domain),
-            ("app", &rule.app),
-            ("stream", &rule.stream),
-        ];
-        for (what, v) in names {
-            let required = what == "domain";
-            if (required || !v.is_empty()) && crate::ingest::identity::validate_name(v).is_err() {
-                err(
-                    r.span(),
-                    format!(
-                        "rule {what} = {v:?} is not a valid name (1-128 bytes of [A-Za-z0-9._-])"
-                    ),
-                );
-            }
-        }
-        let key = (rule.domain.clone(), rule.app.clone(), rule.stream.clone());
-        if let Some(first) = keys.insert(key, r.span()) {
-            err(
-                r.span(),
-                format!(
-                    "a rule for domain={} app={:?} stream={:?} already exists (line {}): one template per key (R-TP-3)",
-                    rule.domain,
-                    rule.app,
-                    rule.stream,
-                    line_of(text, first.start)
-                ),
-            );
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    match (rtmp_listen, api_listen) {
-        (Ok(rtmp_listen), Ok(api_listen)) => Ok(Loaded {
+/// Validates `config`, placing each problem with `locate`.
+fn checked(
+    config: Config,
+    locate: impl Fn(&validate::Key) -> Option<Location>,
+) -> Result<Loaded, Vec<ConfigError>> {
+    match validate::check(&config) {
+        Ok((rtmp_listen, api_listen)) => Ok(Loaded {
             config,
             rtmp_listen,
             api_listen,
         }),
-        // Unreachable in practice: a failed parse pushed an error above.
-        _ => Err(vec![ConfigError {
-            location: None,
-            message: "invalid listen address".into(),
-        }]),
+        Err(problems) => Err(problems
+            .into_iter()
+            .map(|p| ConfigError {
+                location: locate(&p.key),
+                message: p.message,
+            })
+            .collect()),
     }
 }
 
@@ -1004,6 +664,37 @@ mod tests {
         assert_eq!(e[0].location.as_ref().unwrap().line, 3);
         let e = parse("[record]\ndefault_template = 9\n", None).unwrap_err();
         assert!(e[0].message.contains("names no template"));
+    }
+
+    #[test]
+    fn api_items_are_checked_with_the_file_and_have_no_line() {
+        let file = parse("[[template]]\nid = 1\nflv = { enable = true }\n", None).unwrap();
+        let mut api = ApiItems::default();
+        api.rules.insert(
+            "d~~".into(),
+            Rule {
+                domain: "d".into(),
+                app: String::new(),
+                stream: String::new(),
+                template_id: 7,
+            },
+        );
+        let e = Loaded::merged(&file, &api).unwrap_err();
+        assert!(e[0].message.contains("names no template"), "{e:?}");
+        assert!(e[0].location.is_none(), "{e:?}");
+        api.templates.insert(
+            7,
+            Template {
+                id: 7,
+                name: "api".into(),
+                flv: None,
+                hls: None,
+                mp4: None,
+                aac: None,
+            },
+        );
+        let merged = Loaded::merged(&file, &api).unwrap();
+        assert_eq!(merged.template_for(&StreamId::new("d", "a", "s")).0, 7);
     }
 
     #[test]

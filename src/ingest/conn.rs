@@ -78,10 +78,10 @@ pub async fn handle(ingest: Arc<Ingest>, socket: TcpStream, peer: SocketAddr, co
     let cfg = &config.config.rtmp;
     let session = ServerSession::new(rtmp::ServerConfig {
         limits: rtmp::Limits {
-            max_message_bytes: *cfg.max_message_bytes.get_ref(),
+            max_message_bytes: cfg.max_message_bytes,
             ..rtmp::Limits::default()
         },
-        out_chunk_size: *cfg.chunk_size.get_ref(),
+        out_chunk_size: cfg.chunk_size,
         ..rtmp::ServerConfig::default()
     });
     let mut conn = Conn {
@@ -128,8 +128,8 @@ impl Conn {
     async fn run(&mut self, mut socket: TcpStream) -> Result<(), ConnEnd> {
         let config = self.ingest.config.snapshot();
         let rtmp_cfg = &config.config.rtmp;
-        let handshake_timeout = Duration::from_secs(*rtmp_cfg.handshake_timeout.get_ref());
-        let idle_timeout = Duration::from_secs(*rtmp_cfg.idle_timeout.get_ref());
+        let handshake_timeout = Duration::from_secs(rtmp_cfg.handshake_timeout);
+        let idle_timeout = Duration::from_secs(rtmp_cfg.idle_timeout);
         // One deadline for handshake + connect + publish, not an idle timer each byte
         // resets: a client trickling a byte every few seconds still gets dropped
         // (reliability.md H3).
@@ -294,14 +294,14 @@ impl Conn {
                 .reject_publish(req.stream_id, "NetStream.Publish.BadName", &reason);
             return Err(reason);
         }
-        let domains: Vec<String> = cfg.domains.iter().map(|d| d.get_ref().clone()).collect();
+        let domains: Vec<String> = cfg.domains.clone();
         let id = match identity::resolve(
             req.tc_url.as_deref(),
             &req.app,
             &req.name,
             req.query.as_deref(),
             &domains,
-            cfg.default_domain.get_ref(),
+            &cfg.default_domain,
         ) {
             Ok(id) => id,
             Err(e) => {
@@ -331,7 +331,7 @@ impl Conn {
         }
         let ingest = &config.config.ingest;
         let (writer, handle) = ring::ring(ring::RingConfig {
-            max_duration_ms: (*ingest.ring_seconds.get_ref() * 1000.0) as i64,
+            max_duration_ms: (ingest.ring_seconds * 1000.0) as i64,
             max_bytes: ingest.ring_max_bytes,
         });
         let query = req.query.as_deref().map(identity::redact_query);

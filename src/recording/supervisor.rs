@@ -228,7 +228,7 @@ impl Supervisor {
             self.tasks.set_status(&t.task_id, TaskStatus::Recording);
             self.start_task(&t, id, ring, stop, now_ms);
         }
-        let history = *self.config.snapshot().config.record.task_history.get_ref();
+        let history = self.config.snapshot().config.record.task_history;
         for id in self.tasks.prune(now_s, history) {
             self.delete_stored(id, history);
         }

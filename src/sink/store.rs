@@ -59,18 +59,18 @@ impl S3Backend {
 }
 
 pub fn build(cfg: &StorageConfig) -> Result<Backend, StoreError> {
-    if cfg.kind.get_ref() != "s3" {
+    if cfg.kind != "s3" {
         return Ok(Backend::Local {
             root: cfg.root.clone(),
         });
     }
     // from_env first, so AWS_* variables fill in whatever the file leaves empty.
     let mut b = AmazonS3Builder::from_env()
-        .with_bucket_name(cfg.bucket.get_ref())
+        .with_bucket_name(&cfg.bucket)
         .with_region(&cfg.region)
         .with_virtual_hosted_style_request(cfg.virtual_hosted_style);
-    if !cfg.endpoint.get_ref().is_empty() {
-        b = b.with_endpoint(cfg.endpoint.get_ref());
+    if !cfg.endpoint.is_empty() {
+        b = b.with_endpoint(&cfg.endpoint);
     }
     if !cfg.access_key_id.is_empty() {
         b = b.with_access_key_id(&cfg.access_key_id);
@@ -97,7 +97,7 @@ pub fn build(cfg: &StorageConfig) -> Result<Backend, StoreError> {
             .with_allow_http(cfg.allow_http),
     );
     let store = b.build().map_err(StoreError::Config)?;
-    let prefix = cfg.prefix.get_ref().trim_matches('/');
+    let prefix = cfg.prefix.trim_matches('/');
     let prefix = if prefix.is_empty() {
         String::new()
     } else {
@@ -110,8 +110,8 @@ pub fn build(cfg: &StorageConfig) -> Result<Backend, StoreError> {
     Ok(Backend::S3(S3Backend {
         store: Arc::new(store),
         prefix,
-        bucket: cfg.bucket.get_ref().clone(),
-        part_size: *cfg.part_size.get_ref() as usize,
-        concurrency: *cfg.upload_concurrency.get_ref(),
+        bucket: cfg.bucket.clone(),
+        part_size: cfg.part_size as usize,
+        concurrency: cfg.upload_concurrency,
     }))
 }

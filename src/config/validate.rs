@@ -1,0 +1,357 @@
+//! Checks a config model as a whole (R-OP-1): values in range, names valid, ids unique,
+//! references resolved, limits kept (R-TP-4). Each problem names the key it is about, so
+//! loading can point at its line; the same checks run on the file alone and on the file
+//! merged with the API's templates and rules.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use super::Config;
+use crate::model::validate_name;
+
+/// One step of a key path: a table key or an array index (`template[2].hls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seg {
+    Name(&'static str),
+    Index(usize),
+}
+
+/// The path of the key a problem is about, e.g. `rtmp.listen` or `rule[3].template_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key(pub Vec<Seg>);
+
+impl Key {
+    /// A dotted path of table keys: `Key::at("storage.part_size")`.
+    fn at(path: &'static str) -> Key {
+        Key(path.split('.').map(Seg::Name).collect())
+    }
+
+    /// An element of an array of tables, optionally one of its keys.
+    fn item(array: &'static str, index: usize, key: Option<&'static str>) -> Key {
+        let mut v = vec![Seg::Name(array), Seg::Index(index)];
+        v.extend(key.map(Seg::Name));
+        Key(v)
+    }
+}
+
+#[derive(Debug)]
+pub struct Problem {
+    pub key: Key,
+    pub message: String,
+}
+
+/// The listen addresses (parsed once here) or every problem found.
+pub fn check(config: &Config) -> Result<(SocketAddr, SocketAddr), Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut err = |key: Key, message: String| problems.push(Problem { key, message });
+
+    let mut addr = |s: &str, key: &'static str| {
+        s.parse::<SocketAddr>().map_err(|e| {
+            err(
+                Key::at(key),
+                format!("{key} = {s:?} is not an address:port ({e})"),
+            )
+        })
+    };
+    let rtmp_listen = addr(&config.rtmp.listen, "rtmp.listen");
+    let api_listen = addr(&config.api.listen, "api.listen");
+    if let Ok(a) = &api_listen {
+        if !a.ip().is_loopback() && config.api.token.is_empty() {
+            err(
+                Key::at("api.listen"),
+                format!("api.listen = {a} is not loopback, so api.token must be set (R-OP-4)"),
+            );
+        }
+    }
+    check_rtmp(config, &mut err);
+    check_storage(config, &mut err);
+    check_record(config, &mut err);
+    let template_ids = check_templates(config, &mut err);
+    check_rules(config, &template_ids, &mut err);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    match (rtmp_listen, api_listen) {
+        (Ok(r), Ok(a)) => Ok((r, a)),
+        // A failed parse pushed a problem above; kept total for the type.
+        _ => Err(vec![Problem {
+            key: Key::at("rtmp.listen"),
+            message: "invalid listen address".into(),
+        }]),
+    }
+}
+
+type Err<'a> = dyn FnMut(Key, String) + 'a;
+
+fn check_rtmp(config: &Config, err: &mut Err<'_>) {
+    let r = &config.rtmp;
+    if validate_name(&r.default_domain).is_err() {
+        err(
+            Key::at("rtmp.default_domain"),
+            format!(
+                "rtmp.default_domain = {:?} must be 1-128 bytes of [A-Za-z0-9._-]",
+                r.default_domain
+            ),
+        );
+    }
+    for (i, d) in r.domains.iter().enumerate() {
+        if validate_name(d).is_err() {
+            err(
+                Key(vec![Seg::Name("rtmp"), Seg::Name("domains"), Seg::Index(i)]),
+                format!("rtmp.domains entry {d:?} is not a valid domain name"),
+            );
+        }
+    }
+    if !(4096..=(16 << 20)).contains(&r.max_message_bytes) {
+        err(
+            Key::at("rtmp.max_message_bytes"),
+            format!(
+                "rtmp.max_message_bytes = {} must be 4096..=16777216 (RTMP lengths are 24-bit)",
+                r.max_message_bytes
+            ),
+        );
+    }
+    if !(128..=65536).contains(&r.chunk_size) {
+        err(
+            Key::at("rtmp.chunk_size"),
+            format!("rtmp.chunk_size = {} must be 128..=65536", r.chunk_size),
+        );
+    }
+    for (key, v) in [
+        ("rtmp.handshake_timeout", r.handshake_timeout),
+        ("rtmp.idle_timeout", r.idle_timeout),
+    ] {
+        if v == 0 {
+            err(Key::at(key), format!("{key} must be at least 1 second"));
+        }
+    }
+}
+
+fn check_storage(config: &Config, err: &mut Err<'_>) {
+    let st = &config.storage;
+    match st.kind.as_str() {
+        "local" => {}
+        "s3" => {
+            if st.bucket.is_empty() {
+                err(
+                    Key::at("storage.kind"),
+                    "storage.kind = \"s3\" needs storage.bucket".into(),
+                );
+            }
+            let e = &st.endpoint;
+            if e.starts_with("http://") && !st.allow_http {
+                err(
+                    Key::at("storage.endpoint"),
+                    format!("storage.endpoint = {e:?} is plain HTTP: set storage.allow_http = true to allow it"),
+                );
+            } else if !e.is_empty() && !e.starts_with("http://") && !e.starts_with("https://") {
+                err(
+                    Key::at("storage.endpoint"),
+                    format!("storage.endpoint = {e:?} must start with http:// or https://"),
+                );
+            }
+        }
+        other => err(
+            Key::at("storage.kind"),
+            format!("storage.kind = {other:?}: expected \"local\" or \"s3\""),
+        ),
+    }
+    let prefix = st.prefix.trim_matches('/');
+    if !prefix.is_empty() && object_store::path::Path::parse(prefix).is_err() {
+        err(
+            Key::at("storage.prefix"),
+            format!("storage.prefix = {prefix:?} is not a valid key prefix (no empty, '.' or '..' segments)"),
+        );
+    }
+    // S3 refuses parts under 5 MiB (except the last) and allows at most 10 000 parts.
+    if !((5 << 20)..=(5u64 << 30)).contains(&st.part_size) {
+        err(
+            Key::at("storage.part_size"),
+            format!(
+                "storage.part_size = {} must be 5 MiB..=5 GiB (S3 limits)",
+                st.part_size
+            ),
+        );
+    }
+    if st.retention_sweep_interval == 0 {
+        err(
+            Key::at("storage.retention_sweep_interval"),
+            "storage.retention_sweep_interval must be at least 1 second".into(),
+        );
+    }
+    if !(1..=256).contains(&st.upload_concurrency) {
+        err(
+            Key::at("storage.upload_concurrency"),
+            format!(
+                "storage.upload_concurrency = {} must be 1..=256",
+                st.upload_concurrency
+            ),
+        );
+    }
+}
+
+fn check_record(config: &Config, err: &mut Err<'_>) {
+    let rc = &config.record;
+    if rc.task_history == 0 {
+        err(
+            Key::at("record.task_history"),
+            "record.task_history must be at least 1 second".into(),
+        );
+    }
+    if let Err(e) = record::naming::parse_offset(&rc.time_zone) {
+        err(
+            Key::at("record.time_zone"),
+            format!("record.time_zone = {e}"),
+        );
+    }
+    let f = rc.hard_cap_factor;
+    if !(f.is_finite() && f >= 1.0) {
+        err(
+            Key::at("record.hard_cap_factor"),
+            format!("record.hard_cap_factor = {f} must be >= 1.0"),
+        );
+    }
+    let r = config.ingest.ring_seconds;
+    if !(r.is_finite() && (0.0..=600.0).contains(&r)) {
+        err(
+            Key::at("ingest.ring_seconds"),
+            format!("ingest.ring_seconds = {r} must be 0..=600"),
+        );
+    }
+}
+
+/// Checks every template; returns the ids declared.
+fn check_templates(config: &Config, err: &mut Err<'_>) -> HashSet<i64> {
+    let mut seen = HashSet::new();
+    for (i, t) in config.templates.iter().enumerate() {
+        let id = t.id;
+        let key = |k: Option<&'static str>| Key::item("template", i, k);
+        if id <= 0 {
+            err(
+                key(Some("id")),
+                format!("template id {id}: ids from 1 up are yours, 0 is the built-in default"),
+            );
+        }
+        if !seen.insert(id) {
+            err(
+                key(Some("id")),
+                format!("template id {id} is declared twice"),
+            );
+        }
+        if let Some(h) = &t.hls {
+            if let Some(sd) = h.segment_duration {
+                if !(sd.is_finite() && (1.0..=60.0).contains(&sd)) {
+                    err(
+                        key(Some("hls")),
+                        format!(
+                            "template {id}: hls segment_duration = {sd} must be 1..=60 seconds"
+                        ),
+                    );
+                }
+            }
+            if h.continue_timeout.is_some_and(|t| t > 0) {
+                err(key(Some("hls")), format!("template {id}: hls continue_timeout (splicing, R-SP-1) is not available in this build yet; use 0"));
+            }
+        }
+        for (name, f) in [
+            ("flv", &t.flv),
+            ("hls", &t.hls),
+            ("mp4", &t.mp4),
+            ("aac", &t.aac),
+        ] {
+            let Some(fc) = f else { continue };
+            if !(1..=86_400).contains(&fc.record_interval) {
+                err(
+                    key(Some(name)),
+                    format!(
+                        "template {id}: record_interval = {} must be 1..=86400 seconds (R-TP-1)",
+                        fc.record_interval
+                    ),
+                );
+            }
+            if let Some(p) = &fc.file_name {
+                if let Err(e) = record::naming::check_pattern(p) {
+                    err(
+                        key(Some(name)),
+                        format!("template {id}: file_name {p:?}: {e}"),
+                    );
+                }
+            }
+        }
+    }
+    let rc = &config.record;
+    let id = rc.default_template;
+    if id != 0 && id != -1 && !seen.contains(&id) {
+        err(
+            Key::at("record.default_template"),
+            format!("record.default_template = {id} names no template (0 = built-in, -1 = record nothing)"),
+        );
+    }
+    if config.templates.len() > rc.max_templates {
+        err(
+            Key::item("template", rc.max_templates, None),
+            format!(
+                "{} templates: at most record.max_templates = {} (R-TP-4)",
+                config.templates.len(),
+                rc.max_templates
+            ),
+        );
+    }
+    seen
+}
+
+fn check_rules(config: &Config, template_ids: &HashSet<i64>, err: &mut Err<'_>) {
+    let rc = &config.record;
+    if config.rules.len() > rc.max_rules {
+        err(
+            Key::item("rule", rc.max_rules, None),
+            format!(
+                "{} rules: at most record.max_rules = {} (R-TP-4)",
+                config.rules.len(),
+                rc.max_rules
+            ),
+        );
+    }
+    let mut keys = HashMap::new();
+    for (i, rule) in config.rules.iter().enumerate() {
+        let tid = rule.template_id;
+        if tid != 0 && !template_ids.contains(&tid) {
+            err(
+                Key::item("rule", i, Some("template_id")),
+                format!("rule template_id = {tid} names no template (0 = built-in)"),
+            );
+        }
+        for (what, v) in [
+            ("domain", &rule.domain),
+            ("app", &rule.app),
+            ("stream", &rule.stream),
+        ] {
+            let required = what == "domain";
+            if (required || !v.is_empty()) && validate_name(v).is_err() {
+                err(
+                    Key::item("rule", i, None),
+                    format!(
+                        "rule {what} = {v:?} is not a valid name (1-128 bytes of [A-Za-z0-9._-])"
+                    ),
+                );
+            }
+        }
+        let key = (
+            rule.domain.as_str(),
+            rule.app.as_str(),
+            rule.stream.as_str(),
+        );
+        if let Some(first) = keys.insert(key, i) {
+            err(
+                Key::item("rule", i, None),
+                format!(
+                    "a rule for domain={} app={:?} stream={:?} already exists (rule {}): one template per key (R-TP-3)",
+                    rule.domain,
+                    rule.app,
+                    rule.stream,
+                    first + 1
+                ),
+            );
+        }
+    }
+}
