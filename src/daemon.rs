@@ -43,6 +43,8 @@ pub enum DaemonError {
     State(crate::state::StateError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
 }
 
 /// How long shutdown waits for recordings to finalize before exiting anyway.
@@ -55,6 +57,8 @@ pub async fn run(
     config_path: Option<std::path::PathBuf>,
 ) -> Result<(), DaemonError> {
     let cfg = &loaded.config;
+    // Before recovery: the files it stores already count.
+    let metrics = crate::metrics::install()?;
     // Recovery of what a previous run left in the spool happens here, before the
     // listeners open (R-ST-4).
     let (sink, _report) = Sink::start(cfg).await?;
@@ -144,6 +148,7 @@ pub async fn run(
         supervisor: supervisor_handle,
         state,
         clock,
+        metrics,
     });
     let api_task = {
         let stop = shutdown.clone();

@@ -1,44 +1,170 @@
-//! Counters and gauges for `/metrics` (R-OP-3), in one place: the series names, their
-//! help texts, and the process-wide counters every subsystem bumps.
+//! `/metrics` (R-OP-3): the series names and help texts in one place, recorded through the
+//! `metrics` facade and rendered by `metrics-exporter-prometheus` (its HTTP listener is
+//! left out: the API serves `/metrics`). Subsystems call the small functions below, one
+//! line per event; values other subsystems own (spool, queue, tasks…) are set as gauges
+//! just before each render rather than kept in step on every change.
+//!
+//! The daemon installs one process-wide recorder ([`install`]); without one (unit tests
+//! of other modules) every call here is a no-op.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-/// Counters for `/metrics` (R-OP-3).
-pub struct Stats {
-    pub refused_spool_full: AtomicU64,
-    /// RTMP connections accepted, and open now.
-    pub connections_total: AtomicU64,
-    pub connections_open: AtomicU64,
-    /// Bytes read from RTMP sockets.
-    pub bytes_in: AtomicU64,
-    /// Files (an HLS recording counts as its playlist) open now, finalized, failed.
-    pub files_open: AtomicU64,
-    pub files_finalized: AtomicU64,
-    pub files_failed: AtomicU64,
-}
-
-impl Stats {
-    /// One more on a counter or gauge.
-    pub fn up(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// One less on a gauge (never below zero).
-    pub fn down(c: &AtomicU64) {
-        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    }
-}
-
-/// The process-wide counters (one daemon per process).
-pub static STATS: Stats = Stats {
-    refused_spool_full: AtomicU64::new(0),
-    connections_total: AtomicU64::new(0),
-    connections_open: AtomicU64::new(0),
-    bytes_in: AtomicU64::new(0),
-    files_open: AtomicU64::new(0),
-    files_finalized: AtomicU64::new(0),
-    files_failed: AtomicU64::new(0),
+use ::metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
+use metrics_exporter_prometheus::{
+    BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+const SPOOL_BYTES: &str = "liverec_spool_bytes";
+const SPOOL_MAX_BYTES: &str = "liverec_spool_max_bytes";
+const UPLOAD_QUEUE: &str = "liverec_upload_queue";
+const REFUSED_SPOOL_FULL: &str = "liverec_publish_refused_spool_full_total";
+const STREAMS: &str = "liverec_streams";
+const CONNECTIONS_TOTAL: &str = "liverec_connections_total";
+const CONNECTIONS: &str = "liverec_connections";
+const BYTES_IN: &str = "liverec_bytes_in_total";
+const RECORDINGS_OPEN: &str = "liverec_recordings_open";
+const FILES_FINALIZED: &str = "liverec_files_finalized_total";
+const FILES_FAILED: &str = "liverec_files_failed_total";
+const INDEX_UNPUBLISHED: &str = "liverec_recordings_index_unpublished";
+const RECORD_TASKS: &str = "liverec_record_tasks";
+const UPLOAD_LATENCY: &str = "liverec_upload_latency_seconds";
+const FINALIZE: &str = "liverec_finalize_seconds";
+
+/// Close → stored: milliseconds for the local backend, seconds for S3, minutes when the
+/// store was down (past the last bucket such files are only in `+Inf`).
+const UPLOAD_LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// Flush, patch and hand-off at close: milliseconds normally, seconds on a slow disk.
+const FINALIZE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// A recorder with this daemon's histogram buckets; without them histograms would be
+/// rendered as summaries, which Prometheus cannot aggregate across instances.
+pub fn recorder() -> Result<PrometheusRecorder, BuildError> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(UPLOAD_LATENCY.into()), UPLOAD_LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(FINALIZE.into()), FINALIZE_BUCKETS)?
+        .build_recorder())
+}
+
+/// Installs the process-wide recorder (once per process: a second call fails) and
+/// returns the handle `/metrics` renders from.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let rec = recorder()?;
+    let handle = rec.handle();
+    ::metrics::set_global_recorder(rec)?;
+    describe();
+    Ok(handle)
+}
+
+/// Help texts, and every unlabelled series registered so it renders (as 0) before its
+/// first event: scrapers and tests see a counter that has not moved yet.
+pub fn describe() {
+    for (name, help) in [
+        (
+            REFUSED_SPOOL_FULL,
+            "Publishes refused because the spool was full.",
+        ),
+        (CONNECTIONS_TOTAL, "RTMP connections accepted."),
+        (BYTES_IN, "Bytes read from RTMP connections."),
+        (FILES_FINALIZED, "Files finalized and handed to storage."),
+        (FILES_FAILED, "Files whose finalization failed."),
+    ] {
+        describe_counter!(name, help);
+        counter!(name).absolute(0);
+    }
+    for (name, help) in [
+        (
+            SPOOL_BYTES,
+            "Bytes in the spool (open files and files waiting for storage).",
+        ),
+        (SPOOL_MAX_BYTES, "The spool quota."),
+        (
+            UPLOAD_QUEUE,
+            "Files and playlists waiting for their upload.",
+        ),
+        (STREAMS, "Streams being published."),
+        (CONNECTIONS, "RTMP connections open."),
+        (
+            RECORDINGS_OPEN,
+            "Files being recorded (an HLS recording counts once).",
+        ),
+        (
+            INDEX_UNPUBLISHED,
+            "Recordings index changes not yet in the store's catalog.",
+        ),
+        (RECORD_TASKS, "Record tasks by status."),
+    ] {
+        describe_gauge!(name, help);
+    }
+    for name in [CONNECTIONS, RECORDINGS_OPEN] {
+        gauge!(name).increment(0.0);
+    }
+    describe_histogram!(
+        UPLOAD_LATENCY,
+        Unit::Seconds,
+        "From a file's close until the store has confirmed it (HLS: each segment and the final playlist; recovered files: from the restart)."
+    );
+    describe_histogram!(
+        FINALIZE,
+        Unit::Seconds,
+        "Time spent finalizing a file at its close (flush, patches, hand-off to storage)."
+    );
+}
+
+pub fn connection_opened() {
+    counter!(CONNECTIONS_TOTAL).increment(1);
+    gauge!(CONNECTIONS).increment(1.0);
+}
+
+pub fn connection_closed() {
+    gauge!(CONNECTIONS).decrement(1.0);
+}
+
+pub fn bytes_in(n: usize) {
+    counter!(BYTES_IN).increment(n as u64);
+}
+
+pub fn publish_refused_spool_full() {
+    counter!(REFUSED_SPOOL_FULL).increment(1);
+}
+
+pub fn file_opened() {
+    gauge!(RECORDINGS_OPEN).increment(1.0);
+}
+
+pub fn file_closed() {
+    gauge!(RECORDINGS_OPEN).decrement(1.0);
+}
+
+pub fn file_finalized() {
+    counter!(FILES_FINALIZED).increment(1);
+}
+
+pub fn file_failed() {
+    counter!(FILES_FAILED).increment(1);
+}
+
+/// A file closed at `closed` is finalized (`format` as in the recordings index).
+pub fn finalize_time(format: &str, closed: Instant) {
+    histogram!(FINALIZE, "format" => label(format)).record(closed.elapsed());
+}
+
+/// The store confirmed a file closed at `closed`.
+pub fn upload_latency(backend: &'static str, closed: Instant) {
+    histogram!(UPLOAD_LATENCY, "backend" => backend).record(closed.elapsed());
+}
+
+/// A label value for the exporter, which escapes `"` and newlines but takes a `\` that
+/// precedes `\` or `"` as an escape already made; doubling backslashes first makes every
+/// value come out as itself.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+}
 
 /// Values owned by other subsystems, read when `/metrics` is rendered.
 pub struct Gauges {
@@ -50,98 +176,198 @@ pub struct Gauges {
     pub tasks: std::collections::BTreeMap<crate::model::TaskStatus, usize>,
 }
 
-/// Prometheus text exposition (R-OP-3): plain counters and gauges, written by hand because
-/// a dozen `name value` lines do not justify an exporter crate; one comes with histograms.
-/// Callback failures are added with callbacks (R-CB).
-pub fn render(g: &Gauges) -> String {
-    let st = &STATS;
-    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let mut out = String::new();
-    for (name, kind, help, v) in [
-        (
-            "liverec_spool_bytes",
-            "gauge",
-            "Bytes in the spool (open files and files waiting for storage).",
-            g.spool_bytes,
-        ),
-        (
-            "liverec_spool_max_bytes",
-            "gauge",
-            "The spool quota.",
-            g.spool_max_bytes,
-        ),
-        (
-            "liverec_upload_queue",
-            "gauge",
-            "Files and playlists waiting for their upload.",
-            g.upload_queue,
-        ),
-        (
-            "liverec_publish_refused_spool_full_total",
-            "counter",
-            "Publishes refused because the spool was full.",
-            n(&st.refused_spool_full),
-        ),
-        (
-            "liverec_streams",
-            "gauge",
-            "Streams being published.",
-            g.streams,
-        ),
-        (
-            "liverec_connections_total",
-            "counter",
-            "RTMP connections accepted.",
-            n(&st.connections_total),
-        ),
-        (
-            "liverec_connections",
-            "gauge",
-            "RTMP connections open.",
-            n(&st.connections_open),
-        ),
-        (
-            "liverec_bytes_in_total",
-            "counter",
-            "Bytes read from RTMP connections.",
-            n(&st.bytes_in),
-        ),
-        (
-            "liverec_recordings_open",
-            "gauge",
-            "Files being recorded (an HLS recording counts once).",
-            n(&st.files_open),
-        ),
-        (
-            "liverec_files_finalized_total",
-            "counter",
-            "Files finalized and handed to storage.",
-            n(&st.files_finalized),
-        ),
-        (
-            "liverec_files_failed_total",
-            "counter",
-            "Files whose finalization failed.",
-            n(&st.files_failed),
-        ),
-        (
-            "liverec_recordings_index_unpublished",
-            "gauge",
-            "Recordings index changes not yet in the store's catalog.",
-            g.index_unpublished,
-        ),
+/// Prometheus text exposition (R-OP-3) of everything recorded, with `g` set first.
+pub fn render(handle: &PrometheusHandle, g: &Gauges) -> String {
+    for (name, v) in [
+        (SPOOL_BYTES, g.spool_bytes),
+        (SPOOL_MAX_BYTES, g.spool_max_bytes),
+        (UPLOAD_QUEUE, g.upload_queue),
+        (STREAMS, g.streams),
+        (INDEX_UNPUBLISHED, g.index_unpublished),
     ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-        ));
+        gauge!(name).set(v as f64);
     }
-    out.push_str(
-        "# HELP liverec_record_tasks Record tasks by status.\n# TYPE liverec_record_tasks gauge\n",
-    );
     for (status, n) in &g.tasks {
-        out.push_str(&format!(
-            "liverec_record_tasks{{status=\"{status}\"}} {n}\n"
-        ));
+        gauge!(RECORD_TASKS, "status" => status.as_str()).set(*n as f64);
     }
-    out
+    handle.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TaskStatus;
+    use std::time::Duration;
+
+    fn gauges() -> Gauges {
+        Gauges {
+            spool_bytes: 3,
+            spool_max_bytes: 1 << 40,
+            upload_queue: 0,
+            streams: 1,
+            index_unpublished: 0,
+            tasks: [(TaskStatus::Scheduled, 10), (TaskStatus::Recording, 0)].into(),
+        }
+    }
+
+    /// Each test has its own recorder: the process-wide one is the daemon's alone.
+    fn with_recorder(f: impl FnOnce()) -> String {
+        let rec = recorder().expect("buckets are valid");
+        let handle = rec.handle();
+        ::metrics::with_local_recorder(&rec, || {
+            describe();
+            f();
+            render(&handle, &gauges())
+        })
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn every_series_renders_with_its_type_before_any_event() {
+        let text = with_recorder(|| {});
+        for (name, kind) in [
+            (SPOOL_BYTES, "gauge"),
+            (SPOOL_MAX_BYTES, "gauge"),
+            (UPLOAD_QUEUE, "gauge"),
+            (REFUSED_SPOOL_FULL, "counter"),
+            (STREAMS, "gauge"),
+            (CONNECTIONS_TOTAL, "counter"),
+            (CONNECTIONS, "gauge"),
+            (BYTES_IN, "counter"),
+            (RECORDINGS_OPEN, "gauge"),
+            (FILES_FINALIZED, "counter"),
+            (FILES_FAILED, "counter"),
+            (INDEX_UNPUBLISHED, "gauge"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name}: {text}"
+            );
+            assert!(value(&text, name).is_some(), "{name}: {text}");
+        }
+        assert!(
+            text.contains("# TYPE liverec_record_tasks gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("liverec_record_tasks{status=\"scheduled\"} 10\n"));
+        assert!(text.contains("liverec_record_tasks{status=\"recording\"} 0\n"));
+        assert_eq!(value(&text, SPOOL_MAX_BYTES), Some((1u64 << 40) as f64));
+    }
+
+    #[test]
+    fn events_move_counters_and_gauges() {
+        let text = with_recorder(|| {
+            connection_opened();
+            connection_opened();
+            connection_closed();
+            bytes_in(1000);
+            bytes_in(24);
+            file_opened();
+            file_closed();
+            file_finalized();
+            file_failed();
+            publish_refused_spool_full();
+        });
+        assert_eq!(value(&text, CONNECTIONS_TOTAL), Some(2.0), "{text}");
+        assert_eq!(value(&text, CONNECTIONS), Some(1.0), "{text}");
+        assert_eq!(value(&text, BYTES_IN), Some(1024.0), "{text}");
+        assert_eq!(value(&text, RECORDINGS_OPEN), Some(0.0), "{text}");
+        assert_eq!(value(&text, FILES_FINALIZED), Some(1.0), "{text}");
+        assert_eq!(value(&text, FILES_FAILED), Some(1.0), "{text}");
+        assert_eq!(value(&text, REFUSED_SPOOL_FULL), Some(1.0), "{text}");
+    }
+
+    #[test]
+    fn latencies_render_as_histograms_with_buckets() {
+        let text = with_recorder(|| {
+            let closed = Instant::now() - Duration::from_millis(40);
+            upload_latency("s3", closed);
+            upload_latency("s3", Instant::now() - Duration::from_secs(700));
+            finalize_time("flv", Instant::now());
+        });
+        assert!(
+            text.contains("# TYPE liverec_upload_latency_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE liverec_finalize_seconds histogram\n"));
+        let b = |s: &str| value(&text, s);
+        assert_eq!(
+            b("liverec_upload_latency_seconds_bucket{backend=\"s3\",le=\"0.025\"}"),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            b("liverec_upload_latency_seconds_bucket{backend=\"s3\",le=\"0.05\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            b("liverec_upload_latency_seconds_bucket{backend=\"s3\",le=\"600\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            b("liverec_upload_latency_seconds_bucket{backend=\"s3\",le=\"+Inf\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            b("liverec_upload_latency_seconds_count{backend=\"s3\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            b("liverec_finalize_seconds_bucket{format=\"flv\",le=\"+Inf\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(!text.contains("quantile="), "{text}");
+    }
+
+    /// Reads one exposition label value back (`\\`, `\"`, `\n` escapes); None when the
+    /// text is not valid exposition (a raw newline, a bare `"`, an unknown escape).
+    fn parse_label(s: &str) -> Option<(String, &str)> {
+        let mut out = String::new();
+        let mut chars = s.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => return Some((out, &s[i + 1..])),
+                '\\' => match chars.next()?.1 {
+                    '\\' => out.push('\\'),
+                    '"' => out.push('"'),
+                    'n' => out.push('\n'),
+                    _ => return None,
+                },
+                '\n' => return None,
+                c => out.push(c),
+            }
+        }
+        None
+    }
+
+    /// No series carries a user-controlled label today (stream names are not labels);
+    /// `format` is the closest (it comes from the config), so escaping is checked on it
+    /// with the characters a stream or app name could bring.
+    #[test]
+    fn label_values_are_escaped_and_read_back_unchanged() {
+        let nasty = ["a\"b", "c\\d", "e\nf", "\\\"", "\\\\n\\", "x\\\ny\"\\"];
+        let text = with_recorder(|| {
+            for v in nasty {
+                finalize_time(v, Instant::now());
+            }
+        });
+        let mut seen = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("liverec_finalize_seconds_count{format=\"") else {
+                continue;
+            };
+            let (v, tail) = parse_label(rest).unwrap_or_else(|| panic!("invalid: {line}"));
+            assert_eq!(tail, "} 1", "{line}");
+            seen.push(v);
+        }
+        seen.sort();
+        let mut want: Vec<String> = nasty.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(seen, want, "{text}");
+    }
 }

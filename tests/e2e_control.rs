@@ -544,4 +544,55 @@ fn metrics_count_connections_bytes_and_files() {
         "{text}"
     );
     assert_eq!(metric(&text, "liverec_files_failed_total"), 0, "{text}");
+    // Issue 10: close → stored and finalize times are histograms (`_bucket` lines, not
+    // summaries), one observation per stored file.
+    let finalized = metric(&text, "liverec_files_finalized_total");
+    for (series, at_least) in [
+        (
+            "liverec_upload_latency_seconds_bucket{backend=\"local\",le=\"+Inf\"}",
+            on_disk,
+        ),
+        (
+            "liverec_finalize_seconds_bucket{format=\"flv\",le=\"+Inf\"}",
+            finalized,
+        ),
+        ("liverec_finalize_seconds_count{format=\"flv\"}", finalized),
+    ] {
+        let n = metric(&text, series);
+        assert!(n >= at_least.max(1), "{series} is {n}:\n{text}");
+    }
+    for prefix in [
+        "liverec_upload_latency_seconds_bucket{",
+        "liverec_finalize_seconds_bucket{",
+    ] {
+        let buckets = text.lines().filter(|l| l.starts_with(prefix)).count();
+        assert!(buckets > 5, "{prefix}: {buckets} buckets in:\n{text}");
+    }
+    assert!(!text.contains("quantile="), "{text}");
+    // Every series from before the exporter still renders with its type.
+    for (name, kind) in [
+        ("liverec_spool_bytes", "gauge"),
+        ("liverec_spool_max_bytes", "gauge"),
+        ("liverec_upload_queue", "gauge"),
+        ("liverec_publish_refused_spool_full_total", "counter"),
+        ("liverec_streams", "gauge"),
+        ("liverec_connections_total", "counter"),
+        ("liverec_connections", "gauge"),
+        ("liverec_bytes_in_total", "counter"),
+        ("liverec_recordings_open", "gauge"),
+        ("liverec_files_finalized_total", "counter"),
+        ("liverec_files_failed_total", "counter"),
+        ("liverec_recordings_index_unpublished", "gauge"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} {kind}:\n{text}"
+        );
+        metric(&text, name);
+    }
+    assert!(
+        text.contains("# TYPE liverec_record_tasks gauge\n")
+            && text.contains("liverec_record_tasks{status=\"scheduled\"} 0\n"),
+        "{text}"
+    );
 }

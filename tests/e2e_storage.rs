@@ -396,6 +396,60 @@ fn s3_kill_9_then_restart_stores_every_file() {
     assert_eq!(s3.open_multipart_uploads(), 0);
 }
 
+/// Issue 10: with S3 every stored object that a close produced — files, HLS segments and
+/// the final playlist — is one close → stored observation, and every finalized file one
+/// finalize observation under its format, as histogram buckets.
+#[test]
+fn s3_metrics_histograms_count_each_stored_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let d = Daemon::start_full("", Some(&s3.storage_toml("m")), ALL_FORMATS);
+    push(&d, "hist", "avc_aac_2s.flv", PublishOptions::default()).expect("publish");
+    wait_drained(&d, Duration::from_secs(60));
+    let (_, text) = d.api_get("/metrics");
+    let value = |series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let prefix = "m/localhost/live/hist/";
+    let stored: usize = ["flv", "mp4", "aac", "ts", "m3u8"]
+        .iter()
+        .map(|ext| objects(&s3, prefix, ext).len())
+        .sum();
+    assert_eq!(
+        value("liverec_upload_latency_seconds_bucket{backend=\"s3\",le=\"+Inf\"}"),
+        stored as u64,
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with("liverec_upload_latency_seconds_bucket{backend=\"s3\","))
+            .count()
+            > 5,
+        "{text}"
+    );
+    let mut finalized = 0;
+    for (format, ext) in [
+        ("flv", "flv"),
+        ("mp4", "mp4"),
+        ("aac", "aac"),
+        ("hls", "m3u8"),
+    ] {
+        let n = value(&format!(
+            "liverec_finalize_seconds_bucket{{format=\"{format}\",le=\"+Inf\"}}"
+        ));
+        assert_eq!(
+            n,
+            objects(&s3, prefix, ext).len() as u64,
+            "{format}: {text}"
+        );
+        finalized += n;
+    }
+    assert_eq!(value("liverec_files_finalized_total"), finalized, "{text}");
+    assert!(!text.contains("backend=\"local\""), "{text}");
+}
+
 fn file_name(p: &std::path::Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -37,6 +37,8 @@ pub struct Ctx {
     pub supervisor: SupervisorHandle,
     pub state: StateStore,
     pub clock: Arc<dyn Clock>,
+    /// Renders what the process-wide metrics recorder holds.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 type Ctxt = State<Arc<Ctx>>;
@@ -147,7 +149,7 @@ async fn metrics(State(ctx): Ctxt) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::metrics::render(&gauges),
+        crate::metrics::render(&ctx.metrics, &gauges),
     )
 }
 

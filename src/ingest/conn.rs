@@ -17,7 +17,6 @@ use tracing::{debug, error, info, warn};
 use super::hub::LiveStream;
 use super::identity::{self, StreamId};
 use super::Ingest;
-use crate::metrics::STATS;
 
 /// Why a connection ended, for the log line.
 #[derive(Debug, thiserror::Error)]
@@ -167,9 +166,7 @@ impl Conn {
             if n == 0 {
                 return Err(ConnEnd::Closed);
             }
-            STATS
-                .bytes_in
-                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::bytes_in(n);
             let res = self.session.handle_input(&mut buf);
             // Flush replies even when the input ended in an error, so the peer sees them.
             let got_media = self.pump_events(&mut socket).await;
@@ -321,9 +318,7 @@ impl Conn {
                 quota.used(),
                 quota.max()
             );
-            STATS
-                .refused_spool_full
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::publish_refused_spool_full();
             error!(conn = self.conn_id, peer = %self.peer, stream = %id, "refusing publish: {reason}");
             self.session
                 .reject_publish(req.stream_id, "NetStream.Publish.Rejected", &reason);

@@ -10,7 +10,6 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use super::Ingest;
-use crate::metrics::{Stats, STATS};
 
 pub async fn accept_loop(ingest: Arc<Ingest>, listener: TcpListener, tracker: TaskTracker) {
     let ids = AtomicU64::new(1);
@@ -37,12 +36,11 @@ pub async fn accept_loop(ingest: Arc<Ingest>, listener: TcpListener, tracker: Ta
             continue;
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
-        Stats::up(&STATS.connections_total);
-        Stats::up(&STATS.connections_open);
+        crate::metrics::connection_opened();
         let ingest = ingest.clone();
         tracker.spawn(async move {
             super::conn::handle(ingest, socket, peer, id).await;
-            Stats::down(&STATS.connections_open);
+            crate::metrics::connection_closed();
             drop(permit);
             drop(ip_slot);
         });

@@ -12,7 +12,6 @@ use flv::mux::Patch;
 use record::{CutPolicy, FileSummary, Format, Output, Recorder};
 use tracing::{error, info, warn};
 
-use crate::metrics::{Stats, STATS};
 use crate::model::{Plan, StreamId};
 use crate::sink::{PlaylistHandle, Rec, RecMeta, Sink, SpoolFile};
 
@@ -234,10 +233,10 @@ impl Recording {
                     match self.sink.create(&self.spool, seq, started, None).await {
                         Ok(f) => {
                             self.files.insert(seq, (f, started));
-                            Stats::up(&STATS.files_open);
+                            crate::metrics::file_opened();
                         }
                         Err(e) => {
-                            Stats::up(&STATS.files_failed);
+                            crate::metrics::file_failed();
                             error!(stream = %self.id, "cannot create a spool file, this file is lost: {e}")
                         }
                     }
@@ -291,10 +290,10 @@ impl Recording {
                         segments: HashMap::new(),
                     },
                 );
-                Stats::up(&STATS.files_open);
+                crate::metrics::file_opened();
             }
             Err(e) => {
-                Stats::up(&STATS.files_failed);
+                crate::metrics::file_failed();
                 error!(stream = %self.id, "cannot open the playlist, this recording is lost: {e}")
             }
         }
@@ -338,7 +337,7 @@ impl Recording {
         let Some(h) = self.hls.remove(&seq) else {
             return;
         };
-        Stats::down(&STATS.files_open);
+        crate::metrics::file_closed();
         let text = h.playlist.render(true);
         let key = h.handle.key.clone();
         let segments = h.playlist.segments().len();
@@ -348,7 +347,7 @@ impl Recording {
             .await
         {
             Ok(()) => {
-                Stats::up(&STATS.files_finalized);
+                crate::metrics::file_finalized();
                 info!(
                     stream = %self.id, key = %key, segments, duration_ms = summary.duration_ms,
                     bytes = summary.bytes, video_frames = summary.video_frames, audio_frames = summary.audio_frames,
@@ -356,7 +355,7 @@ impl Recording {
                 )
             }
             Err(e) => {
-                Stats::up(&STATS.files_failed);
+                crate::metrics::file_failed();
                 error!(stream = %self.id, "finalizing playlist failed: {e}")
             }
         }
@@ -370,7 +369,7 @@ impl Recording {
         let Some((f, started)) = self.files.remove(&seq) else {
             return;
         };
-        Stats::down(&STATS.files_open);
+        crate::metrics::file_closed();
         // Names use wall-clock start and start + media duration as end, so the name
         // states the span the file really holds.
         let end = started + chrono::Duration::milliseconds(summary.duration_ms);
@@ -387,7 +386,7 @@ impl Recording {
             .await
         {
             Ok(key) => {
-                Stats::up(&STATS.files_finalized);
+                crate::metrics::file_finalized();
                 info!(
                     stream = %self.id, key = %key, duration_ms = summary.duration_ms, bytes = summary.bytes,
                     video_frames = summary.video_frames, audio_frames = summary.audio_frames, hard_cut = summary.hard_cut,
@@ -395,7 +394,7 @@ impl Recording {
                 )
             }
             Err(e) => {
-                Stats::up(&STATS.files_failed);
+                crate::metrics::file_failed();
                 error!(stream = %self.id, "finishing file failed: {e}")
             }
         }

@@ -27,7 +27,7 @@ use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -473,6 +473,7 @@ impl Sink {
         name: &str,
         span: (DateTime<Utc>, i64),
     ) -> Result<String, SinkError> {
+        let closed = Instant::now();
         f.flush().await?;
         let Some(file) = f.file.take() else {
             return Err(SinkError::Spool {
@@ -487,22 +488,44 @@ impl Sink {
             .map_err(spool_err(&path))?;
         let stream = f.stream.take();
         let info = rec.record(span.0, span.1);
-        self.store_finished(
-            &path,
-            &rec.id(),
-            name,
-            &rec.ext,
-            rec.storage_time,
-            stream,
-            Some(info),
-        )
-        .await
+        let key = self
+            .store_finished_since(
+                closed,
+                &path,
+                &rec.id(),
+                name,
+                &rec.ext,
+                rec.storage_time,
+                stream,
+                Some(info),
+            )
+            .await?;
+        crate::metrics::finalize_time(&rec.ext, closed);
+        Ok(key)
     }
 
-    /// Stores a complete spool file under a fresh key (also used by crash recovery).
+    /// Stores a complete spool file under a fresh key; crash recovery's files closed in
+    /// an earlier run, so their close → stored latency counts from now.
     #[allow(clippy::too_many_arguments)]
     async fn store_finished(
         &self,
+        path: &Path,
+        id: &StreamId,
+        name: &str,
+        ext: &str,
+        storage_time: u64,
+        stream: Option<upload::StreamHandle>,
+        info: Option<retention::FileRecord>,
+    ) -> Result<String, SinkError> {
+        let now = Instant::now();
+        self.store_finished_since(now, path, id, name, ext, storage_time, stream, info)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_finished_since(
+        &self,
+        closed: Instant,
         path: &Path,
         id: &StreamId,
         name: &str,
@@ -521,6 +544,9 @@ impl Sink {
         let res = match &*self.backend {
             Backend::Local { root } => {
                 let r = self.move_into_root(path, root, &key).await;
+                if r.is_ok() {
+                    crate::metrics::upload_latency("local", closed);
+                }
                 if let (Ok(()), Some(i)) = (&r, info) {
                     self.index.record(i, storage_time);
                 }
@@ -529,6 +555,7 @@ impl Sink {
             Backend::S3(_) => self
                 .queue_upload(path, &key, storage_time, info)
                 .await
+                .map(|up| upload::Job { closed, ..up })
                 .map(|up| match (stream, &self.uploader) {
                     (Some(s), Some(u)) => {
                         u.mark_queued(&up.key);
@@ -683,6 +710,7 @@ impl Sink {
         seg: hls::Segment,
         text: String,
     ) -> Result<String, SinkError> {
+        let closed = Instant::now();
         let mut f = f;
         f.flush().await?;
         drop(f.file.take());
@@ -694,6 +722,7 @@ impl Sink {
                 let job = self.queue_upload(&path, &key, pl.storage_time, None).await;
                 match job {
                     Ok(job) => {
+                        let job = upload::Job { closed, ..job };
                         let mut seg = seg;
                         seg.uri = file_of(&key).into();
                         self.write_copy(&pl.copy, text.as_bytes()).await?;
@@ -706,6 +735,7 @@ impl Sink {
             (Backend::Local { root }, _) => {
                 let r = self.move_into_root(&path, root, &key).await;
                 if r.is_ok() {
+                    crate::metrics::upload_latency("local", closed);
                     self.put_local(root, &pl.key, text.into_bytes()).await?;
                 }
                 r
@@ -725,18 +755,20 @@ impl Sink {
         text: String,
         duration_ms: i64,
     ) -> Result<(), SinkError> {
+        let closed = Instant::now();
         let mut info = pl.info.clone();
         info.duration_ms = duration_ms;
         info.end_ms = info.start_ms + duration_ms;
         let res = match (&*self.backend, pl.lane) {
             (Backend::S3(_), Some(lane)) => {
                 self.write_copy(&pl.copy, text.as_bytes()).await?;
-                lane.finish(pl.segment_keys, info);
+                lane.finish(pl.segment_keys, info, closed);
                 Ok(())
             }
             (Backend::Local { root }, _) => {
                 let r = self.put_local(root, &pl.key, text.into_bytes()).await;
                 if r.is_ok() {
+                    crate::metrics::upload_latency("local", closed);
                     for k in pl.segment_keys.iter().chain(std::iter::once(&pl.key)) {
                         self.index.add(k, pl.storage_time);
                     }
@@ -748,6 +780,9 @@ impl Sink {
             (Backend::S3(_), None) => Ok(()),
         };
         self.release_key(&pl.key);
+        if res.is_ok() {
+            crate::metrics::finalize_time("hls", closed);
+        }
         res
     }
 

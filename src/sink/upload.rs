@@ -31,7 +31,7 @@ pub struct Job {
     pub meta: PathBuf,
     pub key: String,
     pub storage_time: u64,
-    /// When the file closed, for the close-to-stored delay in the log.
+    /// When the file closed, for the close → stored latency (log and `/metrics`).
     pub closed: Instant,
     /// The recordings index entry, added once the store has the file.
     pub info: Option<super::retention::FileRecord>,
@@ -186,6 +186,7 @@ impl Uploader {
             match res {
                 Ok(size) => {
                     self.succeeded();
+                    crate::metrics::upload_latency("s3", job.closed);
                     let ms = job.closed.elapsed().as_millis();
                     if attempt > 1 {
                         info!(key = %job.key, bytes = size, attempts = attempt, delay_ms = ms as u64, "uploaded after retries");
@@ -319,9 +320,10 @@ impl Uploader {
                         dirty = false;
                     }
                 }
-                LaneMsg::Finish(segment_keys, info) => {
+                LaneMsg::Finish(segment_keys, info, closed) => {
                     self.put_small_until_done(&key, playlist.render(true).as_bytes())
                         .await;
+                    crate::metrics::upload_latency("s3", closed);
                     for k in segment_keys.iter().chain(std::iter::once(&key)) {
                         self.index.add(k, storage_time);
                     }
@@ -526,6 +528,7 @@ impl Uploader {
             }
         }
         if done {
+            crate::metrics::upload_latency("s3", job.closed);
             let size = tokio::fs::metadata(&job.path).await.map_or(0, |m| m.len());
             let _ = tokio::fs::remove_file(&job.path).await;
             let _ = tokio::fs::remove_file(&job.meta).await;
@@ -750,7 +753,8 @@ async fn pread(file: Arc<std::fs::File>, off: u64, len: usize) -> Result<Vec<u8>
 
 pub enum LaneMsg {
     Segment(Job, hls::Segment),
-    Finish(Vec<String>, super::retention::FileRecord),
+    /// The playlist's segment keys, its index record, and when it closed.
+    Finish(Vec<String>, super::retention::FileRecord, Instant),
 }
 
 pub struct HlsLane {
@@ -762,8 +766,13 @@ impl HlsLane {
         let _ = self.tx.send(LaneMsg::Segment(job, seg));
     }
 
-    pub fn finish(self, segment_keys: Vec<String>, info: super::retention::FileRecord) {
-        let _ = self.tx.send(LaneMsg::Finish(segment_keys, info));
+    pub fn finish(
+        self,
+        segment_keys: Vec<String>,
+        info: super::retention::FileRecord,
+        closed: Instant,
+    ) {
+        let _ = self.tx.send(LaneMsg::Finish(segment_keys, info, closed));
     }
 }
 
