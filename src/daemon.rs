@@ -140,6 +140,8 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    tokio::spawn(crate::metrics::upkeep(metrics.clone(), shutdown.clone()));
+
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         hub: hub.clone(),

@@ -61,6 +61,19 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     Ok(handle)
 }
 
+/// Drains the histograms' samples into their buckets once a minute, so a daemon that is
+/// never scraped does not keep a sample per stored file (the exporter only does this at
+/// render time otherwise).
+pub async fn upkeep(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// Help texts, and every unlabelled series registered so it renders (as 0) before its
 /// first event: scrapers and tests see a counter that has not moved yet.
 pub fn describe() {
