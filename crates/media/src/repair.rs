@@ -202,6 +202,42 @@ impl Repair {
     }
 }
 
+/// The promises every scanner keeps, checked on `data` (for fuzz targets and the
+/// seeded "fuzzish" tests of each container crate): the repair stays inside the file,
+/// and scanning the repaired file again keeps all of it, finds the same duration and
+/// patches nothing new (a fixed point). A scan that refuses the input is fine.
+pub fn check_fixed_point<E: std::fmt::Display>(
+    data: &[u8],
+    scan: impl Fn(&[u8]) -> Result<Repair, E>,
+) -> Result<(), String> {
+    let Ok(first) = scan(data) else {
+        return Ok(());
+    };
+    if !first.in_bounds(data.len() as u64) {
+        return Err(format!(
+            "repair {first:?} outside the {}-byte file",
+            data.len()
+        ));
+    }
+    let mut fixed = data.to_vec();
+    first.apply(&mut fixed);
+    let again = scan(&fixed).map_err(|e| format!("the repaired file is refused: {e}"))?;
+    if again.keep_len != fixed.len() as u64 || again.duration_ms != first.duration_ms {
+        return Err(format!(
+            "not a fixed point: {first:?} then, on the {}-byte result, {again:?}",
+            fixed.len()
+        ));
+    }
+    let mut twice = fixed.clone();
+    again.apply(&mut twice);
+    if twice != fixed {
+        return Err(format!(
+            "patches of the second scan change the file: {again:?}"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +315,30 @@ mod tests {
         let mut f = vec![0u8; 6];
         bad.apply(&mut f);
         assert_eq!(f, [0, 0]);
+    }
+
+    #[test]
+    fn fixed_point_check_catches_a_scanner_that_keeps_cutting() {
+        let halves = |d: &[u8]| -> Result<Repair, String> {
+            Ok(Repair {
+                keep_len: d.len() as u64 / 2,
+                ..Repair::default()
+            })
+        };
+        assert!(check_fixed_point(&[1, 2, 3, 4], halves).is_err());
+        let whole = |d: &[u8]| -> Result<Repair, String> {
+            Ok(Repair {
+                keep_len: d.len() as u64,
+                ..Repair::default()
+            })
+        };
+        assert_eq!(check_fixed_point(&[1, 2, 3, 4], whole), Ok(()));
+        let past_end = |d: &[u8]| -> Result<Repair, String> {
+            Ok(Repair {
+                keep_len: d.len() as u64 + 1,
+                ..Repair::default()
+            })
+        };
+        assert!(check_fixed_point(&[1], past_end).is_err());
     }
 }
