@@ -3,6 +3,10 @@
 //! recorded — open files are cut back to their last complete tag / frame / fragment /
 //! packet and patched like a normal close, finished files waiting for S3 are queued again,
 //! and open HLS playlists get their last segment and `#EXT-X-ENDLIST`.
+//!
+//! What is complete is format knowledge and lives in the format crates (`flv::repair`,
+//! `aac::repair`, `fmp4::repair`, `mpegts::repair`, sans-IO); this module opens the
+//! file, lets the scanner read it, and applies the cut and patches it returns.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;

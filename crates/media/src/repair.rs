@@ -6,6 +6,11 @@
 //!
 //! Spool files of long recordings are hundreds of MB, so scanners read headers through a
 //! [`Window`] instead of loading the file.
+//!
+//! Each scanner (`flv::repair`, `aac::repair`, `fmp4::repair`, `mpegts::repair`) has a
+//! seeded "fuzzish" test in its crate's `tests/repair_fuzzish.rs` and a cargo-fuzz target
+//! in `crates/<crate>/fuzz` (its own workspace, like `crates/rtmp/fuzz`: run
+//! `cargo +nightly fuzz run repair` there). Both check [`check_fixed_point`].
 
 use std::io;
 
