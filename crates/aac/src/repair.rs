@@ -41,7 +41,7 @@ pub fn repair<R: ReadAt + ?Sized>(file: &R) -> Result<Repair, RepairError> {
         let Some(slot) = samples.get_mut(usize::from(hdr.frequency_index)) else {
             break;
         };
-        let end = pos + hdr.frame_length as u64;
+        let end = pos.saturating_add(hdr.frame_length as u64);
         if hdr.frame_length < header_len || end > len {
             break;
         }

@@ -53,8 +53,9 @@ pub fn repair<R: ReadAt + ?Sized>(file: &R) -> Result<Repair, RepairError> {
         if ![TAG_AUDIO, TAG_VIDEO, TAG_SCRIPT].contains(&tag_type) {
             break;
         }
-        // pos <= len, size < 2^24: no overflow.
-        let body_end = pos + TAG_HEADER_LEN + u64::from(size);
+        let Some(body_end) = pos.checked_add(TAG_HEADER_LEN + u64::from(size)) else {
+            break;
+        };
         let Some(prev) = w.get(body_end, 4)? else {
             break;
         };

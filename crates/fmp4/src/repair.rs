@@ -185,7 +185,7 @@ pub fn repair<R: ReadAt + ?Sized>(file: &R) -> Result<Repair, RepairError> {
                         .to_vec()
                 };
                 let patch = Overwrite {
-                    offset: at + field,
+                    offset: at.saturating_add(field),
                     bytes,
                 };
                 if patch.end().is_some_and(|e| e <= keep) {
@@ -325,5 +325,39 @@ mod tests {
             Err(RepairError::NotMp4 { kind }) if &kind == b"moov"
         ));
         assert_eq!(repair(&data[..7]).unwrap(), Repair::default());
+    }
+
+    /// A sparse file of 2^64 - 1 bytes: a few boxes at the start, zeroes elsewhere.
+    struct Huge(Vec<u8>);
+
+    impl ReadAt for Huge {
+        fn len(&self) -> u64 {
+            u64::MAX
+        }
+        fn read_at(&self, off: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+            buf.fill(0);
+            self.0.as_slice().read_at(off, buf)?;
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn sizes_near_the_end_of_u64_do_not_overflow() {
+        let mut data = boxed(b"ftyp", &[0; 8]);
+        data.extend(boxed(b"moof", &[0; 8]));
+        // An mdat reaching to 16 bytes before the end of the 64-bit range.
+        let at = data.len() as u64;
+        data.extend(large(b"mdat", &[]));
+        let size = u64::MAX - 16 - at;
+        let n = data.len();
+        data[n - 8..].copy_from_slice(&size.to_be_bytes());
+        let r = repair(&Huge(data)).unwrap();
+        assert_eq!(r.keep_len, u64::MAX - 16);
+        // Then a box claiming more than what is left.
+        let mut data = boxed(b"ftyp", &[0; 8]);
+        data.extend(large(b"free", &[]));
+        let n = data.len();
+        data[n - 8..].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(repair(&Huge(data)).unwrap().keep_len, 16);
     }
 }
