@@ -3,6 +3,10 @@
 //! recorded — open files are cut back to their last complete tag / frame / fragment /
 //! packet and patched like a normal close, finished files waiting for S3 are queued again,
 //! and open HLS playlists get their last segment and `#EXT-X-ENDLIST`.
+//!
+//! What is complete is format knowledge and lives in the format crates (`flv::repair`,
+//! `aac::repair`, `fmp4::repair`, `mpegts::repair`, sans-IO); this module opens the
+//! file, lets the scanner read it, and applies the cut and patches it returns.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
@@ -11,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, TimeZone, Utc};
-use flv::mux::Patch;
+use media::repair::{ReadAt, Repair};
 use tracing::{info, warn};
 
 use super::store::Backend;
@@ -288,15 +292,6 @@ async fn requeue(sink: &Arc<Sink>, path: &Path) -> bool {
     }
 }
 
-/// What a repair found: the length to keep, the media duration, and the patches that
-/// finalize the file.
-#[derive(Debug, PartialEq)]
-pub struct Repaired {
-    pub len: u64,
-    pub duration_ms: i64,
-    pub patches: Vec<Patch>,
-}
-
 async fn finalize_file(sink: &Arc<Sink>, path: &Path, n: &SpoolName, meta: &RecMeta) -> bool {
     let (p2, ext) = (path.to_path_buf(), n.ext.clone());
     let repaired = tokio::task::spawn_blocking(move || repair_path(&p2, &ext)).await;
@@ -311,12 +306,12 @@ async fn finalize_file(sink: &Arc<Sink>, path: &Path, n: &SpoolName, meta: &RecM
             return false;
         }
     };
-    if r.len == 0 {
+    if r.keep_len == 0 {
         let _ = std::fs::remove_file(path);
         return false;
     }
     let start = ms_to_time(n.start_ms);
-    let end = start + chrono::Duration::milliseconds(r.duration_ms);
+    let (duration_ms, end) = recovered_span(start, r.duration_ms);
     let name = meta.render(n.seq, start, end);
     match sink
         .store_finished(
@@ -326,12 +321,12 @@ async fn finalize_file(sink: &Arc<Sink>, path: &Path, n: &SpoolName, meta: &RecM
             &meta.ext,
             meta.storage_time,
             None,
-            Some(meta.record(start, r.duration_ms)),
+            Some(meta.record(start, duration_ms)),
         )
         .await
     {
         Ok(key) => {
-            info!(key = %key, bytes = r.len, duration_ms = r.duration_ms, "recovered unfinished file");
+            info!(key = %key, bytes = r.keep_len, duration_ms, "recovered unfinished file");
             true
         }
         Err(e) => {
@@ -341,283 +336,66 @@ async fn finalize_file(sink: &Arc<Sink>, path: &Path, n: &SpoolName, meta: &RecM
     }
 }
 
-/// Cuts the file back to what is complete and applies the finalizing patches.
-fn repair_path(path: &Path, ext: &str) -> std::io::Result<Repaired> {
-    let f = std::fs::OpenOptions::new()
+/// The spool file as the format crates' scanners read it (they do no I/O themselves).
+struct SpoolFile<'a> {
+    file: &'a std::fs::File,
+    len: u64,
+}
+
+impl ReadAt for SpoolFile<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        FileExt::read_at(self.file, buf, off)
+    }
+}
+
+/// Cuts the file back to what is complete and applies the finalizing patches, as the
+/// format's scanner says.
+fn repair_path(path: &Path, ext: &str) -> std::io::Result<Repair> {
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)?;
+    let src = SpoolFile {
+        file: &file,
+        len: file.metadata()?.len(),
+    };
     let r = match ext {
-        "flv" => repair_flv(&f)?,
-        "aac" => repair_aac(&f)?,
-        "mp4" => repair_mp4(&f)?,
-        "ts" => repair_ts(&f)?,
+        "flv" => flv::repair::repair(&src).map_err(std::io::Error::other)?,
+        "aac" => aac::repair::repair(&src).map_err(std::io::Error::other)?,
+        "mp4" => fmp4::repair::repair(&src).map_err(std::io::Error::other)?,
+        "ts" => mpegts::repair::repair(&src).map_err(std::io::Error::other)?,
         other => {
             return Err(std::io::Error::other(format!(
                 "no repair for .{other} files"
             )))
         }
     };
-    f.set_len(r.len)?;
+    // The scanners promise this; a file is never grown or written past its kept end.
+    if !r.in_bounds(src.len) {
+        return Err(std::io::Error::other(format!(
+            "repair out of bounds for a {}-byte file: {r:?}",
+            src.len
+        )));
+    }
+    file.set_len(r.keep_len)?;
     for p in &r.patches {
-        f.write_all_at(&p.bytes, p.offset)?;
+        file.write_all_at(&p.bytes, p.offset)?;
     }
     Ok(r)
 }
 
-fn read_at(f: &std::fs::File, off: u64, n: usize) -> std::io::Result<Option<Vec<u8>>> {
-    let mut buf = vec![0u8; n];
-    match f.read_exact_at(&mut buf, off) {
-        Ok(()) => Ok(Some(buf)),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(e),
+/// A recovered file's duration and end. A corrupt file may state any duration; one
+/// past what a timestamp can hold is reported as 0 rather than overflow `start + it`.
+fn recovered_span(start: DateTime<Utc>, duration_ms: u64) -> (i64, DateTime<Utc>) {
+    let ms = i64::try_from(duration_ms).unwrap_or(i64::MAX);
+    match chrono::Duration::try_milliseconds(ms).and_then(|d| start.checked_add_signed(d)) {
+        Some(end) => (ms, end),
+        None => (0, start),
     }
-}
-
-/// FLV: keep whole tags (header + body + PreviousTagSize), then patch `duration` and
-/// `filesize` in `onMetaData` as the muxer does on a normal close.
-pub fn repair_flv(f: &std::fs::File) -> std::io::Result<Repaired> {
-    let len = f.metadata()?.len();
-    let Some(h) = read_at(f, 0, 13)? else {
-        return Ok(Repaired {
-            len: 0,
-            duration_ms: 0,
-            patches: Vec::new(),
-        });
-    };
-    if &h[..3] != b"FLV" {
-        return Err(std::io::Error::other("not an FLV file"));
-    }
-    let mut pos = u64::from(u32::from_be_bytes([h[5], h[6], h[7], h[8]])) + 4;
-    let (mut first, mut last) = (None::<i64>, 0i64);
-    while let Some(th) = read_at(f, pos, 11)? {
-        let size = u64::from(u32::from_be_bytes([0, th[1], th[2], th[3]]));
-        let next = pos + 11 + size + 4;
-        if next > len {
-            break;
-        }
-        let ts = i64::from(u32::from_be_bytes([th[7], th[4], th[5], th[6]]));
-        if th[0] & 0x1f != 18 {
-            first.get_or_insert(ts);
-            last = last.max(ts);
-        }
-        pos = next;
-    }
-    let duration_ms = first.map_or(0, |f0| last - f0);
-    let head = read_at(f, 0, pos.min(64 * 1024) as usize)?.unwrap_or_default();
-    let patches =
-        flv::mux::patches_for_existing(&head, duration_ms as f64 / 1000.0, pos).unwrap_or_default();
-    Ok(Repaired {
-        len: pos,
-        duration_ms,
-        patches,
-    })
-}
-
-/// ADTS: keep whole frames; each is 1024 samples at the header's sample rate.
-pub fn repair_aac(f: &std::fs::File) -> std::io::Result<Repaired> {
-    const RATES: [i64; 13] = [
-        96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
-    ];
-    let len = f.metadata()?.len();
-    let (mut pos, mut frames, mut rate) = (0u64, 0i64, 0i64);
-    while let Some(h) = read_at(f, pos, 7)? {
-        if h[0] != 0xff || h[1] & 0xf0 != 0xf0 {
-            break;
-        }
-        let flen = (u64::from(h[3] & 3) << 11) | (u64::from(h[4]) << 3) | u64::from(h[5] >> 5);
-        if flen < 7 || pos + flen > len {
-            break;
-        }
-        rate = RATES
-            .get(usize::from((h[2] >> 2) & 0xf))
-            .copied()
-            .unwrap_or(0);
-        frames += 1;
-        pos += flen;
-    }
-    let duration_ms = if rate > 0 {
-        frames * 1024 * 1000 / rate
-    } else {
-        0
-    };
-    Ok(Repaired {
-        len: pos,
-        duration_ms,
-        patches: Vec::new(),
-    })
-}
-
-/// Fragmented MP4: keep `ftyp`/`moov` and every complete `moof` + `mdat` pair, then state
-/// the kept duration in `mehd` as a normal close does (each track's end = its last
-/// fragment's `tfdt` plus its sample durations, in its own timescale).
-pub fn repair_mp4(f: &std::fs::File) -> std::io::Result<Repaired> {
-    use mp4_atom::{Decode, Moof, Moov};
-    let len = f.metadata()?.len();
-    let (mut pos, mut keep) = (0u64, 0u64);
-    let mut in_fragment = false;
-    let mut moov: Option<(u64, Vec<u8>)> = None;
-    // Per track: (end in the track timescale) of the complete fragments so far, and of the
-    // fragment being read (committed when its mdat is complete).
-    let mut ends: HashMap<u32, u64> = HashMap::new();
-    let mut pending: HashMap<u32, u64> = HashMap::new();
-    while let Some(h) = read_at(f, pos, 8)? {
-        let mut size = u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
-        let kind = [h[4], h[5], h[6], h[7]];
-        if size == 1 {
-            let Some(l) = read_at(f, pos + 8, 8)? else {
-                break;
-            };
-            size = u64::from_be_bytes(l.try_into().unwrap_or([0; 8]));
-        } else if size == 0 {
-            size = len - pos;
-        }
-        if size < 8 || pos + size > len {
-            break;
-        }
-        match &kind {
-            b"moov" if size < 16 << 20 => {
-                moov = read_at(f, pos, size as usize)?.map(|b| (pos, b));
-            }
-            b"moof" if size < 64 << 20 => {
-                pending.clear();
-                if let Some(b) = read_at(f, pos, size as usize)? {
-                    if let Ok(m) = Moof::decode(&mut &b[..]) {
-                        for traf in &m.traf {
-                            let base = traf.tfdt.as_ref().map_or(0, |t| t.base_media_decode_time);
-                            let default = traf.tfhd.default_sample_duration.unwrap_or(0);
-                            let dur: u64 = traf
-                                .trun
-                                .iter()
-                                .flat_map(|t| t.samples.iter())
-                                .map(|s| u64::from(s.duration.unwrap_or(default)))
-                                .sum();
-                            pending.insert(traf.tfhd.track_id, base + dur);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-        pos += size;
-        match &kind {
-            b"moof" => in_fragment = true,
-            b"mdat" => {
-                in_fragment = false;
-                keep = pos;
-                for (id, end) in pending.drain() {
-                    let e = ends.entry(id).or_default();
-                    *e = (*e).max(end);
-                }
-            }
-            _ if !in_fragment => keep = pos,
-            _ => {}
-        }
-    }
-    let mut duration_ms = 0i64;
-    let mut patches = Vec::new();
-    if let Some((at, bytes)) = &moov {
-        if let Ok(m) = Moov::decode(&mut &bytes[..]) {
-            for t in &m.trak {
-                let ts = u64::from(t.mdia.mdhd.timescale.max(1));
-                if let Some(end) = ends.get(&t.tkhd.track_id) {
-                    let ms = (u128::from(*end) * 1000).div_ceil(u128::from(ts));
-                    duration_ms = duration_ms.max(i64::try_from(ms).unwrap_or(i64::MAX));
-                }
-            }
-            // mehd's fragment_duration, in the movie timescale.
-            let movie_ts = u128::from(m.mvhd.timescale.max(1));
-            if let Some(p) = bytes.windows(4).position(|w| w == b"mehd") {
-                let v = bytes.get(p + 4).copied().unwrap_or(0);
-                let value = (duration_ms.max(0) as u128 * movie_ts / 1000) as u64;
-                let offset = at + p as u64 + 8;
-                // Our muxer writes version 1 (64-bit); anything else is left as it is.
-                if v == 1 && offset + 8 <= keep {
-                    patches.push(Patch {
-                        offset,
-                        bytes: value.to_be_bytes(),
-                    });
-                }
-            }
-        }
-    }
-    Ok(Repaired {
-        len: keep,
-        duration_ms,
-        patches,
-    })
-}
-
-/// MPEG-TS: whole 188-byte packets, cut before the last video PES (it may be partial);
-/// the duration is the span of the kept video PTS plus one frame.
-pub fn repair_ts(f: &std::fs::File) -> std::io::Result<Repaired> {
-    let len = f.metadata()?.len();
-    let whole = len - len % 188;
-    let Some(data) = read_at(f, 0, whole as usize)? else {
-        return Ok(Repaired {
-            len: 0,
-            duration_ms: 0,
-            patches: Vec::new(),
-        });
-    };
-    // PES starts (offset, pid, pts) of every stream.
-    let mut starts: Vec<(usize, u16, Option<i64>)> = Vec::new();
-    for (i, p) in data.chunks_exact(188).enumerate() {
-        if p[0] != 0x47 {
-            break;
-        }
-        let pusi = p[1] & 0x40 != 0;
-        let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
-        if !pusi || pid == 0 || pid == 0x1fff {
-            continue;
-        }
-        let afc = (p[3] >> 4) & 3;
-        let mut off = 4usize;
-        if afc == 2 {
-            continue;
-        }
-        if afc == 3 {
-            off += 1 + usize::from(p[4]);
-        }
-        let pes = p.get(off..).unwrap_or(&[]);
-        if pes.len() < 14 || pes[..3] != [0, 0, 1] {
-            continue;
-        }
-        let sid = pes[3];
-        let pts = (pes[7] & 0x80 != 0).then(|| {
-            let b = &pes[9..14];
-            (i64::from(b[0] >> 1 & 7) << 30)
-                | (i64::from(b[1]) << 22)
-                | (i64::from(b[2] >> 1) << 15)
-                | (i64::from(b[3]) << 7)
-                | i64::from(b[4] >> 1)
-        });
-        let video = (0xe0..=0xef).contains(&sid);
-        starts.push((i * 188, if video { 1 } else { 2 }, pts));
-    }
-    let last_video = starts.iter().rposition(|s| s.1 == 1);
-    let keep = match last_video {
-        Some(i) if i > 0 => starts[i].0 as u64,
-        _ => whole,
-    };
-    let mut pts: Vec<i64> = starts
-        .iter()
-        .filter(|s| (s.0 as u64) < keep && (last_video.is_none() || s.1 == 1))
-        .filter_map(|s| s.2)
-        .collect();
-    pts.sort_unstable();
-    let duration_ms = match (pts.first(), pts.last()) {
-        (Some(a), Some(b)) if pts.len() > 1 => {
-            let frame = (b - a) / (pts.len() as i64 - 1);
-            (b - a + frame) / 90
-        }
-        _ => 0,
-    };
-    Ok(Repaired {
-        len: keep,
-        duration_ms,
-        patches: Vec::new(),
-    })
 }
 
 /// Ends an open playlist: stores its pending and open segments (in order), then the
@@ -663,7 +441,7 @@ async fn end_playlist(
             warn!(file = %path.display(), "cannot repair an unfinished HLS segment");
             continue;
         };
-        if r.len == 0 || r.duration_ms <= 0 {
+        if r.keep_len == 0 || r.duration_ms == 0 {
             let _ = std::fs::remove_file(&path);
             continue;
         }
@@ -816,63 +594,91 @@ mod tests {
         assert_eq!(parse_name("r17-3.1.1.q2.ts.part"), None);
     }
 
-    fn temp_with(bytes: &[u8]) -> (tempfile::TempDir, std::fs::File) {
+    fn temp_with(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, bytes).unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&p)
-            .unwrap();
-        (dir, f)
+        (dir, p)
     }
 
-    fn adts(len: usize) -> Vec<u8> {
-        // 48 kHz (index 3), stereo, frame length `len`.
-        let mut h = vec![0xff, 0xf1, 0x4c, 0x80, 0, 0x1f, 0xfc];
-        h[3] |= ((len >> 11) & 3) as u8;
-        h[4] = ((len >> 3) & 0xff) as u8;
-        h[5] = (((len & 7) << 5) as u8) | 0x1f;
-        h.resize(len, 0x21);
-        h
-    }
-
-    #[test]
-    fn aac_keeps_whole_frames() {
-        let mut data = Vec::new();
-        for _ in 0..47 {
-            data.extend(adts(100));
-        }
-        let whole = data.len() as u64;
-        data.extend(&adts(100)[..60]);
-        let (_d, f) = temp_with(&data);
-        let r = repair_aac(&f).unwrap();
-        assert_eq!(r.len, whole);
-        assert_eq!(r.duration_ms, 47 * 1024 * 1000 / 48000);
-    }
-
-    #[test]
-    fn mp4_drops_a_fragment_without_its_mdat() {
-        let boxed = |kind: &[u8; 4], body: usize| {
-            let mut b = ((body + 8) as u32).to_be_bytes().to_vec();
-            b.extend(kind);
-            b.resize(body + 8, 0);
-            b
+    /// An FLV as the recorder leaves it open, cut in the middle of its last tag.
+    fn crashed_flv() -> Vec<u8> {
+        let info = flv::MetaInfo {
+            has_video: true,
+            ..flv::MetaInfo::default()
         };
-        let mut data = boxed(b"ftyp", 8);
-        data.extend(boxed(b"moov", 100));
-        data.extend(boxed(b"moof", 50));
-        data.extend(boxed(b"mdat", 500));
-        let whole = data.len() as u64;
-        data.extend(boxed(b"moof", 50));
-        let mut partial = boxed(b"mdat", 500);
-        partial.truncate(200);
-        data.extend(partial);
-        let (_d, f) = temp_with(&data);
-        assert_eq!(repair_mp4(&f).unwrap().len, whole);
-        // A moof whose mdat is missing entirely goes too.
-        let (_d, f) = temp_with(&data[..whole as usize + 58]);
-        assert_eq!(repair_mp4(&f).unwrap().len, whole);
+        let mut m = flv::FlvMuxer::new(info, 0);
+        let mut out = vec![m.header()];
+        for i in 0..50 {
+            let body = bytes::Bytes::from(vec![0x17; 200 + i]);
+            m.write_tag(media::TrackKind::Video, i as i64 * 40, &body, &mut out);
+        }
+        let mut file: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        file.truncate(file.len() - 100);
+        file
+    }
+
+    #[test]
+    fn repair_applies_what_the_scanner_says_to_the_file() {
+        let data = crashed_flv();
+        let expect = flv::repair::repair(&data).unwrap();
+        assert!(expect.keep_len < data.len() as u64);
+        assert_eq!(expect.patches.len(), 2);
+        let mut fixed = data.clone();
+        expect.apply(&mut fixed);
+
+        let (_d, path) = temp_with(&data);
+        let r = repair_path(&path, "flv").unwrap();
+        assert_eq!(r, expect);
+        assert_eq!(std::fs::read(&path).unwrap(), fixed);
+        // Repairing again changes nothing.
+        assert_eq!(repair_path(&path, "flv").unwrap().keep_len, r.keep_len);
+        assert_eq!(std::fs::read(&path).unwrap(), fixed);
+    }
+
+    #[test]
+    fn the_file_reads_like_the_bytes() {
+        // Larger than the scanners' read-ahead, so reads cross chunks of the file.
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (_d, path) = temp_with(&data);
+        let file = std::fs::File::open(&path).unwrap();
+        let src = SpoolFile {
+            file: &file,
+            len: data.len() as u64,
+        };
+        let mut w = media::repair::Window::new(&src);
+        assert_eq!(
+            w.get(65_530, 100_000).unwrap(),
+            Some(&data[65_530..165_530])
+        );
+        assert_eq!(w.get(299_999, 2).unwrap(), None);
+    }
+
+    #[test]
+    fn what_cannot_be_repaired_is_left_as_it_is() {
+        let (_d, path) = temp_with(b"not an flv file at all");
+        assert!(repair_path(&path, "flv").is_err());
+        assert!(repair_path(&path, "mkv").is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"not an flv file at all");
+        // ADTS with a torn last frame: cut to whole frames.
+        let p = aac::AdtsParams::from_asc(&[0x11, 0x90]).unwrap();
+        let mut data = Vec::new();
+        for _ in 0..10 {
+            data.extend_from_slice(&p.header(100).unwrap());
+            data.extend_from_slice(&[0x21; 100]);
+        }
+        data.truncate(data.len() - 30);
+        let (_d, path) = temp_with(&data);
+        let r = repair_path(&path, "aac").unwrap();
+        assert_eq!(r.keep_len, 9 * 107);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 9 * 107);
+    }
+
+    #[test]
+    fn absurd_durations_do_not_overflow() {
+        let start = ms_to_time(1_700_000_000_000);
+        assert_eq!(recovered_span(start, 1500).0, 1500);
+        assert_eq!(recovered_span(start, u64::MAX), (0, start));
+        assert_eq!(recovered_span(start, i64::MAX as u64 / 2), (0, start));
     }
 }

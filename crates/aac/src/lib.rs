@@ -4,6 +4,8 @@
 //! AudioSpecificConfig, and no crate adds value over that. Used by the raw `.aac`
 //! recorder (R-FM-4) and by MPEG-TS, which carries AAC as ADTS.
 
+pub mod repair;
+
 use bytes::Bytes;
 use media::aac::{AacError, AudioSpecificConfig};
 use thiserror::Error;

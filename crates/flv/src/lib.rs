@@ -2,6 +2,7 @@
 
 pub mod mux;
 pub mod reader;
+pub mod repair;
 pub mod tag;
 
 pub use mux::{

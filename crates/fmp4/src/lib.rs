@@ -23,6 +23,7 @@
 
 mod init;
 mod mp3;
+pub mod repair;
 
 use bytes::Bytes;
 use media::{AudioCodec, Codec, Millis, Packet, TrackConfig, TrackKind, VideoCodec};

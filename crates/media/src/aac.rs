@@ -18,6 +18,12 @@ const FREQUENCIES: [u32; 13] = [
     96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
 ];
 
+/// The sampling frequency of a standard `samplingFrequencyIndex` (0..=12; 13 and 14 are
+/// reserved, 15 means explicit). ADTS headers carry the same index.
+pub fn sampling_frequency(index: u8) -> Option<u32> {
+    FREQUENCIES.get(usize::from(index)).copied()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AudioSpecificConfig {
     pub object_type: u8,
@@ -100,6 +106,14 @@ mod tests {
         assert_eq!(c.object_type, 2);
         assert_eq!(c.sample_rate, 48000);
         assert_eq!(c.channel_config, 1);
+    }
+
+    #[test]
+    fn frequency_table() {
+        assert_eq!(sampling_frequency(3), Some(48000));
+        assert_eq!(sampling_frequency(12), Some(7350));
+        assert_eq!(sampling_frequency(13), None);
+        assert_eq!(sampling_frequency(255), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod aac;
 pub mod avc;
+pub mod repair;
 mod time;
 
 pub use time::TimestampUnwrapper;

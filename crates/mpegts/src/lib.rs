@@ -22,6 +22,8 @@
 //! (video, or audio when there is no video), so every keyframe carries one, plus a
 //! PCR-only packet whenever the other PID runs 100 ms past the last PCR.
 
+pub mod repair;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use media::avc::{AvcConfig, AvcError};
 use media::{AudioCodec, Codec, Millis, Packet, TrackConfig, TrackKind, VideoCodec};
