@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flv::reader::{FlvReader, TagType};
 use flv::tag::Parsed;
-use media::{MediaEvent, TimestampUnwrapper};
+use media::{MediaEvent, Millis, TimestampUnwrapper};
 use record::{CutPolicy, Format, Output, Recorder};
 use rtmp::{ServerConfig, ServerEvent, ServerSession};
 use testkit::chunk::{encode_message, msg_type};
@@ -229,8 +229,8 @@ fn new_session() -> ServerSession {
 
 fn policy() -> CutPolicy {
     CutPolicy {
-        interval_ms: INTERVAL_MS,
-        hard_cap_ms: 2 * INTERVAL_MS,
+        interval_ms: Millis::from_ms(INTERVAL_MS),
+        hard_cap_ms: Millis::from_ms(2 * INTERVAL_MS),
     }
 }
 
@@ -520,7 +520,8 @@ fn benches(c: &mut Criterion) {
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {
-                let mut rec = Recorder::new(format, policy()).with_segment_duration(4000);
+                let mut rec =
+                    Recorder::new(format, policy()).with_segment_duration(Millis::from_ms(4000));
                 let mut d = Drained::default();
                 for ev in &input.events {
                     rec.handle_event(ev.clone());

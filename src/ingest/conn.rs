@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use media::{MediaEvent, TimestampUnwrapper};
+use media::{MediaEvent, Millis, TimestampUnwrapper};
 use rtmp::{PublishRequest, ServerEvent, ServerSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -277,7 +277,7 @@ impl Conn {
                 // rate-limited to powers of two so a broken encoder cannot flood it.
                 p.bad_frames += 1;
                 if p.bad_frames.is_power_of_two() {
-                    warn!(conn = self.conn_id, stream = %p.id, dts, count = p.bad_frames, "dropping malformed {} frame: {e}", if video { "video" } else { "audio" });
+                    warn!(conn = self.conn_id, stream = %p.id, dts = dts.as_ms(), count = p.bad_frames, "dropping malformed {} frame: {e}", if video { "video" } else { "audio" });
                 }
             }
         }
@@ -331,7 +331,7 @@ impl Conn {
         }
         let ingest = &config.config.ingest;
         let (writer, handle) = ring::ring(ring::RingConfig {
-            max_duration_ms: (*ingest.ring_seconds.get_ref() * 1000.0) as i64,
+            max_duration_ms: Millis::from_ms((*ingest.ring_seconds.get_ref() * 1000.0) as i64),
             max_bytes: ingest.ring_max_bytes,
         });
         let query = req.query.as_deref().map(identity::redact_query);

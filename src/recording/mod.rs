@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use flv::mux::Patch;
+use media::Millis;
 use record::{CutPolicy, FileSummary, Format, Output, Recorder};
 use tracing::{error, info, warn};
 
@@ -25,10 +26,10 @@ pub enum StartAt {
     /// The newest keyframe (a real-time task, R-TK-3).
     Newest,
     /// A keyframe at least this many ms back, or the oldest held (pre-roll, R-TK-6).
-    Preroll(i64),
+    Preroll(Millis),
     /// The first keyframe within the last this many ms (a scheduled window that opened
     /// that long ago while the stream was live).
-    Since(i64),
+    Since(Millis),
 }
 
 /// What a record task adds to a recording (R-TK): its id (in names and manifests) and
@@ -80,9 +81,9 @@ impl Launch for Recorders {
         } = start;
         for plan in plans {
             let task_id = task.as_ref().map(|t| t.task_id.clone()).unwrap_or_default();
-            info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), interval_s = plan.record_interval_ms / 1000, "recording");
+            info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), interval_s = plan.record_interval_ms.as_ms() / 1000, "recording");
             let reader = match at {
-                StartAt::Oldest => ring.subscribe_preroll(i64::MAX),
+                StartAt::Oldest => ring.subscribe_preroll(Millis::MAX),
                 StartAt::Newest => ring.subscribe(),
                 StartAt::Preroll(ms) => ring.subscribe_preroll(ms),
                 StartAt::Since(ms) => ring.subscribe_since(ms),
@@ -135,7 +136,7 @@ struct HlsFile {
     handle: PlaylistHandle,
     name: String,
     started: DateTime<Utc>,
-    start_dts: i64,
+    start_dts: Millis,
     playlist: hls::MediaPlaylist,
     segments: HashMap<u64, SpoolFile>,
 }
@@ -271,7 +272,7 @@ impl Recording {
 
     /// An HLS playlist is published while it grows, so its name is fixed when it opens:
     /// `{End…}` placeholders take the start time there (the end is not known yet).
-    async fn open_hls(&mut self, seq: u64, start_dts: i64) {
+    async fn open_hls(&mut self, seq: u64, start_dts: Millis) {
         let started = Utc::now();
         let name = self.spool.meta.render(seq, started, started);
         match self.sink.open_playlist(&self.spool, seq, &name).await {
@@ -300,7 +301,7 @@ impl Recording {
         }
     }
 
-    async fn close_segment(&mut self, seq: u64, n: u64, start_dts: i64, duration_ms: i64) {
+    async fn close_segment(&mut self, seq: u64, n: u64, start_dts: Millis, duration_ms: Millis) {
         let Some(h) = self.hls.get_mut(&seq) else {
             return;
         };
@@ -308,10 +309,10 @@ impl Recording {
             return;
         };
         let name = format!("{}_{n}", h.name);
-        let pdt = h.started + chrono::Duration::milliseconds(start_dts - h.start_dts);
+        let pdt = h.started + chrono::Duration::milliseconds((start_dts - h.start_dts).as_ms());
         let mut seg = hls::Segment {
             uri: format!("{name}.ts"),
-            duration: duration_ms as f64 / 1000.0,
+            duration: duration_ms.as_secs_f64(),
             program_date_time: Some(pdt),
             discontinuity: false,
         };
@@ -344,13 +345,13 @@ impl Recording {
         let segments = h.playlist.segments().len();
         match self
             .sink
-            .close_playlist(h.handle, text, summary.duration_ms)
+            .close_playlist(h.handle, text, summary.duration_ms.as_ms())
             .await
         {
             Ok(()) => {
                 Stats::up(&STATS.files_finalized);
                 info!(
-                    stream = %self.id, key = %key, segments, duration_ms = summary.duration_ms,
+                    stream = %self.id, key = %key, segments, duration_ms = summary.duration_ms.as_ms(),
                     bytes = summary.bytes, video_frames = summary.video_frames, audio_frames = summary.audio_frames,
                     "file finished"
                 )
@@ -373,7 +374,7 @@ impl Recording {
         Stats::down(&STATS.files_open);
         // Names use wall-clock start and start + media duration as end, so the name
         // states the span the file really holds.
-        let end = started + chrono::Duration::milliseconds(summary.duration_ms);
+        let end = started + chrono::Duration::milliseconds(summary.duration_ms.as_ms());
         let name = self.spool.meta.render(seq, started, end);
         match self
             .sink
@@ -382,14 +383,14 @@ impl Recording {
                 &patches,
                 &self.spool.meta,
                 &name,
-                (started, summary.duration_ms),
+                (started, summary.duration_ms.as_ms()),
             )
             .await
         {
             Ok(key) => {
                 Stats::up(&STATS.files_finalized);
                 info!(
-                    stream = %self.id, key = %key, duration_ms = summary.duration_ms, bytes = summary.bytes,
+                    stream = %self.id, key = %key, duration_ms = summary.duration_ms.as_ms(), bytes = summary.bytes,
                     video_frames = summary.video_frames, audio_frames = summary.audio_frames, hard_cut = summary.hard_cut,
                     "file finished"
                 )

@@ -6,14 +6,13 @@
 
 pub mod aac;
 pub mod avc;
+mod millis;
 mod time;
 
+pub use millis::{Millis, WallMillis, TS_HZ};
 pub use time::TimestampUnwrapper;
 
 use bytes::Bytes;
-
-/// Milliseconds on the unwrapped 64-bit stream timeline (R-IN-6).
-pub type Millis = i64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrackKind {
@@ -86,7 +85,8 @@ impl Packet {
 
     /// Presentation time; saturates rather than overflow at the ends of the timeline.
     pub fn pts(&self) -> Millis {
-        self.dts.saturating_add(i64::from(self.cts))
+        self.dts
+            .saturating_add(Millis::from_ms(i64::from(self.cts)))
     }
 
     pub fn is_video_key(&self) -> bool {

@@ -169,7 +169,7 @@ impl TrackTiming {
     fn add(&mut self, p: &Packet) {
         if let Some(last) = self.last_dts {
             let d = p.dts - last;
-            if d > 0 {
+            if d > Millis::ZERO {
                 self.last_delta = d;
             }
         }
@@ -214,7 +214,7 @@ impl Recorder {
             format,
             policy,
             skip_reported: false,
-            segment_ms: 10_000,
+            segment_ms: Millis::from_ms(10_000),
             video_config: None,
             audio_config: None,
             file: None,
@@ -228,7 +228,7 @@ impl Recorder {
 
     /// Sets the HLS segment length.
     pub fn with_segment_duration(mut self, ms: Millis) -> Self {
-        self.segment_ms = ms.max(1);
+        self.segment_ms = ms.max(Millis::from_ms(1));
         self
     }
 
@@ -337,7 +337,7 @@ impl Recorder {
                             seq: f.seq,
                             n,
                             start_dts: start,
-                            duration_ms: p.dts.saturating_sub(start).max(0),
+                            duration_ms: (p.dts - start).max(Millis::ZERO),
                         });
                     }
                     let n = h.next_n;
@@ -510,13 +510,15 @@ impl Recorder {
         };
         // Video defines the file's length when there is video; audio-only otherwise.
         let track = if f.video_frames > 0 { f.video } else { f.audio };
-        let duration_ms = track.duration().map_or(0, |d| d.max(0));
+        let duration_ms = track
+            .duration()
+            .map_or(Millis::ZERO, |d| d.max(Millis::ZERO));
         self.last_hard = f.hard_cut;
         // The MP4 muxer still holds its last fragment: it goes out before the close.
         let mut patches = Vec::new();
         let mut tail = Vec::new();
         match &mut f.writer {
-            Writer::Flv(m) => patches = m.finalize(duration_ms as f64 / 1000.0),
+            Writer::Flv(m) => patches = m.finalize(duration_ms.as_secs_f64()),
             Writer::Aac { .. } => {}
             Writer::Hls(h) => {
                 if let Some((n, start)) = h.segment.take() {
@@ -526,7 +528,7 @@ impl Recorder {
                         seq: f.seq,
                         n,
                         start_dts: start,
-                        duration_ms: end.saturating_sub(start).max(0),
+                        duration_ms: (end - start).max(Millis::ZERO),
                     });
                 }
             }
@@ -569,6 +571,10 @@ mod tests {
     use media::{AudioCodec, Codec, VideoCodec};
     use std::collections::BTreeMap;
 
+    const fn ms(x: i64) -> Millis {
+        Millis::from_ms(x)
+    }
+
     fn vconf() -> MediaEvent {
         let rec = Bytes::from_static(&[
             1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 2, 0x67, 0x64, 1, 0, 1, 0x68,
@@ -579,7 +585,7 @@ mod tests {
             codec: Codec::Video(VideoCodec::H264),
             record: rec,
             flv: flv.into(),
-            dts: 0,
+            dts: Millis::ZERO,
         })
     }
 
@@ -588,12 +594,12 @@ mod tests {
             codec: Codec::Audio(AudioCodec::Aac),
             record: Bytes::from_static(&[0x11, 0x90]),
             flv: Bytes::from_static(&[0xaf, 0, 0x11, 0x90]),
-            dts: 0,
+            dts: Millis::ZERO,
         })
     }
 
     /// A frame whose body encodes its own identity, so files can be checked frame by frame.
-    fn frame(video: bool, n: u32, dts: Millis, key: bool) -> MediaEvent {
+    fn frame(video: bool, n: u32, dts: i64, key: bool) -> MediaEvent {
         let mut body = if video {
             vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]
         } else {
@@ -608,7 +614,7 @@ mod tests {
             } else {
                 Codec::Audio(AudioCodec::Aac)
             },
-            dts,
+            dts: ms(dts),
             cts: 0,
             key: key || !video,
             flv,
@@ -618,7 +624,7 @@ mod tests {
 
     /// 30 fps video with a keyframe every `gop` frames, AAC every 21 ms, interleaved in DTS order.
     fn stream(seconds: i64, gop: u32, video: bool, audio: bool) -> Vec<MediaEvent> {
-        let mut evs: Vec<(Millis, MediaEvent)> = Vec::new();
+        let mut evs: Vec<(i64, MediaEvent)> = Vec::new();
         if video {
             for n in 0..(seconds * 30) as u32 {
                 let dts = i64::from(n) * 1000 / 30;
@@ -664,7 +670,7 @@ mod tests {
     }
 
     fn run_format(format: Format, policy: CutPolicy, evs: Vec<MediaEvent>) -> Files {
-        run_format_with(format, policy, 10_000, evs)
+        run_format_with(format, policy, ms(10_000), evs)
     }
 
     fn run_format_with(
@@ -786,8 +792,8 @@ mod tests {
     }
 
     const POLICY: CutPolicy = CutPolicy {
-        interval_ms: 4000,
-        hard_cap_ms: 8000,
+        interval_ms: ms(4000),
+        hard_cap_ms: ms(8000),
     };
 
     #[test]
@@ -807,7 +813,7 @@ mod tests {
             assert_eq!(s.video_frames as usize, fr.iter().filter(|x| x.0).count());
             // Each file spans 4 s of video (120 frames of 33.3 ms).
             assert!(
-                (s.duration_ms - 4000).abs() <= 34,
+                (s.duration_ms.as_ms() - 4000).abs() <= 34,
                 "file {seq} duration {}",
                 s.duration_ms
             );
@@ -848,7 +854,7 @@ mod tests {
                 .skip(1)
                 .map(|e| match e {
                     MediaEvent::Packet(mut p) => {
-                        p.dts += 100;
+                        p.dts += ms(100);
                         MediaEvent::Packet(p)
                     }
                     e => e,
@@ -877,7 +883,11 @@ mod tests {
         let total: usize = files.bytes.values().map(|f| frames(f).len()).sum();
         assert_eq!(total, 10_000 / 21);
         for s in files.summaries.values().take(2) {
-            assert!((s.duration_ms - 4000).abs() <= 21, "{}", s.duration_ms);
+            assert!(
+                (s.duration_ms.as_ms() - 4000).abs() <= 21,
+                "{}",
+                s.duration_ms
+            );
         }
     }
 
@@ -890,7 +900,7 @@ mod tests {
             flv: Bytes::from_static(&[
                 0x17, 0, 0, 0, 0, 1, 0x4d, 0, 0x1e, 0xff, 0xe1, 0, 1, 0x67, 1, 0, 1, 0x68,
             ]),
-            dts: 1000,
+            dts: ms(1000),
         });
         evs.insert(40, new);
         let files = run(POLICY, evs);
@@ -932,7 +942,7 @@ mod tests {
             // Same span as the FLV file, measured on audio (within one AAC frame).
             if (*seq as usize) + 1 < aac.bytes.len() {
                 assert!(
-                    (s.duration_ms - flv.summaries[seq].duration_ms).abs() <= 21,
+                    (s.duration_ms - flv.summaries[seq].duration_ms).unsigned_abs() <= 21,
                     "{s:?}"
                 );
             }
@@ -947,7 +957,7 @@ mod tests {
         assert!(files.skipped[0].contains("no audio"), "{:?}", files.skipped);
         let mp3 = MediaEvent::Packet(Packet {
             codec: Codec::Audio(AudioCodec::Mp3),
-            dts: 0,
+            dts: Millis::ZERO,
             cts: 0,
             key: true,
             flv: Bytes::from_static(&[0x2f, 1, 2]),
@@ -962,10 +972,10 @@ mod tests {
     fn hls_segments_cut_on_keyframes_inside_files() {
         // 20 s, 2 s GOPs; files of 12 s (cut at 12 s), segments of 4 s.
         let policy = CutPolicy {
-            interval_ms: 12_000,
-            hard_cap_ms: 24_000,
+            interval_ms: ms(12_000),
+            hard_cap_ms: ms(24_000),
         };
-        let files = run_format_with(Format::Hls, policy, 4000, stream(20, 60, true, true));
+        let files = run_format_with(Format::Hls, policy, ms(4000), stream(20, 60, true, true));
         assert_eq!(files.bytes.len(), 2, "two playlists");
         let keys: Vec<_> = files.segments.keys().copied().collect();
         assert_eq!(keys, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]);
@@ -980,11 +990,15 @@ mod tests {
                 (0x47, 0x40, 0x00),
                 "segment {seq}/{n} starts with PAT"
             );
-            assert_eq!(start % 2000, 0, "segment {seq}/{n} starts on a keyframe");
-            total += dur;
+            assert_eq!(
+                start.as_ms() % 2000,
+                0,
+                "segment {seq}/{n} starts on a keyframe"
+            );
+            total += dur.as_ms();
         }
         // Contiguous: the durations add up to the media (20 s of 30 fps video).
         assert!((total - 20_000).abs() <= 34, "total {total}");
-        assert_eq!(files.segments[&(0, 0)].1, Some((0, 4000)));
+        assert_eq!(files.segments[&(0, 0)].1, Some((ms(0), ms(4000))));
     }
 }

@@ -56,7 +56,7 @@ use media::{MediaEvent, Millis, TrackConfig, TrackKind};
 
 /// Audio-only streams have a join point at every audio packet; for eviction their packets
 /// are grouped in GOPs of this length so the bookkeeping stays small.
-pub const AUDIO_GROUP_MS: Millis = 1000;
+pub const AUDIO_GROUP_MS: Millis = Millis::from_ms(1000);
 
 /// Bounds of one ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub struct RingConfig {
 impl Default for RingConfig {
     fn default() -> Self {
         RingConfig {
-            max_duration_ms: 4000,
+            max_duration_ms: Millis::from_ms(4000),
             max_bytes: 16 * 1024 * 1024,
         }
     }
@@ -318,7 +318,7 @@ impl Inner {
     }
 
     fn evict(&mut self) {
-        let max_duration = self.config.max_duration_ms.max(0).unsigned_abs();
+        let max_duration = self.config.max_duration_ms.max(Millis::ZERO).unsigned_abs();
         let min_cursor = self.cursors.iter().flatten().copied().min();
         while self.gops.len() > 1
             && (self.bytes > self.config.max_bytes
@@ -347,7 +347,7 @@ impl Inner {
             events: self.entries.len(),
             bytes: self.bytes,
             gops: self.gops.len(),
-            duration_ms: Millis::try_from(self.held_duration()).unwrap_or(Millis::MAX),
+            duration_ms: Millis::from_ms(i64::try_from(self.held_duration()).unwrap_or(i64::MAX)),
             readers: self.readers,
             pushed: self.next_seq,
             closed: self.closed,
@@ -416,14 +416,14 @@ impl Shared {
 
     fn subscribe_since(self: &Arc<Self>, ms: Millis) -> Reader {
         self.subscribe_at(|inner| {
-            let target = inner.newest_dts()?.saturating_sub(ms.max(0));
+            let target = inner.newest_dts()?.saturating_sub(ms.max(Millis::ZERO));
             inner.joins.iter().find(|j| j.dts >= target)
         })
     }
 
     fn subscribe_preroll(self: &Arc<Self>, ms: Millis) -> Reader {
         self.subscribe_at(|inner| {
-            let target = inner.newest_dts()?.saturating_sub(ms.max(0));
+            let target = inner.newest_dts()?.saturating_sub(ms.max(Millis::ZERO));
             inner
                 .joins
                 .iter()

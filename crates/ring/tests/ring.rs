@@ -9,7 +9,7 @@ use std::thread;
 
 use bytes::Bytes;
 use liverec_ring::{ring, Item, Reader, RingConfig, Writer};
-use media::{AudioCodec, Codec, MediaEvent, Packet, TrackConfig, VideoCodec};
+use media::{AudioCodec, Codec, MediaEvent, Millis, Packet, TrackConfig, VideoCodec};
 
 const H264: Codec = Codec::Video(VideoCodec::H264);
 const AAC: Codec = Codec::Audio(AudioCodec::Aac);
@@ -18,7 +18,7 @@ fn video(dts: i64, key: bool, size: usize) -> MediaEvent {
     let flv = Bytes::from(vec![if key { 0x17 } else { 0x27 }; size]);
     MediaEvent::Packet(Packet {
         codec: H264,
-        dts,
+        dts: Millis::from_ms(dts),
         cts: 0,
         key,
         data: flv.slice(size.min(5)..),
@@ -30,7 +30,7 @@ fn audio(dts: i64) -> MediaEvent {
     let flv = Bytes::from_static(&[0xaf, 0x01, 0x21, 0x10, 0x04]);
     MediaEvent::Packet(Packet {
         codec: AAC,
-        dts,
+        dts: Millis::from_ms(dts),
         cts: 0,
         key: true,
         data: flv.slice(2..),
@@ -44,7 +44,7 @@ fn config(codec: Codec, tag: u8) -> MediaEvent {
         codec,
         flv: record.clone(),
         record,
-        dts: 0,
+        dts: Millis::ZERO,
     })
 }
 
@@ -62,7 +62,7 @@ fn drain(r: &mut Reader) -> Vec<Item> {
 
 fn dts_of(item: &Item) -> Option<i64> {
     match item {
-        Item::Event(e) => e.dts(),
+        Item::Event(e) => e.dts().map(Millis::as_ms),
         Item::Lagged { .. } => None,
     }
 }
@@ -122,7 +122,7 @@ fn block_on<F: Future>(f: F) -> F::Output {
 
 fn big() -> RingConfig {
     RingConfig {
-        max_duration_ms: 60_000,
+        max_duration_ms: Millis::from_ms(60_000),
         max_bytes: usize::MAX,
     }
 }
@@ -238,7 +238,7 @@ fn video_appearing_late_switches_join_points_to_keyframes() {
 #[test]
 fn audio_only_eviction_groups_audio_in_about_one_second() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 3000,
+        max_duration_ms: Millis::from_ms(3000),
         max_bytes: usize::MAX,
     });
     w.push(config(AAC, 1));
@@ -248,8 +248,8 @@ fn audio_only_eviction_groups_audio_in_about_one_second() {
     let s = h.stats();
     // Groups start at 0, 1000, ... 10000; at 10000 the ring spans (10000-7000] .. 10000.
     assert_eq!(s.gops, 4, "{s:?}");
-    assert_eq!(s.duration_ms, 3000);
-    let items = drain(&mut h.subscribe_preroll(100_000));
+    assert_eq!(s.duration_ms.as_ms(), 3000);
+    let items = drain(&mut h.subscribe_preroll(Millis::from_ms(100_000)));
     assert_eq!(items[0], ev(config(AAC, 1)));
     assert_eq!(dts_of(&items[1]), Some(7000));
 }
@@ -257,7 +257,7 @@ fn audio_only_eviction_groups_audio_in_about_one_second() {
 #[test]
 fn eviction_by_duration_keeps_whole_gops() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: usize::MAX,
     });
     start(&mut w);
@@ -265,11 +265,11 @@ fn eviction_by_duration_keeps_whole_gops() {
     let s = h.stats();
     // 16000..20960 spans 4960 > 4000 ms, so only the GOPs at 18000 and 20000 stay.
     assert_eq!(s.gops, 2);
-    assert_eq!(s.duration_ms, 2960);
+    assert_eq!(s.duration_ms.as_ms(), 2960);
     assert_eq!(s.events, 75);
     assert_eq!(s.bytes, 75 * 100);
     assert_eq!(s.pushed, 525); // 0..=20960 step 40; configs before the first GOP are not stored
-    let items = drain(&mut h.subscribe_preroll(i64::MAX));
+    let items = drain(&mut h.subscribe_preroll(Millis::from_ms(i64::MAX)));
     assert!(is_key(&items[3]));
     assert_eq!(dts_of(&items[3]), Some(18_000));
     assert_eq!(items.len(), 3 + 75);
@@ -278,14 +278,14 @@ fn eviction_by_duration_keeps_whole_gops() {
 #[test]
 fn newest_gop_is_never_dropped_even_when_longer_than_the_cap() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 1000,
+        max_duration_ms: Millis::from_ms(1000),
         max_bytes: usize::MAX,
     });
     start(&mut w);
     push_video(&mut w, 0, 3960, 2000, 100);
     let s = h.stats();
     assert_eq!(s.gops, 1);
-    assert_eq!(s.duration_ms, 1960);
+    assert_eq!(s.duration_ms.as_ms(), 1960);
     assert_eq!(s.events, 50);
     let items = drain(&mut h.subscribe());
     assert_eq!(dts_of(&items[3]), Some(2000));
@@ -294,7 +294,7 @@ fn newest_gop_is_never_dropped_even_when_longer_than_the_cap() {
 #[test]
 fn eviction_by_bytes_keeps_whole_gops() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 60_000,
+        max_duration_ms: Millis::from_ms(60_000),
         max_bytes: 120_000,
     });
     start(&mut w);
@@ -304,13 +304,13 @@ fn eviction_by_bytes_keeps_whole_gops() {
     assert_eq!(s.gops, 2);
     assert_eq!(s.bytes, 75_000);
     assert_eq!(s.events, 75);
-    assert_eq!(s.duration_ms, 2960);
+    assert_eq!(s.duration_ms.as_ms(), 2960);
 }
 
 #[test]
 fn a_gop_larger_than_the_byte_cap_is_kept_until_the_next_one_starts() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 60_000,
+        max_duration_ms: Millis::from_ms(60_000),
         max_bytes: 10_000,
     });
     start(&mut w);
@@ -327,7 +327,7 @@ fn slow_reader_lags_by_exact_count_and_resumes_at_oldest_gop_with_configs() {
     // The byte bound is what makes a reader lag (the duration bound spares unread GOPs):
     // 1000 bytes = two 2 s GOPs of 50 ten-byte frames.
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: 1000,
     });
     start(&mut w);
@@ -405,31 +405,40 @@ fn config_change_mid_stream() {
 #[test]
 fn preroll_starts_at_the_keyframe_four_to_six_seconds_back() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 10_000,
+        max_duration_ms: Millis::from_ms(10_000),
         max_bytes: usize::MAX,
     });
     start(&mut w);
     push_video(&mut w, 0, 21_960, 2000, 10);
     let s = h.stats();
-    assert!(s.duration_ms > 8000 && s.duration_ms <= 10_000, "{s:?}");
+    assert!(
+        s.duration_ms.as_ms() > 8000 && s.duration_ms.as_ms() <= 10_000,
+        "{s:?}"
+    );
     let first_dts = |r: &mut Reader| {
         let items = drain(r);
         assert_eq!(&items[..3], &preamble(1, 1, 1)[..]);
         assert!(is_key(&items[3]));
         dts_of(&items[3]).unwrap()
     };
-    let t = first_dts(&mut h.subscribe_preroll(4000));
+    let t = first_dts(&mut h.subscribe_preroll(Millis::from_ms(4000)));
     assert!((21_960 - 6000..=21_960 - 4000).contains(&t), "{t}");
     assert_eq!(t, 16_000);
     // Deeper than the ring: the oldest held GOP. No pre-roll: the newest.
-    assert_eq!(first_dts(&mut h.subscribe_preroll(60_000)), 12_000);
-    assert_eq!(first_dts(&mut w.subscribe_preroll(0)), 20_000);
+    assert_eq!(
+        first_dts(&mut h.subscribe_preroll(Millis::from_ms(60_000))),
+        12_000
+    );
+    assert_eq!(
+        first_dts(&mut w.subscribe_preroll(Millis::from_ms(0))),
+        20_000
+    );
 }
 
 #[test]
 fn since_starts_at_the_first_keyframe_at_or_after_the_moment() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 10_000,
+        max_duration_ms: Millis::from_ms(10_000),
         max_bytes: usize::MAX,
     });
     start(&mut w);
@@ -440,10 +449,16 @@ fn since_starts_at_the_first_keyframe_at_or_after_the_moment() {
         dts_of(&items[3]).unwrap()
     };
     // 5 s ago = 16 960: the first keyframe after it is 18 000 (pre-roll would take 16 000).
-    assert_eq!(first_dts(&mut h.subscribe_since(5000)), 18_000);
-    assert_eq!(first_dts(&mut h.subscribe_since(3960)), 18_000);
+    assert_eq!(
+        first_dts(&mut h.subscribe_since(Millis::from_ms(5000))),
+        18_000
+    );
+    assert_eq!(
+        first_dts(&mut h.subscribe_since(Millis::from_ms(3960))),
+        18_000
+    );
     // Nothing held that late: wait for the next keyframe to arrive.
-    let mut r = h.subscribe_since(500);
+    let mut r = h.subscribe_since(Millis::from_ms(500));
     assert!(drain(&mut r).is_empty());
     w.push(video(22_000, true, 10));
     let items = drain(&mut r);
@@ -525,10 +540,10 @@ fn poll_next_wakes_once_per_push_and_on_close() {
 #[test]
 fn stats_count_readers() {
     let (w, h) = ring(RingConfig::default());
-    assert_eq!(RingConfig::default().max_duration_ms, 4000);
+    assert_eq!(RingConfig::default().max_duration_ms.as_ms(), 4000);
     assert_eq!(RingConfig::default().max_bytes, 16 << 20);
     let a = w.subscribe();
-    let b = h.subscribe_preroll(1000);
+    let b = h.subscribe_preroll(Millis::from_ms(1000));
     assert_eq!(h.stats().readers, 2);
     drop(a);
     assert_eq!(w.stats().readers, 1);
@@ -539,7 +554,7 @@ fn stats_count_readers() {
 #[test]
 fn waiting_reader_whose_first_keyframe_was_evicted_lags() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: 1000,
     });
     start(&mut w);
@@ -568,7 +583,7 @@ fn mt_writer(mut w: Writer) -> thread::JoinHandle<()> {
 #[test]
 fn threaded_fast_readers_see_every_event_once_in_order() {
     let (w, h) = ring(RingConfig {
-        max_duration_ms: 2 * N,
+        max_duration_ms: Millis::from_ms(2 * N),
         max_bytes: usize::MAX,
     });
     let readers: Vec<_> = (0..3)
@@ -595,7 +610,7 @@ fn threaded_fast_readers_see_every_event_once_in_order() {
 fn threaded_lagging_readers_account_for_every_event() {
     // A ring of ~200 events: readers lag often, and must account exactly for what they lost.
     let (w, h) = ring(RingConfig {
-        max_duration_ms: 200,
+        max_duration_ms: Millis::from_ms(200),
         max_bytes: 1600,
     });
     let readers: Vec<_> = (0..3)
@@ -633,7 +648,7 @@ fn threaded_lagging_readers_account_for_every_event() {
                             assert!(after_lag || expected == 0);
                         }
                         Item::Event(e) => {
-                            assert_eq!(e.dts(), Some(expected));
+                            assert_eq!(e.dts().map(Millis::as_ms), Some(expected));
                             if after_lag {
                                 assert_eq!(expected % 50, 0, "resumes at a keyframe");
                                 after_lag = false;
@@ -661,7 +676,7 @@ fn duration_bound_spares_what_a_reader_has_not_read_but_bytes_do_not() {
     // A publisher pushing faster than real time: 20 s arrive before the reader runs. The
     // duration bound (4 s) must not cost the reader its frames; the byte bound still holds.
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: 100_000,
     });
     start(&mut w);
@@ -674,20 +689,20 @@ fn duration_bound_spares_what_a_reader_has_not_read_but_bytes_do_not() {
     assert_eq!(dts, (0..=20_000).step_by(40).collect::<Vec<_>>());
     // Once read, the history is trimmed back to the duration bound on the next push.
     w.push(video(20_040, false, 10));
-    assert!(h.stats().duration_ms <= 4000, "{:?}", h.stats());
+    assert!(h.stats().duration_ms.as_ms() <= 4000, "{:?}", h.stats());
 
     // Without readers, the duration bound applies at once.
     let (mut w2, h2) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: 100_000,
     });
     start(&mut w2);
     push_video(&mut w2, 0, 20_000, 2000, 10);
-    assert!(h2.stats().duration_ms <= 4000);
+    assert!(h2.stats().duration_ms.as_ms() <= 4000);
 
     // A reader that is behind by more than the byte bound lags.
     let (mut w3, h3) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: 2000,
     });
     start(&mut w3);
