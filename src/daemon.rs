@@ -150,7 +150,7 @@ pub async fn run(
         tasks,
         supervisor: supervisor_handle,
         state,
-        clock,
+        clock: clock.clone(),
     });
     let api_task = {
         let stop = shutdown.clone();
@@ -180,6 +180,7 @@ pub async fn run(
         config: config.clone(),
         quota: sink.quota.clone(),
         shutdown: shutdown.clone(),
+        clock,
     });
     let accept = tokio::spawn(crate::ingest::listener::accept_loop(
         ingest,

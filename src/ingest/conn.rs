@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use media::{MediaEvent, Millis, TimestampUnwrapper};
+use media::{MediaEvent, Millis, TimestampUnwrapper, WallMillis};
 use rtmp::{PublishRequest, ServerEvent, ServerSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -167,12 +167,15 @@ impl Conn {
             if n == 0 {
                 return Err(ConnEnd::Closed);
             }
+            // Every event decoded from this read arrived now: files take their wall-clock
+            // start and end from these stamps, not from when a writer opens (issue 10).
+            let arrival = WallMillis::from_unix_ms(self.ingest.clock.now_ms());
             STATS
                 .bytes_in
                 .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             let res = self.session.handle_input(&mut buf);
             // Flush replies even when the input ended in an error, so the peer sees them.
-            let got_media = self.pump_events(&mut socket).await;
+            let got_media = self.pump_events(&mut socket, arrival).await;
             if let Some(p) = &mut self.publishing {
                 let now = Instant::now();
                 if p.wake_due(now) {
@@ -193,8 +196,13 @@ impl Conn {
         }
     }
 
-    /// Handles every pending session event; returns whether media arrived.
-    async fn pump_events(&mut self, socket: &mut TcpStream) -> Result<bool, ConnEnd> {
+    /// Handles every pending session event, all decoded from bytes read at `arrival`;
+    /// returns whether media arrived.
+    async fn pump_events(
+        &mut self,
+        socket: &mut TcpStream,
+        arrival: WallMillis,
+    ) -> Result<bool, ConnEnd> {
         let mut got_media = false;
         while let Some(ev) = self.session.poll_event() {
             match ev {
@@ -218,7 +226,7 @@ impl Conn {
                         .as_mut()
                         .filter(|p| p.stream_id == stream_id)
                     {
-                        p.writer.push_deferred(MediaEvent::Metadata(body));
+                        p.writer.push_deferred(MediaEvent::Metadata(body), arrival);
                     }
                 }
                 ServerEvent::Audio {
@@ -227,7 +235,7 @@ impl Conn {
                     body,
                 } => {
                     got_media = true;
-                    self.media(stream_id, timestamp, body, false);
+                    self.media(stream_id, timestamp, body, false, arrival);
                 }
                 ServerEvent::Video {
                     stream_id,
@@ -235,7 +243,7 @@ impl Conn {
                     body,
                 } => {
                     got_media = true;
-                    self.media(stream_id, timestamp, body, true);
+                    self.media(stream_id, timestamp, body, true, arrival);
                 }
                 ServerEvent::Unpublished { stream_id } => {
                     if self
@@ -251,7 +259,14 @@ impl Conn {
         Ok(got_media)
     }
 
-    fn media(&mut self, stream_id: u32, timestamp: u32, body: bytes::Bytes, video: bool) {
+    fn media(
+        &mut self,
+        stream_id: u32,
+        timestamp: u32,
+        body: bytes::Bytes,
+        video: bool,
+        arrival: WallMillis,
+    ) {
         let Some(p) = self
             .publishing
             .as_mut()
@@ -269,7 +284,7 @@ impl Conn {
         match parsed {
             Ok(flv::tag::Parsed::Event(ev)) => {
                 p.unwoken_bytes += body_len;
-                p.writer.push_deferred(ev);
+                p.writer.push_deferred(ev, arrival);
             }
             Ok(flv::tag::Parsed::Skip(_)) => {}
             Err(e) => {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use flv::mux::Patch;
-use media::Millis;
+use media::{Millis, WallMillis};
 use record::{CutPolicy, FileSummary, Format, Output, Recorder};
 use tracing::{error, info, warn};
 
@@ -130,6 +130,12 @@ impl Launch for Recorders {
     }
 }
 
+/// A packet's arrival as a date. Arrivals come from the clock, so they are always in
+/// chrono's range; the epoch stands in for one that is not rather than failing a file.
+fn wall(at: WallMillis) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.as_unix_ms()).unwrap_or_default()
+}
+
 /// An open HLS recording: its playlist (claimed key, rewritten after every segment) and
 /// its open segment files.
 struct HlsFile {
@@ -166,7 +172,7 @@ impl Recording {
             };
             let Some(item) = item else { break };
             match item {
-                ring::Item::Event(ev) => self.rec.handle_event(ev),
+                ring::Item::Event(ev, arrival) => self.rec.handle_event(ev, arrival),
                 ring::Item::Lagged { skipped } => {
                     // The ring moved on without us: the current file would have a hole,
                     // so it ends here and the next one starts at the next keyframe.
@@ -190,19 +196,23 @@ impl Recording {
                 Output::Skipped { reason } => {
                     warn!(stream = %self.id, format = self.format.ext(), "{reason}");
                 }
-                Output::Open { seq, start_dts } if self.format == Format::Hls => {
-                    self.open_hls(seq, start_dts).await;
+                Output::Open {
+                    seq,
+                    start_dts,
+                    arrival,
+                } if self.format == Format::Hls => {
+                    self.open_hls(seq, start_dts, wall(arrival)).await;
                     if let Some((seq, summary, patches)) = closing.take() {
                         self.close(seq, summary, patches).await;
                     }
                 }
-                Output::SegmentOpen { seq, n } => {
+                Output::SegmentOpen { seq, n, arrival } => {
                     let Some(h) = self.hls.get_mut(&seq) else {
                         continue;
                     };
                     match self
                         .sink
-                        .create(&self.spool, seq, Utc::now(), Some(n))
+                        .create(&self.spool, seq, wall(arrival), Some(n))
                         .await
                     {
                         Ok(f) => {
@@ -230,8 +240,8 @@ impl Recording {
                 } => {
                     self.close_segment(seq, n, start_dts, duration_ms).await;
                 }
-                Output::Open { seq, .. } => {
-                    let started = Utc::now();
+                Output::Open { seq, arrival, .. } => {
+                    let started = wall(arrival);
                     match self.sink.create(&self.spool, seq, started, None).await {
                         Ok(f) => {
                             self.files.insert(seq, (f, started));
@@ -272,10 +282,14 @@ impl Recording {
 
     /// An HLS playlist is published while it grows, so its name is fixed when it opens:
     /// `{End…}` placeholders take the start time there (the end is not known yet).
-    async fn open_hls(&mut self, seq: u64, start_dts: Millis) {
-        let started = Utc::now();
+    /// `started` is its first packet's arrival.
+    async fn open_hls(&mut self, seq: u64, start_dts: Millis, started: DateTime<Utc>) {
         let name = self.spool.meta.render(seq, started, started);
-        match self.sink.open_playlist(&self.spool, seq, &name).await {
+        match self
+            .sink
+            .open_playlist(&self.spool, seq, &name, started)
+            .await
+        {
             Ok(handle) => {
                 let name = crate::sink::file_of(&handle.key)
                     .strip_suffix(".m3u8")
@@ -309,6 +323,9 @@ impl Recording {
             return;
         };
         let name = format!("{}_{n}", h.name);
+        // The playlist's first packet arrived at `started`; later segments are placed on
+        // the stream's own timeline from there, so PROGRAM-DATE-TIME does not drift with
+        // network jitter (R-FM-2).
         let pdt = h.started + chrono::Duration::milliseconds((start_dts - h.start_dts).as_ms());
         let mut seg = hls::Segment {
             uri: format!("{name}.ts"),
@@ -345,7 +362,12 @@ impl Recording {
         let segments = h.playlist.segments().len();
         match self
             .sink
-            .close_playlist(h.handle, text, summary.duration_ms.as_ms())
+            .close_playlist(
+                h.handle,
+                text,
+                wall(summary.last_arrival),
+                summary.duration_ms.as_ms(),
+            )
             .await
         {
             Ok(()) => {
@@ -372,9 +394,9 @@ impl Recording {
             return;
         };
         Stats::down(&STATS.files_open);
-        // Names use wall-clock start and start + media duration as end, so the name
-        // states the span the file really holds.
-        let end = started + chrono::Duration::milliseconds(summary.duration_ms.as_ms());
+        // Names and the index use the arrivals of the file's first and last packets as its
+        // wall-clock span (issue 10): `started` is the first's (from `Output::Open`).
+        let end = wall(summary.last_arrival).max(started);
         let name = self.spool.meta.render(seq, started, end);
         match self
             .sink
@@ -383,7 +405,7 @@ impl Recording {
                 &patches,
                 &self.spool.meta,
                 &name,
-                (started, summary.duration_ms.as_ms()),
+                (started, end, summary.duration_ms.as_ms()),
             )
             .await
         {

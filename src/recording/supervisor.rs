@@ -637,20 +637,23 @@ mod tests {
         });
         let pin = handle.subscribe();
         for i in 0..10i64 {
-            writer.push(media::MediaEvent::Packet(media::Packet {
-                codec: media::Codec::Video(media::VideoCodec::H264),
-                dts: Millis::from_secs(i),
-                cts: 0,
-                key: true,
-                flv: bytes::Bytes::from_static(b"x"),
-                data: bytes::Bytes::from_static(b"x"),
-            }));
+            writer.push(
+                media::MediaEvent::Packet(media::Packet {
+                    codec: media::Codec::Video(media::VideoCodec::H264),
+                    dts: Millis::from_secs(i),
+                    cts: 0,
+                    key: true,
+                    flv: bytes::Bytes::from_static(b"x"),
+                    data: bytes::Bytes::from_static(b"x"),
+                }),
+                media::WallMillis::from_unix_ms(i * 1000),
+            );
         }
         let mut late = handle.subscribe_preroll(Millis::MAX);
         drop(pin);
         let first = loop {
             match late.try_next() {
-                Some(ring::Item::Event(media::MediaEvent::Packet(p))) => break p.dts,
+                Some(ring::Item::Event(media::MediaEvent::Packet(p), _)) => break p.dts,
                 Some(_) => continue,
                 None => panic!("nothing to read"),
             }

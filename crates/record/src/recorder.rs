@@ -10,11 +10,16 @@
 //!   says where segments begin and end; the daemon names them and writes the playlist.
 //! - Fragmented MP4 (R-FM-3): init segment, then a fragment per GOP (≤ ~2 s); finalized
 //!   with its real duration (mehd) and an mfra index.
+//!
+//! Every event comes with its arrival (the wall time its bytes were read, stamped at
+//! ingest); the recorder reports the arrival of the packet that opens each file and
+//! segment and of the last packet of each file, which the daemon uses as the file's
+//! wall-clock start and end (issue 10). The recorder itself never reads a clock.
 
 use aac::AdtsParams;
 use bytes::Bytes;
 use flv::mux::{FlvMuxer, MetaInfo, Patch};
-use media::{AudioCodec, Codec, MediaEvent, Millis, Packet, TrackConfig, TrackKind};
+use media::{AudioCodec, Codec, MediaEvent, Millis, Packet, TrackConfig, TrackKind, WallMillis};
 
 use crate::cut::{CutDecision, CutPolicy};
 
@@ -45,12 +50,21 @@ pub enum Output {
     /// AAC audio: no file; a track MP4 cannot hold: the file goes on without it). Said
     /// once per recording.
     Skipped { reason: String },
-    /// Start a new file (`seq` counts files of this recording from 0).
-    Open { seq: u64, start_dts: Millis },
+    /// Start a new file (`seq` counts files of this recording from 0) at the packet with
+    /// DTS `start_dts`, which arrived at `arrival`.
+    Open {
+        seq: u64,
+        start_dts: Millis,
+        arrival: WallMillis,
+    },
     /// Append these buffers, in order, to file `seq`.
     Data { seq: u64, bufs: Vec<Bytes> },
-    /// HLS: segment `n` of playlist `seq` begins.
-    SegmentOpen { seq: u64, n: u64 },
+    /// HLS: segment `n` of playlist `seq` begins with a packet that arrived at `arrival`.
+    SegmentOpen {
+        seq: u64,
+        n: u64,
+        arrival: WallMillis,
+    },
     /// HLS: append these buffers to segment `n` of playlist `seq`.
     SegmentData { seq: u64, n: u64, bufs: Vec<Bytes> },
     /// HLS: segment `n` is complete; it starts at `start_dts` and lasts `duration_ms`
@@ -79,6 +93,10 @@ pub struct FileSummary {
     pub audio_frames: u64,
     /// Cut by the hard cap rather than on a keyframe (R-SG-2).
     pub hard_cut: bool,
+    /// When the packet that opened the file arrived: the file's wall-clock start.
+    pub first_arrival: WallMillis,
+    /// When the last packet of the file arrived: its wall-clock end.
+    pub last_arrival: WallMillis,
 }
 
 enum Writer {
@@ -155,6 +173,9 @@ struct OpenFile {
     video: TrackTiming,
     audio: TrackTiming,
     hard_cut: bool,
+    /// Arrival of the packet that opened the file, and of the latest packet since.
+    first_arrival: WallMillis,
+    last_arrival: WallMillis,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -240,7 +261,8 @@ impl Recorder {
         self.file.is_some()
     }
 
-    pub fn handle_event(&mut self, ev: MediaEvent) {
+    /// Feeds one event of the stream, which arrived at `arrival`.
+    pub fn handle_event(&mut self, ev: MediaEvent, arrival: WallMillis) {
         match ev {
             MediaEvent::Metadata(m) => self.metadata = Some(m),
             MediaEvent::Config(c) => {
@@ -284,7 +306,7 @@ impl Recorder {
                     }
                 }
             }
-            MediaEvent::Packet(p) => self.packet(p),
+            MediaEvent::Packet(p) => self.packet(p, arrival),
         }
     }
 
@@ -292,7 +314,7 @@ impl Recorder {
         self.video_config.is_some()
     }
 
-    fn packet(&mut self, p: Packet) {
+    fn packet(&mut self, p: Packet, arrival: WallMillis) {
         if p.kind() == TrackKind::Audio && self.audio_codec_id.is_none() {
             self.audio_codec_id = Some(flv::mux::flv_codec_id(p.codec, &p.flv));
         }
@@ -314,11 +336,14 @@ impl Recorder {
             if p.kind() == TrackKind::Video && self.video_config.is_none() {
                 return;
             }
-            if !self.open(p.dts) {
+            if !self.open(p.dts, arrival) {
                 return;
             }
         }
         if let Some(f) = &mut self.file {
+            // Every packet the file spans counts, written or not (video in an AAC file):
+            // formats cutting on the same packets then report the same span (R-SG-4).
+            f.last_arrival = arrival;
             let mut bufs = Vec::with_capacity(3);
             // HLS: a segment ends at the first start point at or after its target length
             // (same rule as files, one level down), and each starts with PAT/PMT.
@@ -343,7 +368,11 @@ impl Recorder {
                     let n = h.next_n;
                     h.next_n += 1;
                     h.segment = Some((n, p.dts));
-                    self.out.push_back(Output::SegmentOpen { seq: f.seq, n });
+                    self.out.push_back(Output::SegmentOpen {
+                        seq: f.seq,
+                        n,
+                        arrival,
+                    });
                     let before = bufs.len();
                     h.ts.segment_header(&mut bufs);
                     h.written += bufs[before..].iter().map(|b| b.len() as u64).sum::<u64>();
@@ -381,8 +410,9 @@ impl Recorder {
         }
     }
 
-    /// Opens a file at `start`; false when this format cannot record the stream now.
-    fn open(&mut self, start: Millis) -> bool {
+    /// Opens a file at `start` (a packet that arrived at `arrival`); false when this
+    /// format cannot record the stream now.
+    fn open(&mut self, start: Millis, arrival: WallMillis) -> bool {
         let opened = match self.format {
             Format::Flv => Ok(self.open_flv(start)),
             Format::Aac => self.open_aac().map(|w| (w, Vec::new())),
@@ -402,6 +432,7 @@ impl Recorder {
         self.out.push_back(Output::Open {
             seq,
             start_dts: start,
+            arrival,
         });
         if !bufs.is_empty() {
             self.out.push_back(Output::Data { seq, bufs });
@@ -415,6 +446,8 @@ impl Recorder {
             video: TrackTiming::default(),
             audio: TrackTiming::default(),
             hard_cut: false,
+            first_arrival: arrival,
+            last_arrival: arrival,
         });
         true
     }
@@ -556,6 +589,8 @@ impl Recorder {
             video_frames: f.video_frames,
             audio_frames: f.audio_frames,
             hard_cut: f.hard_cut,
+            first_arrival: f.first_arrival,
+            last_arrival: f.last_arrival,
         };
         self.out.push_back(Output::Close {
             seq: f.seq,
@@ -654,11 +689,22 @@ mod tests {
         out
     }
 
+    /// When the tests' publisher sent an event: in real time from `T0` on, so a packet's
+    /// arrival is `T0` + its DTS (configs and metadata at `T0`).
+    const T0: i64 = 1_700_000_000_000;
+
+    fn arrival(e: &MediaEvent) -> WallMillis {
+        WallMillis::from_unix_ms(T0 + e.dts().unwrap_or_default().as_ms())
+    }
+
     /// A segment's bytes, and (start, duration) once closed.
     type Segment = (Vec<u8>, Option<(Millis, Millis)>);
 
     struct Files {
         bytes: BTreeMap<u64, Vec<u8>>,
+        /// The arrival each file and each segment was opened with.
+        opened_at: BTreeMap<u64, WallMillis>,
+        segments_opened_at: BTreeMap<(u64, u64), WallMillis>,
         summaries: BTreeMap<u64, FileSummary>,
         skipped: Vec<String>,
         /// HLS: (file, segment) → (bytes, start, duration once closed).
@@ -682,6 +728,8 @@ mod tests {
         let mut r = Recorder::new(format, policy).with_segment_duration(segment_ms);
         let mut files = Files {
             bytes: BTreeMap::new(),
+            opened_at: BTreeMap::new(),
+            segments_opened_at: BTreeMap::new(),
             summaries: BTreeMap::new(),
             skipped: Vec::new(),
             segments: BTreeMap::new(),
@@ -690,7 +738,8 @@ mod tests {
             while let Some(o) = r.poll_output() {
                 match o {
                     Output::Skipped { reason } => files.skipped.push(reason),
-                    Output::SegmentOpen { seq, n } => {
+                    Output::SegmentOpen { seq, n, arrival } => {
+                        files.segments_opened_at.insert((seq, n), arrival);
                         assert!(
                             files.bytes.contains_key(&seq),
                             "segment of an unopened file"
@@ -716,7 +765,8 @@ mod tests {
                         let s = files.segments.get_mut(&(seq, n)).expect("open segment");
                         assert!(s.1.replace((start_dts, duration_ms)).is_none());
                     }
-                    Output::Open { seq, .. } => {
+                    Output::Open { seq, arrival, .. } => {
+                        files.opened_at.insert(seq, arrival);
                         assert!(files.bytes.insert(seq, Vec::new()).is_none())
                     }
                     Output::Data { seq, bufs } => {
@@ -749,7 +799,8 @@ mod tests {
             }
         };
         for e in evs {
-            r.handle_event(e);
+            let at = arrival(&e);
+            r.handle_event(e, at);
             drain(&mut r, &mut files);
         }
         r.finish();
@@ -1000,5 +1051,38 @@ mod tests {
         // Contiguous: the durations add up to the media (20 s of 30 fps video).
         assert!((total - 20_000).abs() <= 34, "total {total}");
         assert_eq!(files.segments[&(0, 0)].1, Some((ms(0), ms(4000))));
+    }
+
+    /// A file's reported wall-clock start and end are the arrivals of its first and last
+    /// packets (issue 10), in every format, and HLS segments open with their first
+    /// packet's arrival.
+    #[test]
+    fn files_report_their_first_and_last_packets_arrival() {
+        let at = |ms: i64| WallMillis::from_unix_ms(T0 + ms);
+        // 20 s, 2 s GOPs, files of 4 s: files start at 0, 4, 8, 12, 16 s.
+        for format in [Format::Flv, Format::Aac, Format::Mp4, Format::Hls] {
+            let evs = stream(20, 60, true, true);
+            let files = run_format_with(format, POLICY, ms(2000), evs.clone());
+            assert_eq!(files.summaries.len(), 5, "{format:?}");
+            for (seq, s) in &files.summaries {
+                let start = *seq as i64 * 4000;
+                assert_eq!(s.first_arrival, at(start), "{format:?} file {seq}");
+                assert_eq!(files.opened_at[seq], at(start), "{format:?} file {seq}");
+                // The last packet before the next file's keyframe.
+                let last = evs
+                    .iter()
+                    .filter_map(|e| e.dts().map(Millis::as_ms))
+                    .filter(|&d| d < start + 4000)
+                    .max();
+                assert_eq!(Some(s.last_arrival), last.map(at), "{format:?} file {seq}");
+            }
+        }
+        let hls = run_format_with(Format::Hls, POLICY, ms(2000), stream(20, 60, true, true));
+        for ((seq, n), opened) in &hls.segments_opened_at {
+            let start = *seq as i64 * 4000 + *n as i64 * 2000;
+            assert_eq!(*opened, at(start), "segment {seq}/{n}");
+            assert_eq!(hls.segments[&(*seq, *n)].1.map(|c| c.0), Some(ms(start)));
+        }
+        assert_eq!(hls.segments_opened_at.len(), 10);
     }
 }
