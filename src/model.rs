@@ -132,7 +132,7 @@ impl Plan {
         let interval = f.record_interval.min(i64::MAX as u64 / 1000) as i64 * 1000;
         Plan {
             format,
-            segment_ms: Millis::from_ms((f.segment_duration.unwrap_or(10.0) * 1000.0) as i64),
+            segment_ms: Millis::from_secs_f64(f.segment_duration.unwrap_or(10.0)),
             record_interval_ms: Millis::from_ms(interval),
             hard_cap_ms: Millis::from_ms((interval as f64 * hard_cap_factor) as i64),
             storage_time: f.storage_time,

@@ -346,7 +346,7 @@ impl Conn {
         }
         let ingest = &config.config.ingest;
         let (writer, handle) = ring::ring(ring::RingConfig {
-            max_duration_ms: Millis::from_ms((*ingest.ring_seconds.get_ref() * 1000.0) as i64),
+            max_duration_ms: Millis::from_secs_f64(*ingest.ring_seconds.get_ref()),
             max_bytes: ingest.ring_max_bytes,
         });
         let query = req.query.as_deref().map(identity::redact_query);

@@ -36,6 +36,12 @@ impl Millis {
         Millis(s.saturating_mul(1000))
     }
 
+    /// Seconds given as a float (configuration values), rounded toward zero; saturates,
+    /// and NaN is zero.
+    pub fn from_secs_f64(s: f64) -> Self {
+        Millis((s * 1000.0) as i64)
+    }
+
     /// Seconds as a float (playlist durations, FLV `duration`).
     pub fn as_secs_f64(self) -> f64 {
         self.0 as f64 / 1000.0
@@ -190,5 +196,8 @@ mod tests {
         assert_eq!(Millis::from_ticks(3600, TS_HZ), Millis::from_ms(40));
         assert_eq!(Millis::from_ticks(5, 0), Millis::from_ms(5000));
         assert_eq!(Millis::from_ticks(i128::MAX, 1), Millis::MAX);
+        assert_eq!(Millis::from_secs_f64(2.5), Millis::from_ms(2500));
+        assert_eq!(Millis::from_secs_f64(f64::NAN), Millis::ZERO);
+        assert_eq!(Millis::from_secs_f64(1e300), Millis::MAX);
     }
 }
