@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flv::reader::{FlvReader, TagType};
 use flv::tag::Parsed;
-use media::{MediaEvent, TimestampUnwrapper};
+use media::{MediaEvent, Millis, TimestampUnwrapper, WallMillis};
 use record::{CutPolicy, Format, Output, Recorder};
 use rtmp::{ServerConfig, ServerEvent, ServerSession};
 use testkit::chunk::{encode_message, msg_type};
@@ -229,8 +229,8 @@ fn new_session() -> ServerSession {
 
 fn policy() -> CutPolicy {
     CutPolicy {
-        interval_ms: INTERVAL_MS,
-        hard_cap_ms: 2 * INTERVAL_MS,
+        interval_ms: Millis::from_ms(INTERVAL_MS),
+        hard_cap_ms: Millis::from_ms(2 * INTERVAL_MS),
     }
 }
 
@@ -317,13 +317,15 @@ fn full_pipeline(input: &[u8]) -> Drained {
     let read = |reader: &mut ring::Reader, rec: &mut Recorder, d: &mut Drained| {
         while let Some(item) = reader.try_next() {
             match item {
-                ring::Item::Event(ev) => rec.handle_event(ev),
+                ring::Item::Event(ev, at) => rec.handle_event(ev, at),
                 ring::Item::Lagged { .. } => rec.finish(),
             }
             drain(rec, d);
         }
     };
     for piece in input.chunks(PIECE) {
+        // One arrival stamp per read, as the ingest connection does.
+        let at = WallMillis::from_unix_ms(chrono::Utc::now().timestamp_millis());
         buf.extend_from_slice(piece);
         session.handle_input(&mut buf).expect("session error");
         while let Some(ev) = session.poll_event() {
@@ -333,7 +335,7 @@ fn full_pipeline(input: &[u8]) -> Drained {
                     publishing = true;
                 }
                 ServerEvent::Metadata { body, .. } if publishing => {
-                    writer.push(MediaEvent::Metadata(body))
+                    writer.push(MediaEvent::Metadata(body), at)
                 }
                 ServerEvent::Audio {
                     timestamp, body, ..
@@ -344,7 +346,7 @@ fn full_pipeline(input: &[u8]) -> Drained {
                         body,
                     };
                     if let Some(ev) = parse(&mut clock, m) {
-                        writer.push(ev);
+                        writer.push(ev, at);
                     }
                 }
                 ServerEvent::Video {
@@ -356,7 +358,7 @@ fn full_pipeline(input: &[u8]) -> Drained {
                         body,
                     };
                     if let Some(ev) = parse(&mut clock, m) {
-                        writer.push(ev);
+                        writer.push(ev, at);
                     }
                 }
                 ServerEvent::Unpublished { .. } => {
@@ -494,7 +496,7 @@ fn benches(c: &mut Criterion) {
             let mut reader = handle.subscribe();
             let mut n = 0usize;
             for ev in &input.events {
-                writer.push(ev.clone());
+                writer.push(ev.clone(), WallMillis::default());
                 while let Some(item) = reader.try_next() {
                     n += 1;
                     black_box(item);
@@ -520,10 +522,11 @@ fn benches(c: &mut Criterion) {
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {
-                let mut rec = Recorder::new(format, policy()).with_segment_duration(4000);
+                let mut rec =
+                    Recorder::new(format, policy()).with_segment_duration(Millis::from_ms(4000));
                 let mut d = Drained::default();
                 for ev in &input.events {
-                    rec.handle_event(ev.clone());
+                    rec.handle_event(ev.clone(), WallMillis::default());
                     drain(&mut rec, &mut d);
                 }
                 rec.finish();

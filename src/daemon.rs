@@ -149,7 +149,7 @@ pub async fn run(
         tasks,
         supervisor: supervisor_handle,
         state,
-        clock,
+        clock: clock.clone(),
         metrics,
     });
     let api_task = {
@@ -180,6 +180,7 @@ pub async fn run(
         config: config.clone(),
         quota: sink.quota.clone(),
         shutdown: shutdown.clone(),
+        clock,
     });
     let accept = tokio::spawn(crate::ingest::listener::accept_loop(
         ingest,

@@ -4,6 +4,7 @@
 //! plan a template makes (R-TP-1), a record task and its status (R-TK), and the record of
 //! a stored file (R-QY-1). Wire shapes of the API live beside the routes (`api/`).
 
+use media::Millis;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,9 +117,9 @@ pub const DEFAULT_FILE_NAME: &str = "{StreamID}_{StartYear}-{StartMonth}-{StartD
 pub struct Plan {
     pub format: record::Format,
     /// HLS segment target length (R-FM-2).
-    pub segment_ms: i64,
-    pub record_interval_ms: i64,
-    pub hard_cap_ms: i64,
+    pub segment_ms: Millis,
+    pub record_interval_ms: Millis,
+    pub hard_cap_ms: Millis,
     pub file_name: String,
     /// Seconds the files are kept (0 = forever, R-ST-5).
     pub storage_time: u64,
@@ -131,9 +132,9 @@ impl Plan {
         let interval = f.record_interval.min(i64::MAX as u64 / 1000) as i64 * 1000;
         Plan {
             format,
-            segment_ms: (f.segment_duration.unwrap_or(10.0) * 1000.0) as i64,
-            record_interval_ms: interval,
-            hard_cap_ms: (interval as f64 * hard_cap_factor) as i64,
+            segment_ms: Millis::from_secs_f64(f.segment_duration.unwrap_or(10.0)),
+            record_interval_ms: Millis::from_ms(interval),
+            hard_cap_ms: Millis::from_ms((interval as f64 * hard_cap_factor) as i64),
             storage_time: f.storage_time,
             file_name: f
                 .file_name
@@ -281,9 +282,9 @@ mod tests {
     #[test]
     fn plan_caps_and_defaults() {
         let p = Plan::builtin(1.5);
-        assert_eq!(p.record_interval_ms, 1_800_000);
-        assert_eq!(p.hard_cap_ms, 2_700_000);
-        assert_eq!(p.segment_ms, 10_000);
+        assert_eq!(p.record_interval_ms, Millis::from_ms(1_800_000));
+        assert_eq!(p.hard_cap_ms, Millis::from_ms(2_700_000));
+        assert_eq!(p.segment_ms, Millis::from_ms(10_000));
         assert_eq!(p.file_name, DEFAULT_FILE_NAME);
         // A huge interval saturates instead of overflowing.
         let f = FormatConfig {
@@ -294,6 +295,6 @@ mod tests {
             segment_duration: Some(2.0),
             continue_timeout: None,
         };
-        assert!(Plan::new(record::Format::Hls, &f, 1.0).record_interval_ms > 0);
+        assert!(Plan::new(record::Format::Hls, &f, 1.0).record_interval_ms > Millis::ZERO);
     }
 }

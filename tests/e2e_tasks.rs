@@ -17,6 +17,13 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -256,6 +263,7 @@ fn realtime_task_with_preroll_stops_at_once() {
     let d = Daemon::start(&format!("{CONFIG}[ingest]\nring_seconds = 8.0\n"));
     let (rt, push) = push_for(&d, "live1", 16);
     std::thread::sleep(Duration::from_secs(7));
+    let created_ms = now_ms();
     let (s, v) = create(
         &d,
         serde_json::json!({"domain": "localhost", "app": "live", "stream": "live1", "end_time": now() + 60, "template_id": 2, "preroll_seconds": 4, "extension": "clip"}),
@@ -291,6 +299,42 @@ fn realtime_task_with_preroll_stops_at_once() {
     // 3 s after the request plus a pre-roll of 4–6 s (2 s GOPs) ≈ 7–9 s.
     let dur = flv_summary(&file).duration.unwrap_or(0.0);
     assert!((6.0..=10.5).contains(&dur), "task file {dur} s");
+    // Its wall-clock start is when its first (pre-roll) packet arrived, 4–6 s before the
+    // task was created, not when the task's writer opened (issue 10); its end is when its
+    // last packet arrived, after the stop was asked for (~3 s after the creation).
+    // The index entry follows the file's move into place.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let v = loop {
+        let (s, body) = d.api_get(&format!("/v1/recordings?stream=live1&task_id={id}"));
+        assert_eq!(s, 200, "{body}");
+        let v = json(&body);
+        if v["recordings"][0].is_object() || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let r = &v["recordings"][0];
+    let body = v.to_string();
+    let start = r["start_time_ms"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{body}"));
+    let end = r["end_time_ms"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{body}"));
+    let back = created_ms - start;
+    assert!(
+        (3_500..=6_800).contains(&back),
+        "starts {back} ms before the task: {r}"
+    );
+    assert!(
+        (2_000..=5_000).contains(&(end - created_ms)),
+        "ends {} ms after the task: {r}",
+        end - created_ms
+    );
+    assert!(
+        ((end - start) as f64 / 1000.0 - dur).abs() < 0.6,
+        "span vs duration {dur} s: {r}"
+    );
     rt.block_on(push).expect("join").expect("publish");
 }
 

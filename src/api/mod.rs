@@ -190,7 +190,7 @@ async fn streams(State(ctx): Ctxt) -> Json<Value> {
                 "peer": s.peer.to_string(),
                 "started": s.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                 "stream_param": s.query,
-                "ring": {"bytes": s.ring.bytes, "gops": s.ring.gops, "duration_ms": s.ring.duration_ms, "readers": s.ring.readers},
+                "ring": {"bytes": s.ring.bytes, "gops": s.ring.gops, "duration_ms": s.ring.duration_ms.as_ms(), "readers": s.ring.readers},
                 "tasks": tasks,
             })
         })

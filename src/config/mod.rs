@@ -480,6 +480,7 @@ fn checked(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use media::Millis;
 
     #[test]
     fn embedded_defaults_match_the_spec() {
@@ -491,8 +492,8 @@ mod tests {
         assert_eq!(plans.len(), 1);
         let plan = &plans[0];
         assert_eq!(plan.format, record::Format::Flv);
-        assert_eq!(plan.record_interval_ms, 1_800_000);
-        assert_eq!(plan.hard_cap_ms, 3_600_000);
+        assert_eq!(plan.record_interval_ms, Millis::from_ms(1_800_000));
+        assert_eq!(plan.hard_cap_ms, Millis::from_ms(3_600_000));
     }
 
     #[test]
@@ -563,7 +564,7 @@ mod tests {
         let l = parse(&text, None).unwrap();
         let interval = |d: &str, a: &str, s: &str| -> Option<i64> {
             let (plans, _) = l.plans_for(&StreamId::new(d, a, s));
-            plans.first().map(|p| p.record_interval_ms / 1000)
+            plans.first().map(|p| p.record_interval_ms.as_ms() / 1000)
         };
         // (domain, app, stream) -> FLV interval (= template id), None = not recorded.
         let table: &[(&str, &str, &str, Option<i64>)] = &[
@@ -618,7 +619,7 @@ mod tests {
     fn template_selects_flv_interval() {
         let text = "[record]\ndefault_template = 7\n[[template]]\nid = 7\nflv = { enable = true, record_interval = 5 }\n";
         let l = parse(text, None).unwrap();
-        assert_eq!(l.plans().0[0].record_interval_ms, 5000);
+        assert_eq!(l.plans().0[0].record_interval_ms, Millis::from_ms(5000));
         let none = parse("[record]\ndefault_template = -1\n", None).unwrap();
         assert!(none.plans().0.is_empty());
         let both = parse("[record]\ndefault_template = 3\n[[template]]\nid = 3\nflv = { enable = true, record_interval = 5 }\naac = { enable = true, record_interval = 7 }\n", None).unwrap();
@@ -626,7 +627,7 @@ mod tests {
             .plans()
             .0
             .iter()
-            .map(|p| (p.format, p.record_interval_ms))
+            .map(|p| (p.format, p.record_interval_ms.as_ms()))
             .collect();
         assert_eq!(
             formats,
@@ -655,7 +656,7 @@ mod tests {
         );
         let hls = parse("[record]\ndefault_template = 6\n[[template]]\nid = 6\nhls = { enable = true, segment_duration = 4 }\n", None).unwrap();
         assert_eq!(hls.plans().0[0].format, record::Format::Hls);
-        assert_eq!(hls.plans().0[0].segment_ms, 4000);
+        assert_eq!(hls.plans().0[0].segment_ms, Millis::from_ms(4000));
         let e = parse(
             "[[template]]\nid = 2\nflv = { enable = true, record_interval = 0 }\n",
             None,

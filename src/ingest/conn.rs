@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use media::{MediaEvent, TimestampUnwrapper};
+use media::{MediaEvent, Millis, TimestampUnwrapper, WallMillis};
 use rtmp::{PublishRequest, ServerEvent, ServerSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -167,9 +167,12 @@ impl Conn {
                 return Err(ConnEnd::Closed);
             }
             crate::metrics::bytes_in(n);
+            // Every event decoded from this read arrived now: files take their wall-clock
+            // start and end from these stamps, not from when a writer opens (issue 10).
+            let arrival = WallMillis::from_unix_ms(self.ingest.clock.now_ms());
             let res = self.session.handle_input(&mut buf);
             // Flush replies even when the input ended in an error, so the peer sees them.
-            let got_media = self.pump_events(&mut socket).await;
+            let got_media = self.pump_events(&mut socket, arrival).await;
             if let Some(p) = &mut self.publishing {
                 let now = Instant::now();
                 if p.wake_due(now) {
@@ -190,8 +193,13 @@ impl Conn {
         }
     }
 
-    /// Handles every pending session event; returns whether media arrived.
-    async fn pump_events(&mut self, socket: &mut TcpStream) -> Result<bool, ConnEnd> {
+    /// Handles every pending session event, all decoded from bytes read at `arrival`;
+    /// returns whether media arrived.
+    async fn pump_events(
+        &mut self,
+        socket: &mut TcpStream,
+        arrival: WallMillis,
+    ) -> Result<bool, ConnEnd> {
         let mut got_media = false;
         while let Some(ev) = self.session.poll_event() {
             match ev {
@@ -215,7 +223,7 @@ impl Conn {
                         .as_mut()
                         .filter(|p| p.stream_id == stream_id)
                     {
-                        p.writer.push_deferred(MediaEvent::Metadata(body));
+                        p.writer.push_deferred(MediaEvent::Metadata(body), arrival);
                     }
                 }
                 ServerEvent::Audio {
@@ -224,7 +232,7 @@ impl Conn {
                     body,
                 } => {
                     got_media = true;
-                    self.media(stream_id, timestamp, body, false);
+                    self.media(stream_id, timestamp, body, false, arrival);
                 }
                 ServerEvent::Video {
                     stream_id,
@@ -232,7 +240,7 @@ impl Conn {
                     body,
                 } => {
                     got_media = true;
-                    self.media(stream_id, timestamp, body, true);
+                    self.media(stream_id, timestamp, body, true, arrival);
                 }
                 ServerEvent::Unpublished { stream_id } => {
                     if self
@@ -248,7 +256,14 @@ impl Conn {
         Ok(got_media)
     }
 
-    fn media(&mut self, stream_id: u32, timestamp: u32, body: bytes::Bytes, video: bool) {
+    fn media(
+        &mut self,
+        stream_id: u32,
+        timestamp: u32,
+        body: bytes::Bytes,
+        video: bool,
+        arrival: WallMillis,
+    ) {
         let Some(p) = self
             .publishing
             .as_mut()
@@ -266,7 +281,7 @@ impl Conn {
         match parsed {
             Ok(flv::tag::Parsed::Event(ev)) => {
                 p.unwoken_bytes += body_len;
-                p.writer.push_deferred(ev);
+                p.writer.push_deferred(ev, arrival);
             }
             Ok(flv::tag::Parsed::Skip(_)) => {}
             Err(e) => {
@@ -274,7 +289,7 @@ impl Conn {
                 // rate-limited to powers of two so a broken encoder cannot flood it.
                 p.bad_frames += 1;
                 if p.bad_frames.is_power_of_two() {
-                    warn!(conn = self.conn_id, stream = %p.id, dts, count = p.bad_frames, "dropping malformed {} frame: {e}", if video { "video" } else { "audio" });
+                    warn!(conn = self.conn_id, stream = %p.id, dts = dts.as_ms(), count = p.bad_frames, "dropping malformed {} frame: {e}", if video { "video" } else { "audio" });
                 }
             }
         }
@@ -326,7 +341,7 @@ impl Conn {
         }
         let ingest = &config.config.ingest;
         let (writer, handle) = ring::ring(ring::RingConfig {
-            max_duration_ms: (ingest.ring_seconds * 1000.0) as i64,
+            max_duration_ms: Millis::from_secs_f64(ingest.ring_seconds),
             max_bytes: ingest.ring_max_bytes,
         });
         let query = req.query.as_deref().map(identity::redact_query);

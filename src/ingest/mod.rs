@@ -17,4 +17,6 @@ pub struct Ingest {
     /// Past the spool quota new publishes are refused (R-ST-4).
     pub quota: Arc<crate::sink::Quota>,
     pub shutdown: CancellationToken,
+    /// Stamps each socket read with its wall-clock arrival (issue 10).
+    pub clock: Arc<dyn crate::clock::Clock>,
 }

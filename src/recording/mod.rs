@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use flv::mux::Patch;
+use media::{Millis, WallMillis};
 use record::{CutPolicy, FileSummary, Format, Output, Recorder};
 use tracing::{error, info, warn};
 
@@ -24,10 +25,10 @@ pub enum StartAt {
     /// The newest keyframe (a real-time task, R-TK-3).
     Newest,
     /// A keyframe at least this many ms back, or the oldest held (pre-roll, R-TK-6).
-    Preroll(i64),
+    Preroll(Millis),
     /// The first keyframe within the last this many ms (a scheduled window that opened
     /// that long ago while the stream was live).
-    Since(i64),
+    Since(Millis),
 }
 
 /// What a record task adds to a recording (R-TK): its id (in names and manifests) and
@@ -79,9 +80,9 @@ impl Launch for Recorders {
         } = start;
         for plan in plans {
             let task_id = task.as_ref().map(|t| t.task_id.clone()).unwrap_or_default();
-            info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), interval_s = plan.record_interval_ms / 1000, "recording");
+            info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), interval_s = plan.record_interval_ms.as_ms() / 1000, "recording");
             let reader = match at {
-                StartAt::Oldest => ring.subscribe_preroll(i64::MAX),
+                StartAt::Oldest => ring.subscribe_preroll(Millis::MAX),
                 StartAt::Newest => ring.subscribe(),
                 StartAt::Preroll(ms) => ring.subscribe_preroll(ms),
                 StartAt::Since(ms) => ring.subscribe_since(ms),
@@ -128,13 +129,19 @@ impl Launch for Recorders {
     }
 }
 
+/// A packet's arrival as a date. Arrivals come from the clock, so they are always in
+/// chrono's range; the epoch stands in for one that is not rather than failing a file.
+fn wall(at: WallMillis) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.as_unix_ms()).unwrap_or_default()
+}
+
 /// An open HLS recording: its playlist (claimed key, rewritten after every segment) and
 /// its open segment files.
 struct HlsFile {
     handle: PlaylistHandle,
     name: String,
     started: DateTime<Utc>,
-    start_dts: i64,
+    start_dts: Millis,
     playlist: hls::MediaPlaylist,
     segments: HashMap<u64, SpoolFile>,
 }
@@ -164,7 +171,7 @@ impl Recording {
             };
             let Some(item) = item else { break };
             match item {
-                ring::Item::Event(ev) => self.rec.handle_event(ev),
+                ring::Item::Event(ev, arrival) => self.rec.handle_event(ev, arrival),
                 ring::Item::Lagged { skipped } => {
                     // The ring moved on without us: the current file would have a hole,
                     // so it ends here and the next one starts at the next keyframe.
@@ -188,19 +195,23 @@ impl Recording {
                 Output::Skipped { reason } => {
                     warn!(stream = %self.id, format = self.format.ext(), "{reason}");
                 }
-                Output::Open { seq, start_dts } if self.format == Format::Hls => {
-                    self.open_hls(seq, start_dts).await;
+                Output::Open {
+                    seq,
+                    start_dts,
+                    arrival,
+                } if self.format == Format::Hls => {
+                    self.open_hls(seq, start_dts, wall(arrival)).await;
                     if let Some((seq, summary, patches)) = closing.take() {
                         self.close(seq, summary, patches).await;
                     }
                 }
-                Output::SegmentOpen { seq, n } => {
+                Output::SegmentOpen { seq, n, arrival } => {
                     let Some(h) = self.hls.get_mut(&seq) else {
                         continue;
                     };
                     match self
                         .sink
-                        .create(&self.spool, seq, Utc::now(), Some(n))
+                        .create(&self.spool, seq, wall(arrival), Some(n))
                         .await
                     {
                         Ok(f) => {
@@ -228,8 +239,8 @@ impl Recording {
                 } => {
                     self.close_segment(seq, n, start_dts, duration_ms).await;
                 }
-                Output::Open { seq, .. } => {
-                    let started = Utc::now();
+                Output::Open { seq, arrival, .. } => {
+                    let started = wall(arrival);
                     match self.sink.create(&self.spool, seq, started, None).await {
                         Ok(f) => {
                             self.files.insert(seq, (f, started));
@@ -270,10 +281,14 @@ impl Recording {
 
     /// An HLS playlist is published while it grows, so its name is fixed when it opens:
     /// `{End…}` placeholders take the start time there (the end is not known yet).
-    async fn open_hls(&mut self, seq: u64, start_dts: i64) {
-        let started = Utc::now();
+    /// `started` is its first packet's arrival.
+    async fn open_hls(&mut self, seq: u64, start_dts: Millis, started: DateTime<Utc>) {
         let name = self.spool.meta.render(seq, started, started);
-        match self.sink.open_playlist(&self.spool, seq, &name).await {
+        match self
+            .sink
+            .open_playlist(&self.spool, seq, &name, started)
+            .await
+        {
             Ok(handle) => {
                 let name = crate::sink::file_of(&handle.key)
                     .strip_suffix(".m3u8")
@@ -299,7 +314,7 @@ impl Recording {
         }
     }
 
-    async fn close_segment(&mut self, seq: u64, n: u64, start_dts: i64, duration_ms: i64) {
+    async fn close_segment(&mut self, seq: u64, n: u64, start_dts: Millis, duration_ms: Millis) {
         let Some(h) = self.hls.get_mut(&seq) else {
             return;
         };
@@ -307,10 +322,13 @@ impl Recording {
             return;
         };
         let name = format!("{}_{n}", h.name);
-        let pdt = h.started + chrono::Duration::milliseconds(start_dts - h.start_dts);
+        // The playlist's first packet arrived at `started`; later segments are placed on
+        // the stream's own timeline from there, so PROGRAM-DATE-TIME does not drift with
+        // network jitter (R-FM-2).
+        let pdt = h.started + chrono::Duration::milliseconds((start_dts - h.start_dts).as_ms());
         let mut seg = hls::Segment {
             uri: format!("{name}.ts"),
-            duration: duration_ms as f64 / 1000.0,
+            duration: duration_ms.as_secs_f64(),
             program_date_time: Some(pdt),
             discontinuity: false,
         };
@@ -343,13 +361,18 @@ impl Recording {
         let segments = h.playlist.segments().len();
         match self
             .sink
-            .close_playlist(h.handle, text, summary.duration_ms)
+            .close_playlist(
+                h.handle,
+                text,
+                wall(summary.last_arrival),
+                summary.duration_ms.as_ms(),
+            )
             .await
         {
             Ok(()) => {
                 crate::metrics::file_finalized();
                 info!(
-                    stream = %self.id, key = %key, segments, duration_ms = summary.duration_ms,
+                    stream = %self.id, key = %key, segments, duration_ms = summary.duration_ms.as_ms(),
                     bytes = summary.bytes, video_frames = summary.video_frames, audio_frames = summary.audio_frames,
                     "file finished"
                 )
@@ -370,9 +393,9 @@ impl Recording {
             return;
         };
         crate::metrics::file_closed();
-        // Names use wall-clock start and start + media duration as end, so the name
-        // states the span the file really holds.
-        let end = started + chrono::Duration::milliseconds(summary.duration_ms);
+        // Names and the index use the arrivals of the file's first and last packets as its
+        // wall-clock span (issue 10): `started` is the first's (from `Output::Open`).
+        let end = wall(summary.last_arrival).max(started);
         let name = self.spool.meta.render(seq, started, end);
         match self
             .sink
@@ -381,14 +404,14 @@ impl Recording {
                 &patches,
                 &self.spool.meta,
                 &name,
-                (started, summary.duration_ms),
+                (started, end, summary.duration_ms.as_ms()),
             )
             .await
         {
             Ok(key) => {
                 crate::metrics::file_finalized();
                 info!(
-                    stream = %self.id, key = %key, duration_ms = summary.duration_ms, bytes = summary.bytes,
+                    stream = %self.id, key = %key, duration_ms = summary.duration_ms.as_ms(), bytes = summary.bytes,
                     video_frames = summary.video_frames, audio_frames = summary.audio_frames, hard_cut = summary.hard_cut,
                     "file finished"
                 )

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use media::Millis;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -256,17 +257,19 @@ impl Supervisor {
         }
         let at = if task.preroll_seconds > 0 {
             // Reaches back before the request, limited by what the ring holds (R-TK-6).
-            StartAt::Preroll((task.preroll_seconds as i64).saturating_mul(1000))
+            StartAt::Preroll(Millis::from_secs(
+                i64::try_from(task.preroll_seconds).unwrap_or(i64::MAX),
+            ))
         } else if task.realtime {
             StartAt::Newest
         } else {
             // A scheduled window that opened while the stream was live starts at the
             // first keyframe at or after its start (the ring holds what came since).
-            StartAt::Since(
+            StartAt::Since(Millis::from_ms(
                 now_ms
                     .saturating_sub(task.start_time.saturating_mul(1000))
                     .max(0),
-            )
+            ))
         };
         self.launcher.launch(RecordStart {
             id,
@@ -384,7 +387,7 @@ mod tests {
 
         async fn publish(&mut self, conn_id: u64) {
             let (writer, handle) = ring::ring(ring::RingConfig {
-                max_duration_ms: 2000,
+                max_duration_ms: Millis::from_ms(2000),
                 max_bytes: 1 << 20,
             });
             let entry = LiveStream {
@@ -453,7 +456,7 @@ mod tests {
         assert!(v[0].task.is_none());
         let formats: Vec<_> = v[0].plans.iter().map(|p| p.format).collect();
         assert_eq!(formats, vec![record::Format::Flv, record::Format::Hls]);
-        assert_eq!(v[0].plans[0].record_interval_ms, 60_000);
+        assert_eq!(v[0].plans[0].record_interval_ms, Millis::from_ms(60_000));
         r.shutdown.cancel();
     }
 
@@ -485,7 +488,7 @@ mod tests {
         let v = r.launched.take();
         assert_eq!(v.len(), 1);
         match v[0].at {
-            StartAt::Since(ms) => assert!((0..=1500).contains(&ms), "{ms}"),
+            StartAt::Since(ms) => assert!((0..=1500).contains(&ms.as_ms()), "{ms}"),
             other => panic!("{other:?}"),
         }
         let stop = v[0].task.as_ref().unwrap().stop.clone();
@@ -549,7 +552,7 @@ mod tests {
         let v = r.launched.take();
         assert_eq!(
             task_starts(&v),
-            vec![(t.task_id.clone(), StartAt::Preroll(5000))]
+            vec![(t.task_id.clone(), StartAt::Preroll(Millis::from_ms(5000)))]
         );
         let stop = v[0].task.as_ref().unwrap().stop.clone();
         // Without pre-roll a real-time task starts at the newest keyframe.
@@ -578,7 +581,7 @@ mod tests {
         r.launched.take();
         // conn 2 takes over; conn 1's end arrives afterwards.
         let (writer, handle) = ring::ring(ring::RingConfig {
-            max_duration_ms: 2000,
+            max_duration_ms: Millis::from_ms(2000),
             max_bytes: 1 << 20,
         });
         let entry = LiveStream {
@@ -629,29 +632,32 @@ mod tests {
         // launched, so a recording started after several GOPs arrived still gets the
         // first one (subscribing at the oldest join point).
         let (mut writer, handle) = ring::ring(ring::RingConfig {
-            max_duration_ms: 100,
+            max_duration_ms: Millis::from_ms(100),
             max_bytes: 1 << 20,
         });
         let pin = handle.subscribe();
         for i in 0..10i64 {
-            writer.push(media::MediaEvent::Packet(media::Packet {
-                codec: media::Codec::Video(media::VideoCodec::H264),
-                dts: i * 1000,
-                cts: 0,
-                key: true,
-                flv: bytes::Bytes::from_static(b"x"),
-                data: bytes::Bytes::from_static(b"x"),
-            }));
+            writer.push(
+                media::MediaEvent::Packet(media::Packet {
+                    codec: media::Codec::Video(media::VideoCodec::H264),
+                    dts: Millis::from_secs(i),
+                    cts: 0,
+                    key: true,
+                    flv: bytes::Bytes::from_static(b"x"),
+                    data: bytes::Bytes::from_static(b"x"),
+                }),
+                media::WallMillis::from_unix_ms(i * 1000),
+            );
         }
-        let mut late = handle.subscribe_preroll(i64::MAX);
+        let mut late = handle.subscribe_preroll(Millis::MAX);
         drop(pin);
         let first = loop {
             match late.try_next() {
-                Some(ring::Item::Event(media::MediaEvent::Packet(p))) => break p.dts,
+                Some(ring::Item::Event(media::MediaEvent::Packet(p), _)) => break p.dts,
                 Some(_) => continue,
                 None => panic!("nothing to read"),
             }
         };
-        assert_eq!(first, 0);
+        assert_eq!(first, Millis::ZERO);
     }
 }

@@ -464,14 +464,16 @@ impl Sink {
 
     /// Completes a file: flush, patch in place (FLV metadata, MP4 duration), then store
     /// it as `{domain}/{app}/{stream}/{name}.{ext}` (`_N` added if taken). Returns the key;
-    /// with S3 the upload goes on in the background (retried until it succeeds).
+    /// with S3 the upload goes on in the background (retried until it succeeds). `span`
+    /// is the file's wall-clock start and end (its first and last packets' arrival) and
+    /// its media duration in ms.
     pub async fn finish(
         &self,
         mut f: SpoolFile,
         patches: &[Patch],
         rec: &RecMeta,
         name: &str,
-        span: (DateTime<Utc>, i64),
+        span: (DateTime<Utc>, DateTime<Utc>, i64),
     ) -> Result<String, SinkError> {
         let closed = Instant::now();
         f.flush().await?;
@@ -487,7 +489,8 @@ impl Sink {
             .await?
             .map_err(spool_err(&path))?;
         let stream = f.stream.take();
-        let info = rec.record(span.0, span.1);
+        let mut info = rec.record(span.0, span.2);
+        info.end_ms = span.1.timestamp_millis().max(info.start_ms);
         let key = self
             .store_finished_since(
                 closed,
@@ -642,18 +645,20 @@ impl Sink {
         res
     }
 
-    /// Opens an HLS playlist: claims `{name}.m3u8` (the name is fixed now, it is
-    /// published while it grows) and records the key in the spool for crash recovery.
+    /// Opens an HLS playlist starting at `start` (its first packet's arrival): claims
+    /// `{name}.m3u8` (the name is fixed now, it is published while it grows) and records
+    /// the key in the spool for crash recovery.
     pub async fn open_playlist(
         &self,
         rec: &Rec,
         seq: u64,
         name: &str,
+        start: DateTime<Utc>,
     ) -> Result<PlaylistHandle, SinkError> {
         let key = self.claim_key(&rec.meta.id(), name, "m3u8").await?;
         let marker = rec.dir.join(format!("{}.{seq}.m3u8.json", rec.tag));
         let copy = rec.dir.join(format!("{}.{seq}.m3u8", rec.tag));
-        let mut info = rec.meta.record(Utc::now(), 0);
+        let mut info = rec.meta.record(start, 0);
         info.key = key.clone();
         info.format = "hls".into();
         // The record goes in the marker too: crash recovery indexes the playlist it ends.
@@ -748,17 +753,19 @@ impl Sink {
         Ok(key)
     }
 
-    /// Ends a playlist (`text` has `#EXT-X-ENDLIST`) spanning `duration_ms`.
+    /// Ends a playlist (`text` has `#EXT-X-ENDLIST`) of `duration_ms` of media whose last
+    /// packet arrived at `end`.
     pub async fn close_playlist(
         &self,
         pl: PlaylistHandle,
         text: String,
+        end: DateTime<Utc>,
         duration_ms: i64,
     ) -> Result<(), SinkError> {
         let closed = Instant::now();
         let mut info = pl.info.clone();
         info.duration_ms = duration_ms;
-        info.end_ms = info.start_ms + duration_ms;
+        info.end_ms = end.timestamp_millis().max(info.start_ms);
         let res = match (&*self.backend, pl.lane) {
             (Backend::S3(_), Some(lane)) => {
                 self.write_copy(&pl.copy, text.as_bytes()).await?;
@@ -960,7 +967,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let inode = std::fs::metadata(f.path()).unwrap().ino();
         let key = sink
-            .finish(f, &[], &meta, "s", (Utc::now(), 0))
+            .finish(f, &[], &meta, "s", (Utc::now(), Utc::now(), 0))
             .await
             .unwrap();
         let stored = dir.path().join("rec").join(&key);

@@ -607,11 +607,16 @@ mod tests {
             has_video: true,
             ..flv::MetaInfo::default()
         };
-        let mut m = flv::FlvMuxer::new(info, 0);
+        let mut m = flv::FlvMuxer::new(info, media::Millis::ZERO);
         let mut out = vec![m.header()];
         for i in 0..50 {
             let body = bytes::Bytes::from(vec![0x17; 200 + i]);
-            m.write_tag(media::TrackKind::Video, i as i64 * 40, &body, &mut out);
+            m.write_tag(
+                media::TrackKind::Video,
+                media::Millis::from_ms(i as i64 * 40),
+                &body,
+                &mut out,
+            );
         }
         let mut file: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
         file.truncate(file.len() - 100);

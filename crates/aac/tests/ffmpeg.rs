@@ -28,7 +28,9 @@ fn adts_of_fixture_matches_ffmpeg_byte_for_byte() {
             if tag.tag_type != flv::TagType::Audio {
                 continue;
             }
-            match flv::parse_audio(tag.body.clone(), 0).expect("fixture audio parses") {
+            match flv::parse_audio(tag.body.clone(), media::Millis::ZERO)
+                .expect("fixture audio parses")
+            {
                 flv::Parsed::Event(media::MediaEvent::Config(c)) => {
                     params = Some(AdtsParams::from_asc(&c.record).expect("ASC"));
                 }

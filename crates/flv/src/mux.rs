@@ -293,7 +293,7 @@ impl FlvMuxer {
     /// u32::MAX, because players read the FLV timestamp as SI32 (reliability T2); a file
     /// is cut long before 24 days anyway.
     pub fn file_timestamp(&self, dts: Millis) -> u32 {
-        let rel = dts.saturating_sub(self.base).clamp(0, i64::from(i32::MAX));
+        let rel = (dts - self.base).as_ms().clamp(0, i64::from(i32::MAX));
         // In 0..=i32::MAX after the clamp.
         rel as u32
     }

@@ -478,16 +478,16 @@ mod tests {
     #[test]
     fn aac_sequence_header_and_raw_frame() {
         let body = Bytes::from_static(&[0xaf, 0x00, 0x11, 0x90]);
-        let c = config(parse_audio(body.clone(), 40));
+        let c = config(parse_audio(body.clone(), Millis::from_ms(40)));
         assert_eq!(c.codec, Codec::Audio(AudioCodec::Aac));
         assert_eq!(&c.record[..], &[0x11, 0x90]);
         assert_eq!(c.flv, body);
-        assert_eq!(c.dts, 40);
+        assert_eq!(c.dts.as_ms(), 40);
 
         let body = Bytes::from_static(&[0xaf, 0x01, 0x21, 0x10, 0x05]);
-        let p = packet(parse_audio(body.clone(), 63));
+        let p = packet(parse_audio(body.clone(), Millis::from_ms(63)));
         assert_eq!(p.codec, Codec::Audio(AudioCodec::Aac));
-        assert_eq!((p.dts, p.cts, p.key), (63, 0, true));
+        assert_eq!((p.dts.as_ms(), p.cts, p.key), (63, 0, true));
         assert_eq!(&p.data[..], &[0x21, 0x10, 0x05]);
         assert_eq!(p.flv, body);
         assert_shares(&p.flv, &p.data);
@@ -496,19 +496,22 @@ mod tests {
     #[test]
     fn aac_invalid_asc_is_refused() {
         assert_eq!(
-            parse_audio(Bytes::from_static(&[0xaf, 0x00, 0x11]), 0),
+            parse_audio(Bytes::from_static(&[0xaf, 0x00, 0x11]), Millis::from_ms(0)),
             Err(TagError::BadAudioSpecificConfig(AacError::TooShort {
                 len: 1
             }))
         );
         assert_eq!(
-            parse_audio(Bytes::from_static(&[0xaf, 0x00]), 0),
+            parse_audio(Bytes::from_static(&[0xaf, 0x00]), Millis::from_ms(0)),
             Err(TagError::BadAudioSpecificConfig(AacError::TooShort {
                 len: 0
             }))
         );
         assert_eq!(
-            parse_audio(Bytes::from_static(&[0xaf, 0x00, 0x00, 0x00]), 0),
+            parse_audio(
+                Bytes::from_static(&[0xaf, 0x00, 0x00, 0x00]),
+                Millis::from_ms(0)
+            ),
             Err(TagError::BadAudioSpecificConfig(AacError::NullObjectType))
         );
     }
@@ -517,7 +520,7 @@ mod tests {
     fn mp3_both_sound_formats() {
         for first in [0x2f, 0xe2] {
             let body = cat(&[&[first], b"\xff\xfb\x90\x64"]);
-            let p = packet(parse_audio(body, 10));
+            let p = packet(parse_audio(body, Millis::from_ms(10)));
             assert_eq!(p.codec, Codec::Audio(AudioCodec::Mp3));
             assert_eq!(&p.data[..], b"\xff\xfb\x90\x64");
             assert!(p.key);
@@ -527,7 +530,7 @@ mod tests {
     #[test]
     fn avc_sequence_header() {
         let body = cat(&[&[0x17, 0, 0, 0, 0], AVCC]);
-        let c = config(parse_video(body.clone(), 0));
+        let c = config(parse_video(body.clone(), Millis::from_ms(0)));
         assert_eq!(c.codec, Codec::Video(VideoCodec::H264));
         assert_eq!(&c.record[..], AVCC);
         assert_eq!(c.flv, body);
@@ -536,52 +539,64 @@ mod tests {
     #[test]
     fn avc_nalu_positive_and_negative_composition_time() {
         let nalus: &[u8] = &[0, 0, 0, 2, 0x65, 0x88];
-        let p = packet(parse_video(cat(&[&[0x17, 1, 0, 0, 0x42], nalus]), 1000));
-        assert_eq!((p.dts, p.cts, p.key), (1000, 0x42, true));
+        let p = packet(parse_video(
+            cat(&[&[0x17, 1, 0, 0, 0x42], nalus]),
+            Millis::from_ms(1000),
+        ));
+        assert_eq!((p.dts.as_ms(), p.cts, p.key), (1000, 0x42, true));
         assert_eq!(&p.data[..], nalus);
-        assert_eq!(p.pts(), 1066);
+        assert_eq!(p.pts().as_ms(), 1066);
         assert_shares(&p.flv, &p.data);
 
         // B-frame reordering: SI24 0xffffdf is -33, not 16 777 183 (reliability M4).
         let p = packet(parse_video(
             cat(&[&[0x27, 1, 0xff, 0xff, 0xdf], nalus]),
-            1000,
+            Millis::from_ms(1000),
         ));
         assert_eq!((p.cts, p.key), (-33, false));
-        assert_eq!(p.pts(), 967);
+        assert_eq!(p.pts().as_ms(), 967);
 
         // Extremes of SI24.
-        let p = packet(parse_video(cat(&[&[0x27, 1, 0x80, 0, 0], nalus]), 0));
+        let p = packet(parse_video(
+            cat(&[&[0x27, 1, 0x80, 0, 0], nalus]),
+            Millis::from_ms(0),
+        ));
         assert_eq!(p.cts, -(1 << 23));
-        let p = packet(parse_video(cat(&[&[0x37, 1, 0x7f, 0xff, 0xff], nalus]), 0));
+        let p = packet(parse_video(
+            cat(&[&[0x37, 1, 0x7f, 0xff, 0xff], nalus]),
+            Millis::from_ms(0),
+        ));
         assert_eq!((p.cts, p.key), ((1 << 23) - 1, false));
     }
 
     #[test]
     fn avc_end_of_sequence_and_command_frames_skip() {
         assert_eq!(
-            parse_video(Bytes::from_static(&[0x17, 2, 0, 0, 0]), 0),
+            parse_video(Bytes::from_static(&[0x17, 2, 0, 0, 0]), Millis::from_ms(0)),
             Ok(Parsed::Skip(SkipReason::EndOfSequence))
         );
         // Info/command frame: frame type 5 with a one-byte payload.
         assert_eq!(
-            parse_video(Bytes::from_static(&[0x57, 0x00]), 0),
+            parse_video(Bytes::from_static(&[0x57, 0x00]), Millis::from_ms(0)),
             Ok(Parsed::Skip(SkipReason::CommandFrame))
         );
         // NALU packet whose header is complete but carries no NAL units.
         assert_eq!(
-            parse_video(Bytes::from_static(&[0x27, 1, 0, 0, 0]), 0),
+            parse_video(Bytes::from_static(&[0x27, 1, 0, 0, 0]), Millis::from_ms(0)),
             Ok(Parsed::Skip(SkipReason::EmptyFrame))
         );
         assert_eq!(
-            parse_audio(Bytes::from_static(&[0xaf, 1]), 0),
+            parse_audio(Bytes::from_static(&[0xaf, 1]), Millis::from_ms(0)),
             Ok(Parsed::Skip(SkipReason::EmptyFrame))
         );
     }
 
     #[test]
     fn generated_keyframe_is_not_a_random_access_point() {
-        let p = packet(parse_video(Bytes::from_static(&[0x47, 1, 0, 0, 0, 9]), 0));
+        let p = packet(parse_video(
+            Bytes::from_static(&[0x47, 1, 0, 0, 0, 9]),
+            Millis::from_ms(0),
+        ));
         assert!(!p.key);
     }
 
@@ -597,7 +612,7 @@ mod tests {
         // 0x90: isExHeader | frame type 1 (key) | SequenceStart
         let rec = hvcc();
         let body = cat(&[&[0x90], b"hvc1", &rec]);
-        let c = config(parse_video(body.clone(), 5));
+        let c = config(parse_video(body.clone(), Millis::from_ms(5)));
         assert_eq!(c.codec, Codec::Video(VideoCodec::Hevc));
         assert_eq!(&c.record[..], &rec[..]);
         assert_eq!(c.flv, body);
@@ -605,21 +620,24 @@ mod tests {
         // CodedFrames, key, cts -33.
         let p = packet(parse_video(
             cat(&[&[0x91], b"hvc1", &[0xff, 0xff, 0xdf], b"\0\0\0\x01\x26"]),
-            7,
+            Millis::from_ms(7),
         ));
         assert_eq!(p.codec, Codec::Video(VideoCodec::Hevc));
-        assert_eq!((p.dts, p.cts, p.key), (7, -33, true));
+        assert_eq!((p.dts.as_ms(), p.cts, p.key), (7, -33, true));
         assert_eq!(&p.data[..], b"\0\0\0\x01\x26");
 
         // CodedFramesX, inter (frame type 2): no composition time.
-        let p = packet(parse_video(cat(&[&[0xa3], b"hvc1", b"\0\0\0\x01\x02"]), 8));
+        let p = packet(parse_video(
+            cat(&[&[0xa3], b"hvc1", b"\0\0\0\x01\x02"]),
+            Millis::from_ms(8),
+        ));
         assert_eq!((p.cts, p.key), (0, false));
         assert_eq!(&p.data[..], b"\0\0\0\x01\x02");
         assert_shares(&p.flv, &p.data);
 
         // SequenceEnd.
         assert_eq!(
-            parse_video(cat(&[&[0x92], b"hvc1"]), 9),
+            parse_video(cat(&[&[0x92], b"hvc1"]), Millis::from_ms(9)),
             Ok(Parsed::Skip(SkipReason::EndOfSequence))
         );
     }
@@ -628,13 +646,13 @@ mod tests {
     fn ertmp_hevc_bad_config() {
         let short = cat(&[&[0x90], b"hvc1", &[1u8; 22]]);
         assert!(matches!(
-            parse_video(short, 0),
+            parse_video(short, Millis::from_ms(0)),
             Err(TagError::BadHevcConfig(_))
         ));
         let mut rec = hvcc();
         rec[0] = 0;
         assert!(matches!(
-            parse_video(cat(&[&[0x90], b"hvc1", &rec]), 0),
+            parse_video(cat(&[&[0x90], b"hvc1", &rec]), Millis::from_ms(0)),
             Err(TagError::BadHevcConfig(_))
         ));
     }
@@ -642,41 +660,56 @@ mod tests {
     #[test]
     fn ertmp_av1_sequence_start_and_coded_frames() {
         let av1c: &[u8] = &[0x81, 0x08, 0x0c, 0x00, 0x0a, 0x0b];
-        let c = config(parse_video(cat(&[&[0x90], b"av01", av1c]), 0));
+        let c = config(parse_video(
+            cat(&[&[0x90], b"av01", av1c]),
+            Millis::from_ms(0),
+        ));
         assert_eq!(c.codec, Codec::Video(VideoCodec::Av1));
         assert_eq!(&c.record[..], av1c);
 
         // CodedFrames for av01 has no composition offset: the OBUs start right after the
         // FourCC.
         let obus: &[u8] = &[0x12, 0x00, 0x0a, 0x0b];
-        let p = packet(parse_video(cat(&[&[0x91], b"av01", obus]), 33));
+        let p = packet(parse_video(
+            cat(&[&[0x91], b"av01", obus]),
+            Millis::from_ms(33),
+        ));
         assert_eq!(p.codec, Codec::Video(VideoCodec::Av1));
-        assert_eq!((p.dts, p.cts, p.key), (33, 0, true));
+        assert_eq!((p.dts.as_ms(), p.cts, p.key), (33, 0, true));
         assert_eq!(&p.data[..], obus);
-        let p = packet(parse_video(cat(&[&[0xa1], b"av01", obus]), 66));
+        let p = packet(parse_video(
+            cat(&[&[0xa1], b"av01", obus]),
+            Millis::from_ms(66),
+        ));
         assert!(!p.key);
 
         assert!(matches!(
-            parse_video(cat(&[&[0x90], b"av01", &[0x01, 0, 0, 0]]), 0),
+            parse_video(
+                cat(&[&[0x90], b"av01", &[0x01, 0, 0, 0]]),
+                Millis::from_ms(0)
+            ),
             Err(TagError::BadAv1Config(_))
         ));
         assert!(matches!(
-            parse_video(cat(&[&[0x90], b"av01", &[0x81, 0, 0]]), 0),
+            parse_video(cat(&[&[0x90], b"av01", &[0x81, 0, 0]]), Millis::from_ms(0)),
             Err(TagError::BadAv1Config(_))
         ));
     }
 
     #[test]
     fn ertmp_avc1_validates_avcc_and_reads_cts() {
-        let c = config(parse_video(cat(&[&[0x90], b"avc1", AVCC]), 0));
+        let c = config(parse_video(
+            cat(&[&[0x90], b"avc1", AVCC]),
+            Millis::from_ms(0),
+        ));
         assert_eq!(c.codec, Codec::Video(VideoCodec::H264));
         let p = packet(parse_video(
             cat(&[&[0xa1], b"avc1", &[0, 0, 0x21], b"\0\0\0\x01\x41"]),
-            0,
+            Millis::from_ms(0),
         ));
         assert_eq!((p.cts, p.key), (33, false));
         assert!(matches!(
-            parse_video(cat(&[&[0x90], b"avc1", &[1, 2, 3]]), 0),
+            parse_video(cat(&[&[0x90], b"avc1", &[1, 2, 3]]), Millis::from_ms(0)),
             Err(TagError::BadAvcConfig(AvcError::TooShort { len: 3 }))
         ));
     }
@@ -684,31 +717,35 @@ mod tests {
     #[test]
     fn ertmp_skips_and_unsupported() {
         assert_eq!(
-            parse_video(cat(&[&[0x94], b"hvc1", b"\x02\x00\x09colorInfo"]), 0),
+            parse_video(
+                cat(&[&[0x94], b"hvc1", b"\x02\x00\x09colorInfo"]),
+                Millis::from_ms(0)
+            ),
             Ok(Parsed::Skip(SkipReason::Metadata))
         );
         assert_eq!(
-            parse_video(cat(&[&[0x95], b"av01", b"\x80"]), 0),
+            parse_video(cat(&[&[0x95], b"av01", b"\x80"]), Millis::from_ms(0)),
             Ok(Parsed::Skip(SkipReason::Mpeg2TsSequenceStart))
         );
         // Command frame (type 5): one VideoCommand byte, no FourCC.
         assert_eq!(
-            parse_video(Bytes::from_static(&[0xd1, 0x00]), 0),
+            parse_video(Bytes::from_static(&[0xd1, 0x00]), Millis::from_ms(0)),
             Ok(Parsed::Skip(SkipReason::CommandFrame))
         );
         assert_eq!(
-            parse_video(cat(&[&[0x96], b"\x00hvc1"]), 0),
+            parse_video(cat(&[&[0x96], b"\x00hvc1"]), Millis::from_ms(0)),
             Err(TagError::UnsupportedPacketType {
                 kind: "E-RTMP video",
                 packet_type: 6
             })
         );
-        let e = parse_video(cat(&[&[0x90], b"vp09", &[1, 2, 3, 4]]), 0).unwrap_err();
+        let e =
+            parse_video(cat(&[&[0x90], b"vp09", &[1, 2, 3, 4]]), Millis::from_ms(0)).unwrap_err();
         assert_eq!(e, TagError::UnsupportedVideoFourCc(FourCc(*b"vp09")));
         assert!(e.is_unsupported());
         assert_eq!(e.to_string(), "unsupported E-RTMP video codec 'vp09'");
         assert_eq!(
-            parse_video(cat(&[&[0x98], b"hvc1"]), 0),
+            parse_video(cat(&[&[0x98], b"hvc1"]), Millis::from_ms(0)),
             Err(TagError::UnsupportedPacketType {
                 kind: "E-RTMP video",
                 packet_type: 8
@@ -721,16 +758,16 @@ mod tests {
         // ModEx (7): size UI8+1 = 3 bytes of nanosecond offset, then modExType 0 |
         // packet type CodedFramesX (3), then the FourCC.
         let body = cat(&[&[0x97, 2, 0x00, 0x01, 0xf4, 0x03], b"hvc1", b"\x01\x02"]);
-        let p = packet(parse_video(body, 0));
+        let p = packet(parse_video(body, Millis::from_ms(0)));
         assert_eq!(&p.data[..], b"\x01\x02");
         // Truncated inside the ModEx data.
         assert!(matches!(
-            parse_video(Bytes::from_static(&[0x97, 5, 0, 0]), 0),
+            parse_video(Bytes::from_static(&[0x97, 5, 0, 0]), Millis::from_ms(0)),
             Err(TagError::Truncated { .. })
         ));
         // 16-bit size escape, truncated.
         assert!(matches!(
-            parse_video(Bytes::from_static(&[0x97, 0xff, 0x01]), 0),
+            parse_video(Bytes::from_static(&[0x97, 0xff, 0x01]), Millis::from_ms(0)),
             Err(TagError::Truncated { .. })
         ));
     }
@@ -739,34 +776,40 @@ mod tests {
     fn ertmp_audio_mp4a_and_mp3() {
         // 0x90: SoundFormat 9 (ExHeader) | SequenceStart.
         let body = cat(&[&[0x90], b"mp4a", &[0x11, 0x90]]);
-        let c = config(parse_audio(body.clone(), 3));
+        let c = config(parse_audio(body.clone(), Millis::from_ms(3)));
         assert_eq!(c.codec, Codec::Audio(AudioCodec::Aac));
         assert_eq!(&c.record[..], &[0x11, 0x90]);
         assert_eq!(c.flv, body);
 
-        let p = packet(parse_audio(cat(&[&[0x91], b"mp4a", b"\x21\x00"]), 4));
+        let p = packet(parse_audio(
+            cat(&[&[0x91], b"mp4a", b"\x21\x00"]),
+            Millis::from_ms(4),
+        ));
         assert_eq!(p.codec, Codec::Audio(AudioCodec::Aac));
-        assert_eq!((p.dts, p.cts, p.key), (4, 0, true));
+        assert_eq!((p.dts.as_ms(), p.cts, p.key), (4, 0, true));
         assert_eq!(&p.data[..], b"\x21\x00");
 
-        let p = packet(parse_audio(cat(&[&[0x91], b".mp3", b"\xff\xfb"]), 5));
+        let p = packet(parse_audio(
+            cat(&[&[0x91], b".mp3", b"\xff\xfb"]),
+            Millis::from_ms(5),
+        ));
         assert_eq!(p.codec, Codec::Audio(AudioCodec::Mp3));
         assert_eq!(&p.data[..], b"\xff\xfb");
 
         assert!(matches!(
-            parse_audio(cat(&[&[0x90], b"mp4a", &[0x11]]), 0),
+            parse_audio(cat(&[&[0x90], b"mp4a", &[0x11]]), Millis::from_ms(0)),
             Err(TagError::BadAudioSpecificConfig(_))
         ));
         assert_eq!(
-            parse_audio(cat(&[&[0x92], b"mp4a"]), 0),
+            parse_audio(cat(&[&[0x92], b"mp4a"]), Millis::from_ms(0)),
             Ok(Parsed::Skip(SkipReason::EndOfSequence))
         );
         assert_eq!(
-            parse_audio(cat(&[&[0x91], b"Opus", b"\x01"]), 0),
+            parse_audio(cat(&[&[0x91], b"Opus", b"\x01"]), Millis::from_ms(0)),
             Err(TagError::UnsupportedAudioFourCc(FourCc(*b"Opus")))
         );
         assert_eq!(
-            parse_audio(cat(&[&[0x95], b"mp4a"]), 0),
+            parse_audio(cat(&[&[0x95], b"mp4a"]), Millis::from_ms(0)),
             Err(TagError::UnsupportedPacketType {
                 kind: "E-RTMP audio",
                 packet_type: 5
@@ -777,7 +820,7 @@ mod tests {
     #[test]
     fn malformed_bodies_are_errors_not_panics() {
         assert_eq!(
-            parse_video(Bytes::new(), 0),
+            parse_video(Bytes::new(), Millis::from_ms(0)),
             Err(TagError::Truncated {
                 kind: "video tag",
                 len: 0,
@@ -785,7 +828,7 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_audio(Bytes::new(), 0),
+            parse_audio(Bytes::new(), Millis::from_ms(0)),
             Err(TagError::Truncated {
                 kind: "audio tag",
                 len: 0,
@@ -794,7 +837,7 @@ mod tests {
         );
         // 1-byte video (M1).
         assert_eq!(
-            parse_video(Bytes::from_static(&[0x17]), 0),
+            parse_video(Bytes::from_static(&[0x17]), Millis::from_ms(0)),
             Err(TagError::Truncated {
                 kind: "AVC video tag header",
                 len: 1,
@@ -803,7 +846,7 @@ mod tests {
         );
         // 1-byte AAC.
         assert_eq!(
-            parse_audio(Bytes::from_static(&[0xaf]), 0),
+            parse_audio(Bytes::from_static(&[0xaf]), Millis::from_ms(0)),
             Err(TagError::Truncated {
                 kind: "AAC audio tag header",
                 len: 1,
@@ -812,7 +855,7 @@ mod tests {
         );
         // AVC NALU with 4 bytes: composition time cut short.
         assert_eq!(
-            parse_video(Bytes::from_static(&[0x27, 1, 0, 0]), 0),
+            parse_video(Bytes::from_static(&[0x27, 1, 0, 0]), Millis::from_ms(0)),
             Err(TagError::Truncated {
                 kind: "AVC video tag header",
                 len: 4,
@@ -825,7 +868,7 @@ mod tests {
             &[1, 0x64, 0, 0x1f, 0xff, 0xe1, 0x10, 0x00, 0x67],
         ]);
         assert!(matches!(
-            parse_video(bad, 0),
+            parse_video(bad, Millis::from_ms(0)),
             Err(TagError::BadAvcConfig(AvcError::Truncated {
                 offset: 6,
                 ..
@@ -833,24 +876,24 @@ mod tests {
         ));
         // Unknown legacy codecs.
         assert_eq!(
-            parse_video(Bytes::from_static(&[0x12, 0, 0]), 0),
+            parse_video(Bytes::from_static(&[0x12, 0, 0]), Millis::from_ms(0)),
             Err(TagError::UnsupportedVideo(2))
         );
         assert_eq!(
-            parse_video(Bytes::from_static(&[0x1c, 0, 0, 0, 0]), 0),
+            parse_video(Bytes::from_static(&[0x1c, 0, 0, 0, 0]), Millis::from_ms(0)),
             Err(TagError::UnsupportedVideo(12))
         );
         assert_eq!(
-            parse_audio(Bytes::from_static(&[0x0f, 0]), 0),
+            parse_audio(Bytes::from_static(&[0x0f, 0]), Millis::from_ms(0)),
             Err(TagError::UnsupportedAudio(0))
         );
         assert_eq!(
-            parse_audio(Bytes::from_static(&[0xbf, 0]), 0),
+            parse_audio(Bytes::from_static(&[0xbf, 0]), Millis::from_ms(0)),
             Err(TagError::UnsupportedAudio(11))
         );
         // E-RTMP with a truncated FourCC.
         assert_eq!(
-            parse_video(Bytes::from_static(&[0x91, b'h', b'v']), 0),
+            parse_video(Bytes::from_static(&[0x91, b'h', b'v']), Millis::from_ms(0)),
             Err(TagError::Truncated {
                 kind: "E-RTMP video FourCC",
                 len: 3,
@@ -858,7 +901,7 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_audio(Bytes::from_static(&[0x91, b'm']), 0),
+            parse_audio(Bytes::from_static(&[0x91, b'm']), Millis::from_ms(0)),
             Err(TagError::Truncated {
                 kind: "E-RTMP audio FourCC",
                 len: 2,
@@ -867,7 +910,7 @@ mod tests {
         );
         // E-RTMP CodedFrames with the composition time cut short.
         assert_eq!(
-            parse_video(cat(&[&[0x91], b"hvc1", &[0, 0]]), 0),
+            parse_video(cat(&[&[0x91], b"hvc1", &[0, 0]]), Millis::from_ms(0)),
             Err(TagError::Truncated {
                 kind: "E-RTMP video composition time",
                 len: 7,
@@ -887,8 +930,8 @@ mod tests {
         ];
         for b in &bodies {
             for cut in 0..=b.len() {
-                let _ = parse_video(b.slice(..cut), 0);
-                let _ = parse_audio(b.slice(..cut), 0);
+                let _ = parse_video(b.slice(..cut), Millis::from_ms(0));
+                let _ = parse_audio(b.slice(..cut), Millis::from_ms(0));
             }
         }
         let audio = [
@@ -898,7 +941,7 @@ mod tests {
         ];
         for b in &audio {
             for cut in 0..=b.len() {
-                let _ = parse_audio(b.slice(..cut), 0);
+                let _ = parse_audio(b.slice(..cut), Millis::from_ms(0));
             }
         }
     }
@@ -916,8 +959,8 @@ mod tests {
             ) {
                 let body = Bytes::from([&[first][..], &rest].concat());
                 for cut in 0..=body.len() {
-                    let _ = parse_video(body.slice(..cut), 0);
-                    let _ = parse_audio(body.slice(..cut), 0);
+                    let _ = parse_video(body.slice(..cut), Millis::from_ms(0));
+                    let _ = parse_audio(body.slice(..cut), Millis::from_ms(0));
                 }
             }
 
@@ -933,9 +976,9 @@ mod tests {
                 let legacy = Bytes::from([&[0x27u8, 1][..], si24, &payload].concat());
                 let ex = Bytes::from([&[0xa1u8][..], b"hvc1", si24, &payload].concat());
                 for body in [legacy, ex] {
-                    let p = packet(parse_video(body, dts));
+                    let p = packet(parse_video(body, Millis::from_ms(dts)));
                     prop_assert_eq!(p.cts, cts);
-                    prop_assert_eq!(p.dts, dts);
+                    prop_assert_eq!(p.dts.as_ms(), dts);
                     prop_assert_eq!(&p.data[..], &payload[..]);
                 }
             }

@@ -17,7 +17,7 @@ fn recording(frames: usize) -> (Vec<u8>, Vec<usize>) {
         has_audio: true,
         ..MetaInfo::default()
     };
-    let mut m = FlvMuxer::new(info, 1000);
+    let mut m = FlvMuxer::new(info, media::Millis::from_ms(1000));
     let mut out = vec![m.header()];
     let mut starts = Vec::new();
     for i in 0..frames {
@@ -28,7 +28,7 @@ fn recording(frames: usize) -> (Vec<u8>, Vec<usize>) {
             (TrackKind::Video, 1000 + (i as i64) * 33)
         };
         let body = Bytes::from(vec![i as u8; 50 + (i * 37) % 400]);
-        m.write_tag(kind, dts, &body, &mut out);
+        m.write_tag(kind, media::Millis::from_ms(dts), &body, &mut out);
     }
     (out.iter().flat_map(|b| b.iter().copied()).collect(), starts)
 }

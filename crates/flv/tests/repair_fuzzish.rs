@@ -27,7 +27,7 @@ fn recording(rng: &mut StdRng) -> Vec<u8> {
         encoder: Some("fuzzish".into()),
         ..MetaInfo::default()
     };
-    let mut m = FlvMuxer::new(info, rng.random_range(0..1 << 40));
+    let mut m = FlvMuxer::new(info, media::Millis::from_ms(rng.random_range(0..1 << 40)));
     let mut out = vec![m.header()];
     let mut dts = 0i64;
     for _ in 0..rng.random_range(0..30) {
@@ -38,7 +38,7 @@ fn recording(rng: &mut StdRng) -> Vec<u8> {
             TrackKind::Audio
         };
         let body = Bytes::from(vec![rng.random::<u8>(); rng.random_range(0..300)]);
-        m.write_tag(kind, dts, &body, &mut out);
+        m.write_tag(kind, media::Millis::from_ms(dts), &body, &mut out);
     }
     out.iter().flat_map(|b| b.iter().copied()).collect()
 }

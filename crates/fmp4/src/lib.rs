@@ -37,10 +37,10 @@ pub const MOVIE_TIMESCALE: u32 = 1000;
 /// Timescale of video tracks: the MPEG 90 kHz clock, an exact multiple of milliseconds.
 pub const VIDEO_TIMESCALE: u32 = 90_000;
 /// R-FM-3: fragments are at most ~2 s (also what a fragment is cut at without a keyframe).
-pub const MAX_FRAGMENT_MS: u64 = 2000;
+pub const MAX_FRAGMENT_MS: Millis = Millis::from_ms(2000);
 /// With video present, fragments are cut on keyframes; if video stalls while audio keeps
 /// coming, audio alone forces a cut at this length so memory stays bounded.
-const STALLED_VIDEO_FRAGMENT_MS: u64 = 4000;
+const STALLED_VIDEO_FRAGMENT_MS: Millis = Millis::from_ms(4000);
 /// Duration given to a lone video frame at the end of a file when no frame before it
 /// told us the frame rate (30 fps).
 const DEFAULT_VIDEO_FRAME_TICKS: u32 = 3000;
@@ -118,13 +118,13 @@ impl Track {
         self.codec.kind()
     }
 
-    fn frag_ms(&self) -> u64 {
-        self.frag_ticks.saturating_mul(1000) / u64::from(self.timescale.max(1))
+    fn frag_duration(&self) -> Millis {
+        Millis::from_ticks(i128::from(self.frag_ticks), self.timescale)
     }
 
     /// Converts a stream timestamp (ms, relative to the file base) into track ticks.
-    fn ticks(&self, rel_ms: i64) -> i64 {
-        let t = i128::from(rel_ms) * i128::from(self.timescale) / 1000;
+    fn ticks(&self, rel: Millis) -> i64 {
+        let t = rel.to_ticks(self.timescale);
         t.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
     }
 
@@ -319,7 +319,7 @@ impl Fmp4Muxer {
         let pts = match t.kind() {
             // The source PTS is kept even when the DTS was clamped or nudged: the
             // composition offset absorbs the difference (signed, trun version 1).
-            TrackKind::Video => t.ticks(rel_dts.saturating_add(i64::from(p.cts))),
+            TrackKind::Video => t.ticks(rel_dts + Millis::from_ms(i64::from(p.cts))),
             TrackKind::Audio => i64::try_from(time).unwrap_or(i64::MAX),
         };
         t.held = Some(Held {
@@ -340,7 +340,7 @@ impl Fmp4Muxer {
                         (true, TrackKind::Audio) => STALLED_VIDEO_FRAGMENT_MS,
                         _ => MAX_FRAGMENT_MS,
                     };
-                    t.frag_ms() >= limit
+                    t.frag_duration() >= limit
                 }));
         if cut {
             self.flush(out)?;
@@ -372,6 +372,7 @@ impl Fmp4Muxer {
             .tracks
             .iter()
             .map(|t| {
+                // Rounded up: mehd must not announce less than the file holds.
                 let ts = u64::from(t.timescale.max(1));
                 (u128::from(t.end) * 1000).div_ceil(u128::from(ts))
             })

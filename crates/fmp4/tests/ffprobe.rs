@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use media::TrackKind;
+use media::{Millis, TrackKind};
 use std::process::Command;
 
 fn count(p: &[testkit::ProbePacket], k: TrackKind) -> usize {
@@ -70,7 +70,7 @@ fn avc_aac_fixture_probes_clean_and_faithful() {
         .packets
         .iter()
         .filter(|p| p.kind() == TrackKind::Video)
-        .map(|p| p.pts() as f64)
+        .map(|p| p.pts().as_ms() as f64)
         .collect();
     // Both in decode order; compare as sets of presentation times in order.
     ours.sort_by(f64::total_cmp);
@@ -98,7 +98,8 @@ fn avc_aac_fixture_probes_clean_and_faithful() {
             .filter(|p| p.kind() == k)
             .map(|p| p.pts())
             .min()
-            .unwrap() as f64
+            .unwrap()
+            .as_ms() as f64
     };
     let skew = first(TrackKind::Video) - first(TrackKind::Audio);
     let in_skew = in_first(TrackKind::Video) - in_first(TrackKind::Audio);
@@ -113,7 +114,11 @@ fn cut_file_probes_up_to_last_fragment() {
     let mut m = liverec_fmp4::Fmp4Muxer::new(f.video.as_ref(), f.audio.as_ref(), base).unwrap();
     let mut out = vec![m.init_segment()];
     // Feed ~7 s: three complete 2 s GOP fragments are out, the fourth is pending.
-    for p in f.packets.iter().filter(|p| p.dts < base + 7000) {
+    for p in f
+        .packets
+        .iter()
+        .filter(|p| p.dts < base + Millis::from_ms(7000))
+    {
         m.push(p, &mut out).unwrap();
     }
     // The crash: no finish(), just the bytes emitted so far.

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use liverec_fmp4::Fmp4Muxer;
-use media::{AudioCodec, Codec, Packet, TrackConfig, VideoCodec};
+use media::{AudioCodec, Codec, Millis, Packet, TrackConfig, VideoCodec};
 use mp4_atom::{Any, Decode};
 use proptest::prelude::*;
 
@@ -16,7 +16,7 @@ fn cfg(codec: Codec, record: &'static [u8]) -> TrackConfig {
         codec,
         record: Bytes::from_static(record),
         flv: Bytes::new(),
-        dts: 0,
+        dts: Millis::ZERO,
     }
 }
 
@@ -68,7 +68,7 @@ proptest! {
                 let data = Bytes::from(vec![1u8; f.len]);
                 packets.push(Packet {
                     codec: Codec::Video(VideoCodec::H264),
-                    dts,
+                    dts: Millis::from_ms(dts),
                     cts: f.cts,
                     key: f.key || i == 0,
                     flv: data.clone(),
@@ -83,7 +83,7 @@ proptest! {
                 let data = Bytes::from(vec![2u8; len]);
                 packets.push(Packet {
                     codec: Codec::Audio(AudioCodec::Aac),
-                    dts,
+                    dts: Millis::from_ms(dts),
                     cts: 0,
                     key: true,
                     flv: data.clone(),
@@ -99,7 +99,7 @@ proptest! {
         let mut m = Fmp4Muxer::new(
             with_video.then_some(&v),
             with_audio.then_some(&a),
-            base_shift,
+            Millis::from_ms(base_shift),
         ).unwrap();
         let mut out = vec![m.init_segment()];
         for p in &packets {

@@ -16,7 +16,7 @@ fn packets(secs: i64) -> Vec<Packet> {
         let data = Bytes::from(vec![i as u8; 300 + (i as usize * 7) % 900]);
         v.push(Packet {
             codec: Codec::Video(VideoCodec::H264),
-            dts: 5000 + i * 40,
+            dts: media::Millis::from_ms(5000 + i * 40),
             cts: 40,
             key: i % 25 == 0,
             flv: data.clone(),
@@ -27,7 +27,7 @@ fn packets(secs: i64) -> Vec<Packet> {
         let data = Bytes::from(vec![0x21; 200]);
         v.push(Packet {
             codec: Codec::Audio(AudioCodec::Aac),
-            dts: 5000 + i * 1024 * 1000 / 48000,
+            dts: media::Millis::from_ms(5000 + i * 1024 * 1000 / 48000),
             cts: 0,
             key: true,
             flv: data.clone(),
@@ -44,9 +44,9 @@ fn muxer() -> Fmp4Muxer {
         codec: Codec::Audio(AudioCodec::Aac),
         record: Bytes::from_static(&[0x11, 0x90]),
         flv: Bytes::new(),
-        dts: 0,
+        dts: media::Millis::ZERO,
     };
-    Fmp4Muxer::new(Some(&video), Some(&audio), 5000).unwrap()
+    Fmp4Muxer::new(Some(&video), Some(&audio), media::Millis::from_ms(5000)).unwrap()
 }
 
 /// A file as the recorder leaves it open: init segment and fragments, never finished.

@@ -28,10 +28,15 @@ fn recording(rng: &mut StdRng, video: &TrackConfig) -> Vec<u8> {
         codec: Codec::Audio(AudioCodec::Aac),
         record: Bytes::from_static(&[0x11, 0x90]),
         flv: Bytes::new(),
-        dts: 0,
+        dts: media::Millis::ZERO,
     };
     let with_audio = rng.random::<bool>();
-    let mut m = Fmp4Muxer::new(Some(video), with_audio.then_some(&audio), 0).unwrap();
+    let mut m = Fmp4Muxer::new(
+        Some(video),
+        with_audio.then_some(&audio),
+        media::Millis::ZERO,
+    )
+    .unwrap();
     let mut out = vec![m.init_segment()];
     let mut dts = 0;
     for i in 0..rng.random_range(0..150) {
@@ -44,7 +49,7 @@ fn recording(rng: &mut StdRng, video: &TrackConfig) -> Vec<u8> {
             } else {
                 Codec::Video(VideoCodec::H264)
             },
-            dts,
+            dts: media::Millis::from_ms(dts),
             cts: rng.random_range(0..80),
             key: audio_now || rng.random_range(0..10) == 0,
             flv: data.clone(),

@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use liverec_fmp4::{Fmp4Error, Fmp4Muxer};
-use media::{AudioCodec, Codec, Packet, TrackConfig, VideoCodec};
+use media::{AudioCodec, Codec, Millis, Packet, TrackConfig, VideoCodec};
 use mp4_atom::{Any, Atom, Avcc, Codec as Mp4Codec, Decode, Ftyp, Mfra, Moof, Moov, TrunEntry};
 
 const SYNC: u32 = 0x0200_0000;
@@ -15,7 +15,7 @@ fn video(dts: i64, cts: i32, key: bool, len: usize) -> Packet {
     let data = Bytes::from(vec![(dts & 0xff) as u8; len]);
     Packet {
         codec: Codec::Video(VideoCodec::H264),
-        dts,
+        dts: Millis::from_ms(dts),
         cts,
         key,
         flv: data.clone(),
@@ -27,7 +27,7 @@ fn aac(dts: i64, len: usize) -> Packet {
     let data = Bytes::from(vec![0x21; len]);
     Packet {
         codec: Codec::Audio(AudioCodec::Aac),
-        dts,
+        dts: Millis::from_ms(dts),
         cts: 0,
         key: true,
         flv: data.clone(),
@@ -40,7 +40,7 @@ fn aac_config(asc: &'static [u8]) -> TrackConfig {
         codec: Codec::Audio(AudioCodec::Aac),
         record: Bytes::from_static(asc),
         flv: Bytes::new(),
-        dts: 0,
+        dts: Millis::ZERO,
     }
 }
 
@@ -87,7 +87,7 @@ fn run(m: &mut Fmp4Muxer, packets: &[Packet]) -> (Vec<u8>, Vec<liverec_fmp4::Pat
 fn init_segment_decodes_with_original_records() {
     let f = load("avc_aac_2s.flv");
     let (v, a) = (f.video.clone().unwrap(), f.audio.clone().unwrap());
-    let mut m = Fmp4Muxer::new(Some(&v), Some(&a), 0).unwrap();
+    let mut m = Fmp4Muxer::new(Some(&v), Some(&a), Millis::from_ms(0)).unwrap();
     assert!(m.skipped().is_empty());
     let init = m.init_segment();
     let mut buf = init.as_ref();
@@ -149,7 +149,7 @@ fn init_segment_decodes_with_original_records() {
 fn he_aac_asc_is_kept_not_regenerated() {
     // 5-byte ASC (explicit SBR signalling) that a 2-byte regenerated one would lose.
     let asc = &[0x11, 0x88, 0x56, 0xe5, 0x00];
-    let mut m = Fmp4Muxer::new(None, Some(&aac_config(asc)), 0).unwrap();
+    let mut m = Fmp4Muxer::new(None, Some(&aac_config(asc)), Millis::from_ms(0)).unwrap();
     let init = m.init_segment();
     let mut buf = init.as_ref();
     Ftyp::decode(&mut buf).unwrap();
@@ -185,7 +185,7 @@ fn gop_fragments_with_bframes_and_negative_cts() {
     let packets: Vec<Packet> = (0..30)
         .map(|i| video(i as i64 * 40, cts(i), i % 10 == 0, 100 + i))
         .collect();
-    let mut m = Fmp4Muxer::new(Some(&fixture_video()), None, 0).unwrap();
+    let mut m = Fmp4Muxer::new(Some(&fixture_video()), None, Millis::from_ms(0)).unwrap();
     let (file, patches) = run(&mut m, &packets);
     let init_len = m.init_segment().len();
     let frags = moofs(&file[init_len..]);
@@ -246,7 +246,7 @@ fn aac_durations_are_exactly_1024_at_the_sample_rate() {
     let packets: Vec<Packet> = (0..300)
         .map(|i| aac((i as f64 * 1024.0 * 1000.0 / 44100.0).round() as i64, 200))
         .collect();
-    let mut m = Fmp4Muxer::new(None, Some(&aac_config(&[0x12, 0x10])), 0).unwrap();
+    let mut m = Fmp4Muxer::new(None, Some(&aac_config(&[0x12, 0x10])), Millis::from_ms(0)).unwrap();
     let (file, _) = run(&mut m, &packets);
     let init_len = m.init_segment().len();
     let mut buf = &file[..];
@@ -275,7 +275,7 @@ fn audio_gap_is_kept_not_squeezed() {
     // 10 frames, a 500 ms hole, 10 more: the hole stays (A/V sync, R-FM-5).
     let mut packets: Vec<Packet> = (0..10).map(|i| aac(i * 1024 / 48, 10)).collect();
     packets.extend((0..10).map(|i| aac(1000 + i * 1024 / 48, 10)));
-    let mut m = Fmp4Muxer::new(None, Some(&aac_config(&[0x11, 0x90])), 0).unwrap();
+    let mut m = Fmp4Muxer::new(None, Some(&aac_config(&[0x11, 0x90])), Millis::from_ms(0)).unwrap();
     let (file, _) = run(&mut m, &packets);
     let e = entries(&moofs(&file[m.init_segment().len()..])[0], 0);
     let durs: Vec<u32> = e.iter().map(|s| s.duration.unwrap()).collect();
@@ -295,7 +295,7 @@ fn dts_before_base_and_backwards_never_underflow() {
         aac(1011, 10),
     ];
     let f = load("avc_aac_2s.flv");
-    let mut m = Fmp4Muxer::new(f.video.as_ref(), f.audio.as_ref(), 1000).unwrap();
+    let mut m = Fmp4Muxer::new(f.video.as_ref(), f.audio.as_ref(), Millis::from_ms(1000)).unwrap();
     let (file, _) = run(&mut m, &packets);
     let frags = moofs(&file[m.init_segment().len()..]);
     let mut video_n = 0;
@@ -321,7 +321,7 @@ fn dts_before_base_and_backwards_never_underflow() {
 #[test]
 fn payloads_are_the_packets_own_bytes() {
     let packets: Vec<Packet> = (0..12).map(|i| video(i * 40, 0, i % 10 == 0, 64)).collect();
-    let mut m = Fmp4Muxer::new(Some(&fixture_video()), None, 0).unwrap();
+    let mut m = Fmp4Muxer::new(Some(&fixture_video()), None, Millis::from_ms(0)).unwrap();
     let mut out = vec![m.init_segment()];
     for p in &packets {
         m.push(p, &mut out).unwrap();
@@ -338,21 +338,21 @@ fn payloads_are_the_packets_own_bytes() {
 
 #[test]
 fn foreign_packets_are_ignored_and_bad_configs_skipped() {
-    let mut m = Fmp4Muxer::new(None, Some(&aac_config(&[0x11, 0x90])), 0).unwrap();
+    let mut m = Fmp4Muxer::new(None, Some(&aac_config(&[0x11, 0x90])), Millis::from_ms(0)).unwrap();
     let mut out = Vec::new();
     m.push(&video(0, 0, true, 10), &mut out).unwrap();
     assert_eq!(m.ignored_packets(), 1);
 
     let bad = aac_config(&[0x11]);
-    let m = Fmp4Muxer::new(Some(&fixture_video()), Some(&bad), 0).unwrap();
+    let m = Fmp4Muxer::new(Some(&fixture_video()), Some(&bad), Millis::from_ms(0)).unwrap();
     assert_eq!(m.skipped().len(), 1);
     assert!(matches!(
-        Fmp4Muxer::new(None, Some(&bad), 0),
+        Fmp4Muxer::new(None, Some(&bad), Millis::from_ms(0)),
         Err(Fmp4Error::NoTracks { .. })
     ));
     // An audio config offered as video is skipped, not misfiled.
     let swapped = aac_config(&[0x11, 0x90]);
-    assert!(Fmp4Muxer::new(Some(&swapped), None, 0).is_err());
+    assert!(Fmp4Muxer::new(Some(&swapped), None, Millis::from_ms(0)).is_err());
 }
 
 #[test]
@@ -362,7 +362,7 @@ fn mp3_track_uses_frame_sample_counts() {
         codec: Codec::Audio(AudioCodec::Mp3),
         record: header.clone(),
         flv: Bytes::new(),
-        dts: 0,
+        dts: Millis::ZERO,
     };
     let packets: Vec<Packet> = (0..20)
         .map(|i| {
@@ -371,7 +371,7 @@ fn mp3_track_uses_frame_sample_counts() {
             let data = Bytes::from(d);
             Packet {
                 codec: Codec::Audio(AudioCodec::Mp3),
-                dts: (i as f64 * 1152.0 * 1000.0 / 44100.0).round() as i64,
+                dts: Millis::from_ms((i as f64 * 1152.0 * 1000.0 / 44100.0).round() as i64),
                 cts: 0,
                 key: true,
                 flv: data.clone(),
@@ -379,7 +379,7 @@ fn mp3_track_uses_frame_sample_counts() {
             }
         })
         .collect();
-    let mut m = Fmp4Muxer::new(None, Some(&cfg), 0).unwrap();
+    let mut m = Fmp4Muxer::new(None, Some(&cfg), Millis::from_ms(0)).unwrap();
     let (file, _) = run(&mut m, &packets);
     let mut buf = &file[..];
     Ftyp::decode(&mut buf).unwrap();

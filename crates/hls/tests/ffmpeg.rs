@@ -5,7 +5,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use liverec_hls::{MediaPlaylist, Segment};
-use media::{MediaEvent, Packet, TrackConfig, TrackKind};
+use media::{MediaEvent, Millis, Packet, TrackConfig, TrackKind};
 use mpegts::TsMuxer;
 
 fn fixture_events(name: &str) -> (Option<TrackConfig>, Option<TrackConfig>, Vec<Packet>) {
@@ -13,8 +13,8 @@ fn fixture_events(name: &str) -> (Option<TrackConfig>, Option<TrackConfig>, Vec<
     for tag in testkit::fixture_tags(name) {
         let dts = i64::from(tag.timestamp);
         let parsed = match tag.tag_type {
-            flv::TagType::Audio => flv::parse_audio(tag.body.clone(), dts),
-            flv::TagType::Video => flv::parse_video(tag.body.clone(), dts),
+            flv::TagType::Audio => flv::parse_audio(tag.body.clone(), Millis::from_ms(dts)),
+            flv::TagType::Video => flv::parse_video(tag.body.clone(), Millis::from_ms(dts)),
             _ => continue,
         };
         match parsed.expect("fixture tags parse") {
@@ -45,18 +45,18 @@ fn playlist_of_our_segments_decodes_cleanly() {
         let cut = p.is_video_key()
             && segments
                 .last()
-                .is_none_or(|(start, _)| p.dts - start >= 7000);
+                .is_none_or(|(start, _)| p.dts.as_ms() - start >= 7000);
         if cut {
             let mut out = Vec::new();
             m.segment_header(&mut out);
-            segments.push((p.dts, out));
+            segments.push((p.dts.as_ms(), out));
         }
         let Some((_, out)) = segments.last_mut() else {
             continue; // nothing precedes the first keyframe in this fixture
         };
         m.push(p, out).unwrap();
         if p.kind() == TrackKind::Video {
-            last_video = p.dts;
+            last_video = p.dts.as_ms();
         }
     }
     assert_eq!(segments.len(), 3);

@@ -6,15 +6,14 @@
 
 pub mod aac;
 pub mod avc;
+mod millis;
 pub mod repair;
 mod time;
 
+pub use millis::{Millis, WallMillis, TS_HZ};
 pub use time::TimestampUnwrapper;
 
 use bytes::Bytes;
-
-/// Milliseconds on the unwrapped 64-bit stream timeline (R-IN-6).
-pub type Millis = i64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrackKind {
@@ -87,7 +86,8 @@ impl Packet {
 
     /// Presentation time; saturates rather than overflow at the ends of the timeline.
     pub fn pts(&self) -> Millis {
-        self.dts.saturating_add(i64::from(self.cts))
+        self.dts
+            .saturating_add(Millis::from_ms(i64::from(self.cts)))
     }
 
     pub fn is_video_key(&self) -> bool {

@@ -5,6 +5,8 @@
 /// So each new timestamp is placed at the signed 32-bit modular distance from the last
 /// one: a step of less than 2^31 ms either way is taken literally, anything larger is a
 /// wrap. This never panics and never jumps by 2^32.
+use crate::Millis;
+
 #[derive(Debug, Clone, Default)]
 pub struct TimestampUnwrapper {
     last: Option<(u32, i64)>,
@@ -15,7 +17,7 @@ impl TimestampUnwrapper {
         Self::default()
     }
 
-    pub fn unwrap(&mut self, ts: u32) -> i64 {
+    pub fn unwrap(&mut self, ts: u32) -> Millis {
         let out = match self.last {
             None => i64::from(ts),
             Some((prev_raw, prev)) => {
@@ -24,7 +26,7 @@ impl TimestampUnwrapper {
             }
         };
         self.last = Some((ts, out));
-        out
+        Millis::from_ms(out)
     }
 }
 
@@ -34,7 +36,7 @@ mod tests {
 
     fn run(seq: &[u32]) -> Vec<i64> {
         let mut u = TimestampUnwrapper::new();
-        seq.iter().map(|&t| u.unwrap(t)).collect()
+        seq.iter().map(|&t| u.unwrap(t).as_ms()).collect()
     }
 
     #[test]

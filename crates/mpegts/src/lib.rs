@@ -42,13 +42,13 @@ pub const PMT_PID: u16 = 0x1000;
 pub const VIDEO_PID: u16 = 0x100;
 pub const AUDIO_PID: u16 = 0x101;
 /// Added to every timestamp before conversion to 90 kHz (ffmpeg's 1.4 s initial delay).
-pub const TIMESTAMP_OFFSET_MS: i64 = 1400;
+pub const TIMESTAMP_OFFSET_MS: Millis = Millis::from_ms(1400);
 /// The PCR runs this far behind the DTS of the frame that carries it, so a frame's
 /// decode time is always ahead of the clock that reaches the decoder with it, even with
 /// some audio/video interleaving jitter.
-const PCR_LEAD_MS: i64 = 700;
+const PCR_LEAD_MS: Millis = Millis::from_ms(700);
 /// R-FM-2 / ISO 13818-1: PCRs at most 100 ms apart.
-const PCR_MAX_INTERVAL_MS: i64 = 100;
+const PCR_MAX_INTERVAL_MS: Millis = Millis::from_ms(100);
 const TS_CLOCK_MODULUS: i128 = 1 << 33;
 const VIDEO_STREAM_ID: u8 = 0xe0;
 const AUDIO_STREAM_ID: u8 = 0xc0;
@@ -250,13 +250,13 @@ fn parse_hvcc(record: &Bytes) -> Result<(u8, Vec<Bytes>), TsError> {
 /// 90 kHz ticks of a millisecond time, with the constant offset, on the 33-bit clock.
 /// i128 so no i64 input can overflow (reliability.md T5); `rem_euclid` wraps (T4).
 pub fn ts_ticks(ms: Millis) -> u64 {
-    ticks_wide(i128::from(ms))
+    ticks_wide(ms.to_ts_ticks())
 }
 
-/// `ts_ticks` on a wide value, for sums such as DTS + CTS that may not fit an i64
-/// (`Packet::pts` would overflow on hostile input).
-fn ticks_wide(ms: i128) -> u64 {
-    ((ms + i128::from(TIMESTAMP_OFFSET_MS)) * 90).rem_euclid(TS_CLOCK_MODULUS) as u64
+/// `ts_ticks` on a wide 90 kHz value, for sums such as DTS + CTS that may not fit an
+/// i64 of milliseconds (`Packet::pts` saturates on hostile input, the PES must not).
+fn ticks_wide(ticks: i128) -> u64 {
+    (ticks + TIMESTAMP_OFFSET_MS.to_ts_ticks()).rem_euclid(TS_CLOCK_MODULUS) as u64
 }
 
 /// The NAL units of one AVCC/HVCC frame, bounds-checked.
@@ -606,7 +606,8 @@ impl TsMuxer {
         let es_len = self.pes.len() - MAX_PES_HEADER;
 
         // PES header (ISO 13818-1 2.4.3.6). DTS only when it differs from PTS.
-        let pts = ticks_wide(i128::from(p.dts) + i128::from(p.cts));
+        let cts = Millis::from_ms(i64::from(p.cts));
+        let pts = ticks_wide(p.dts.to_ts_ticks() + cts.to_ts_ticks());
         let dts = ts_ticks(p.dts);
         let with_dts = pts != dts;
         let hdr_data_len: usize = if with_dts { 10 } else { 5 };
@@ -646,7 +647,7 @@ impl TsMuxer {
         // stalls, or audio-only gaps on the video PID).
         let pcr_pid = self.pcr_pid();
         let pcr_ms = self.last_pcr_ms.map_or(p.dts, |l| l.max(p.dts));
-        let pcr_base = ticks_wide(i128::from(pcr_ms) - i128::from(PCR_LEAD_MS));
+        let pcr_base = ticks_wide(pcr_ms.to_ts_ticks() - PCR_LEAD_MS.to_ts_ticks());
         let pcr = if pid == pcr_pid {
             self.last_pcr_ms = Some(pcr_ms);
             Some(pcr_base)

@@ -91,7 +91,8 @@ impl Span {
         // max >= min, and both within count * 2^32 of the first: no overflow.
         let span = self.max.abs_diff(self.min);
         let frame = span / (self.count - 1);
-        span.saturating_add(frame) / 90
+        let ms = media::Millis::from_ticks(i128::from(span.saturating_add(frame)), media::TS_HZ);
+        u64::try_from(ms.as_ms()).unwrap_or(0)
     }
 }
 

@@ -47,7 +47,7 @@ fn fixture_muxes_to_a_clean_faithful_ts() {
     let input: Vec<i64> = packets
         .iter()
         .filter(|p| p.kind() == TrackKind::Video)
-        .map(|p| p.pts())
+        .map(|p| p.pts().as_ms())
         .collect();
     assert_eq!(input.len(), 600);
     for (i, (got, want)) in pv.iter().zip(&input).enumerate() {
@@ -61,6 +61,6 @@ fn fixture_muxes_to_a_clean_faithful_ts() {
         .iter()
         .find(|p| p.kind() == TrackKind::Audio)
         .unwrap();
-    let skew_in = (ia0.pts() - input[0]) as f64;
+    let skew_in = (ia0.pts().as_ms() - input[0]) as f64;
     assert!((pa0.pts_ms - pv[0].pts_ms - skew_in).abs() <= 1.0);
 }

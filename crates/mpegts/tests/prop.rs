@@ -6,7 +6,7 @@ mod common;
 use bytes::Bytes;
 use common::{concat, demux};
 use liverec_mpegts::{ts_ticks, TsMuxer};
-use media::{AudioCodec, Codec, Packet, TrackConfig, VideoCodec};
+use media::{AudioCodec, Codec, Millis, Packet, TrackConfig, VideoCodec};
 use proptest::prelude::*;
 
 const AVCC: [u8; 16] = [
@@ -19,7 +19,7 @@ fn cfg(codec: Codec, record: &[u8]) -> TrackConfig {
         codec,
         record: Bytes::copy_from_slice(record),
         flv: Bytes::new(),
-        dts: 0,
+        dts: Millis::ZERO,
     }
 }
 
@@ -90,19 +90,19 @@ proptest! {
                 data.extend_from_slice(&nal);
                 let p = Packet {
                     codec: Codec::Video(VideoCodec::H264),
-                    dts: vdts,
+                    dts: Millis::from_ms(vdts),
                     cts: f.cts,
                     key,
                     flv: Bytes::new(),
                     data: Bytes::from(data),
                 };
                 m.push(&p, &mut out).unwrap();
-                want_v.push((ts_ticks(vdts + i64::from(f.cts)), ts_ticks(vdts), nal));
+                want_v.push((ts_ticks(Millis::from_ms(vdts + i64::from(f.cts))), ts_ticks(Millis::from_ms(vdts)), nal));
             } else {
                 adts += f.step;
                 let p = Packet {
                     codec: Codec::Audio(AudioCodec::Aac),
-                    dts: adts,
+                    dts: Millis::from_ms(adts),
                     cts: 0,
                     key: true,
                     flv: Bytes::new(),
@@ -111,7 +111,7 @@ proptest! {
                 m.push(&p, &mut out).unwrap();
                 let mut framed = params.header(body.len()).unwrap().to_vec();
                 framed.extend_from_slice(&body);
-                want_a.push((ts_ticks(adts), framed));
+                want_a.push((ts_ticks(Millis::from_ms(adts)), framed));
             }
         }
         let ts = concat(&out);

@@ -19,7 +19,7 @@ fn segment(shift: i64, extra: Option<Packet>) -> (Vec<u8>, Vec<usize>) {
     m.segment_header(&mut out);
     let mut ends = Vec::new();
     for mut p in packets.into_iter().chain(extra) {
-        p.dts += shift;
+        p.dts += media::Millis::from_ms(shift);
         m.push(&p, &mut out).unwrap();
         ends.push(out.iter().map(Bytes::len).sum());
     }
@@ -111,7 +111,7 @@ fn an_unbounded_last_frame_is_kept() {
     let data = Bytes::from([&[0u8, 0, 0xff, 0xf0, 0x65][..], &[0x88; 0xffef]].concat());
     let big = Packet {
         codec: Codec::Video(VideoCodec::H264),
-        dts: 2100,
+        dts: media::Millis::from_ms(2100),
         cts: 0,
         key: true,
         flv: data.clone(),

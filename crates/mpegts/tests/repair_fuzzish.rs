@@ -36,7 +36,7 @@ fn segment(rng: &mut StdRng, packets: &[Packet], m: &mut TsMuxer) -> Vec<u8> {
     };
     for p in packets.iter().skip(from).take(n) {
         let mut p = p.clone();
-        p.dts += shift;
+        p.dts += media::Millis::from_ms(shift);
         let _ = m.push(&p, &mut out);
     }
     concat(&out)

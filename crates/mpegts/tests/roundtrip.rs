@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use common::{concat, demux};
 use liverec_mpegts::{ts_ticks, TsError, TsMuxer, AUDIO_PID, PMT_PID, VIDEO_PID};
-use media::{AudioCodec, Codec, Packet, TrackConfig, VideoCodec};
+use media::{AudioCodec, Codec, Millis, Packet, TrackConfig, VideoCodec};
 use mpeg2ts::es::StreamType;
 use mpeg2ts::ts::{TsPayload, VersionNumber};
 
@@ -29,7 +29,7 @@ fn config(codec: Codec, record: Vec<u8>) -> TrackConfig {
         codec,
         record: Bytes::from(record),
         flv: Bytes::new(),
-        dts: 0,
+        dts: Millis::ZERO,
     }
 }
 
@@ -63,7 +63,7 @@ fn annexb(nals: &[&[u8]]) -> Vec<u8> {
 fn packet(codec: Codec, dts: i64, cts: i32, key: bool, data: Bytes) -> Packet {
     Packet {
         codec,
-        dts,
+        dts: Millis::from_ms(dts),
         cts,
         key,
         flv: Bytes::new(),
@@ -98,7 +98,7 @@ fn h264_aac_round_trip_through_mpeg2ts_reader() {
                 .unwrap();
             let mut adts = params.header(frame.len()).unwrap().to_vec();
             adts.extend_from_slice(&frame);
-            expected_audio.push((ts_ticks(audio_t), adts));
+            expected_audio.push((ts_ticks(Millis::from_ms(audio_t)), adts));
             audio_t += 21;
         }
         let key = i % 12 == 0;
@@ -138,8 +138,12 @@ fn h264_aac_round_trip_through_mpeg2ts_reader() {
         };
         m.push(&packet(H264, dts, cts, key, avcc(&input)), &mut out)
             .unwrap();
-        let dts_field = (cts != 0).then(|| ts_ticks(dts));
-        expected_video.push((ts_ticks(dts + i64::from(cts)), dts_field, annexb(&expect)));
+        let dts_field = (cts != 0).then(|| ts_ticks(Millis::from_ms(dts)));
+        expected_video.push((
+            ts_ticks(Millis::from_ms(dts + i64::from(cts))),
+            dts_field,
+            annexb(&expect),
+        ));
     }
 
     let ts = concat(&out);

@@ -51,10 +51,10 @@ mod tests {
     use bytes::Bytes;
     use media::{AudioCodec, Codec, VideoCodec};
 
-    fn v(dts: Millis, key: bool) -> Packet {
+    fn v(dts: i64, key: bool) -> Packet {
         Packet {
             codec: Codec::Video(VideoCodec::H264),
-            dts,
+            dts: Millis::from_ms(dts),
             cts: 0,
             key,
             flv: Bytes::new(),
@@ -62,10 +62,10 @@ mod tests {
         }
     }
 
-    fn a(dts: Millis) -> Packet {
+    fn a(dts: i64) -> Packet {
         Packet {
             codec: Codec::Audio(AudioCodec::Aac),
-            dts,
+            dts: Millis::from_ms(dts),
             cts: 0,
             key: true,
             flv: Bytes::new(),
@@ -74,40 +74,55 @@ mod tests {
     }
 
     const P: CutPolicy = CutPolicy {
-        interval_ms: 10_000,
-        hard_cap_ms: 20_000,
+        interval_ms: Millis::from_ms(10_000),
+        hard_cap_ms: Millis::from_ms(20_000),
     };
 
     #[test]
     fn cuts_at_first_keyframe_at_or_after_interval() {
-        assert_eq!(P.decide(0, &v(9_999, true), true), CutDecision::Continue);
-        assert_eq!(P.decide(0, &v(10_000, false), true), CutDecision::Continue);
         assert_eq!(
-            P.decide(0, &v(10_000, true), true),
+            P.decide(Millis::from_ms(0), &v(9_999, true), true),
+            CutDecision::Continue
+        );
+        assert_eq!(
+            P.decide(Millis::from_ms(0), &v(10_000, false), true),
+            CutDecision::Continue
+        );
+        assert_eq!(
+            P.decide(Millis::from_ms(0), &v(10_000, true), true),
             CutDecision::Cut { hard: false }
         );
         // Audio never cuts a stream that has video, even after the interval.
-        assert_eq!(P.decide(0, &a(15_000), true), CutDecision::Continue);
+        assert_eq!(
+            P.decide(Millis::from_ms(0), &a(15_000), true),
+            CutDecision::Continue
+        );
     }
 
     #[test]
     fn audio_only_cuts_on_audio() {
-        assert_eq!(P.decide(100, &a(10_099), false), CutDecision::Continue);
         assert_eq!(
-            P.decide(100, &a(10_100), false),
+            P.decide(Millis::from_ms(100), &a(10_099), false),
+            CutDecision::Continue
+        );
+        assert_eq!(
+            P.decide(Millis::from_ms(100), &a(10_100), false),
             CutDecision::Cut { hard: false }
         );
     }
 
     #[test]
     fn hard_cap_cuts_without_keyframe() {
-        assert_eq!(P.decide(0, &v(19_999, false), true), CutDecision::Continue);
         assert_eq!(
-            P.decide(0, &v(20_000, false), true),
+            P.decide(Millis::from_ms(0), &v(19_999, false), true),
+            CutDecision::Continue
+        );
+        assert_eq!(
+            P.decide(Millis::from_ms(0), &v(20_000, false), true),
             CutDecision::Cut { hard: true }
         );
         assert_eq!(
-            P.decide(0, &a(20_000), true),
+            P.decide(Millis::from_ms(0), &a(20_000), true),
             CutDecision::Cut { hard: true }
         );
     }
@@ -115,7 +130,7 @@ mod tests {
     #[test]
     fn time_going_backwards_never_cuts_or_panics() {
         assert_eq!(
-            P.decide(i64::MAX, &v(i64::MIN, true), true),
+            P.decide(Millis::from_ms(i64::MAX), &v(i64::MIN, true), true),
             CutDecision::Continue
         );
     }

@@ -10,11 +10,16 @@
 //!   says where segments begin and end; the daemon names them and writes the playlist.
 //! - Fragmented MP4 (R-FM-3): init segment, then a fragment per GOP (≤ ~2 s); finalized
 //!   with its real duration (mehd) and an mfra index.
+//!
+//! Every event comes with its arrival (the wall time its bytes were read, stamped at
+//! ingest); the recorder reports the arrival of the packet that opens each file and
+//! segment and of the last packet of each file, which the daemon uses as the file's
+//! wall-clock start and end (issue 10). The recorder itself never reads a clock.
 
 use aac::AdtsParams;
 use bytes::Bytes;
 use flv::mux::{FlvMuxer, MetaInfo, Patch};
-use media::{AudioCodec, Codec, MediaEvent, Millis, Packet, TrackConfig, TrackKind};
+use media::{AudioCodec, Codec, MediaEvent, Millis, Packet, TrackConfig, TrackKind, WallMillis};
 
 use crate::cut::{CutDecision, CutPolicy};
 
@@ -45,12 +50,21 @@ pub enum Output {
     /// AAC audio: no file; a track MP4 cannot hold: the file goes on without it). Said
     /// once per recording.
     Skipped { reason: String },
-    /// Start a new file (`seq` counts files of this recording from 0).
-    Open { seq: u64, start_dts: Millis },
+    /// Start a new file (`seq` counts files of this recording from 0) at the packet with
+    /// DTS `start_dts`, which arrived at `arrival`.
+    Open {
+        seq: u64,
+        start_dts: Millis,
+        arrival: WallMillis,
+    },
     /// Append these buffers, in order, to file `seq`.
     Data { seq: u64, bufs: Vec<Bytes> },
-    /// HLS: segment `n` of playlist `seq` begins.
-    SegmentOpen { seq: u64, n: u64 },
+    /// HLS: segment `n` of playlist `seq` begins with a packet that arrived at `arrival`.
+    SegmentOpen {
+        seq: u64,
+        n: u64,
+        arrival: WallMillis,
+    },
     /// HLS: append these buffers to segment `n` of playlist `seq`.
     SegmentData { seq: u64, n: u64, bufs: Vec<Bytes> },
     /// HLS: segment `n` is complete; it starts at `start_dts` and lasts `duration_ms`
@@ -79,6 +93,10 @@ pub struct FileSummary {
     pub audio_frames: u64,
     /// Cut by the hard cap rather than on a keyframe (R-SG-2).
     pub hard_cut: bool,
+    /// When the packet that opened the file arrived: the file's wall-clock start.
+    pub first_arrival: WallMillis,
+    /// When the last packet of the file arrived: its wall-clock end.
+    pub last_arrival: WallMillis,
 }
 
 enum Writer {
@@ -155,6 +173,9 @@ struct OpenFile {
     video: TrackTiming,
     audio: TrackTiming,
     hard_cut: bool,
+    /// Arrival of the packet that opened the file, and of the latest packet since.
+    first_arrival: WallMillis,
+    last_arrival: WallMillis,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -169,7 +190,7 @@ impl TrackTiming {
     fn add(&mut self, p: &Packet) {
         if let Some(last) = self.last_dts {
             let d = p.dts - last;
-            if d > 0 {
+            if d > Millis::ZERO {
                 self.last_delta = d;
             }
         }
@@ -214,7 +235,7 @@ impl Recorder {
             format,
             policy,
             skip_reported: false,
-            segment_ms: 10_000,
+            segment_ms: Millis::from_ms(10_000),
             video_config: None,
             audio_config: None,
             file: None,
@@ -228,7 +249,7 @@ impl Recorder {
 
     /// Sets the HLS segment length.
     pub fn with_segment_duration(mut self, ms: Millis) -> Self {
-        self.segment_ms = ms.max(1);
+        self.segment_ms = ms.max(Millis::from_ms(1));
         self
     }
 
@@ -240,7 +261,8 @@ impl Recorder {
         self.file.is_some()
     }
 
-    pub fn handle_event(&mut self, ev: MediaEvent) {
+    /// Feeds one event of the stream, which arrived at `arrival`.
+    pub fn handle_event(&mut self, ev: MediaEvent, arrival: WallMillis) {
         match ev {
             MediaEvent::Metadata(m) => self.metadata = Some(m),
             MediaEvent::Config(c) => {
@@ -284,7 +306,7 @@ impl Recorder {
                     }
                 }
             }
-            MediaEvent::Packet(p) => self.packet(p),
+            MediaEvent::Packet(p) => self.packet(p, arrival),
         }
     }
 
@@ -292,7 +314,7 @@ impl Recorder {
         self.video_config.is_some()
     }
 
-    fn packet(&mut self, p: Packet) {
+    fn packet(&mut self, p: Packet, arrival: WallMillis) {
         if p.kind() == TrackKind::Audio && self.audio_codec_id.is_none() {
             self.audio_codec_id = Some(flv::mux::flv_codec_id(p.codec, &p.flv));
         }
@@ -314,11 +336,14 @@ impl Recorder {
             if p.kind() == TrackKind::Video && self.video_config.is_none() {
                 return;
             }
-            if !self.open(p.dts) {
+            if !self.open(p.dts, arrival) {
                 return;
             }
         }
         if let Some(f) = &mut self.file {
+            // Every packet the file spans counts, written or not (video in an AAC file):
+            // formats cutting on the same packets then report the same span (R-SG-4).
+            f.last_arrival = arrival;
             let mut bufs = Vec::with_capacity(3);
             // HLS: a segment ends at the first start point at or after its target length
             // (same rule as files, one level down), and each starts with PAT/PMT.
@@ -337,13 +362,17 @@ impl Recorder {
                             seq: f.seq,
                             n,
                             start_dts: start,
-                            duration_ms: p.dts.saturating_sub(start).max(0),
+                            duration_ms: (p.dts - start).max(Millis::ZERO),
                         });
                     }
                     let n = h.next_n;
                     h.next_n += 1;
                     h.segment = Some((n, p.dts));
-                    self.out.push_back(Output::SegmentOpen { seq: f.seq, n });
+                    self.out.push_back(Output::SegmentOpen {
+                        seq: f.seq,
+                        n,
+                        arrival,
+                    });
                     let before = bufs.len();
                     h.ts.segment_header(&mut bufs);
                     h.written += bufs[before..].iter().map(|b| b.len() as u64).sum::<u64>();
@@ -381,8 +410,9 @@ impl Recorder {
         }
     }
 
-    /// Opens a file at `start`; false when this format cannot record the stream now.
-    fn open(&mut self, start: Millis) -> bool {
+    /// Opens a file at `start` (a packet that arrived at `arrival`); false when this
+    /// format cannot record the stream now.
+    fn open(&mut self, start: Millis, arrival: WallMillis) -> bool {
         let opened = match self.format {
             Format::Flv => Ok(self.open_flv(start)),
             Format::Aac => self.open_aac().map(|w| (w, Vec::new())),
@@ -402,6 +432,7 @@ impl Recorder {
         self.out.push_back(Output::Open {
             seq,
             start_dts: start,
+            arrival,
         });
         if !bufs.is_empty() {
             self.out.push_back(Output::Data { seq, bufs });
@@ -415,6 +446,8 @@ impl Recorder {
             video: TrackTiming::default(),
             audio: TrackTiming::default(),
             hard_cut: false,
+            first_arrival: arrival,
+            last_arrival: arrival,
         });
         true
     }
@@ -510,13 +543,15 @@ impl Recorder {
         };
         // Video defines the file's length when there is video; audio-only otherwise.
         let track = if f.video_frames > 0 { f.video } else { f.audio };
-        let duration_ms = track.duration().map_or(0, |d| d.max(0));
+        let duration_ms = track
+            .duration()
+            .map_or(Millis::ZERO, |d| d.max(Millis::ZERO));
         self.last_hard = f.hard_cut;
         // The MP4 muxer still holds its last fragment: it goes out before the close.
         let mut patches = Vec::new();
         let mut tail = Vec::new();
         match &mut f.writer {
-            Writer::Flv(m) => patches = m.finalize(duration_ms as f64 / 1000.0),
+            Writer::Flv(m) => patches = m.finalize(duration_ms.as_secs_f64()),
             Writer::Aac { .. } => {}
             Writer::Hls(h) => {
                 if let Some((n, start)) = h.segment.take() {
@@ -526,7 +561,7 @@ impl Recorder {
                         seq: f.seq,
                         n,
                         start_dts: start,
-                        duration_ms: end.saturating_sub(start).max(0),
+                        duration_ms: (end - start).max(Millis::ZERO),
                     });
                 }
             }
@@ -554,6 +589,8 @@ impl Recorder {
             video_frames: f.video_frames,
             audio_frames: f.audio_frames,
             hard_cut: f.hard_cut,
+            first_arrival: f.first_arrival,
+            last_arrival: f.last_arrival,
         };
         self.out.push_back(Output::Close {
             seq: f.seq,
@@ -569,6 +606,10 @@ mod tests {
     use media::{AudioCodec, Codec, VideoCodec};
     use std::collections::BTreeMap;
 
+    const fn ms(x: i64) -> Millis {
+        Millis::from_ms(x)
+    }
+
     fn vconf() -> MediaEvent {
         let rec = Bytes::from_static(&[
             1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 2, 0x67, 0x64, 1, 0, 1, 0x68,
@@ -579,7 +620,7 @@ mod tests {
             codec: Codec::Video(VideoCodec::H264),
             record: rec,
             flv: flv.into(),
-            dts: 0,
+            dts: Millis::ZERO,
         })
     }
 
@@ -588,12 +629,12 @@ mod tests {
             codec: Codec::Audio(AudioCodec::Aac),
             record: Bytes::from_static(&[0x11, 0x90]),
             flv: Bytes::from_static(&[0xaf, 0, 0x11, 0x90]),
-            dts: 0,
+            dts: Millis::ZERO,
         })
     }
 
     /// A frame whose body encodes its own identity, so files can be checked frame by frame.
-    fn frame(video: bool, n: u32, dts: Millis, key: bool) -> MediaEvent {
+    fn frame(video: bool, n: u32, dts: i64, key: bool) -> MediaEvent {
         let mut body = if video {
             vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]
         } else {
@@ -608,7 +649,7 @@ mod tests {
             } else {
                 Codec::Audio(AudioCodec::Aac)
             },
-            dts,
+            dts: ms(dts),
             cts: 0,
             key: key || !video,
             flv,
@@ -618,7 +659,7 @@ mod tests {
 
     /// 30 fps video with a keyframe every `gop` frames, AAC every 21 ms, interleaved in DTS order.
     fn stream(seconds: i64, gop: u32, video: bool, audio: bool) -> Vec<MediaEvent> {
-        let mut evs: Vec<(Millis, MediaEvent)> = Vec::new();
+        let mut evs: Vec<(i64, MediaEvent)> = Vec::new();
         if video {
             for n in 0..(seconds * 30) as u32 {
                 let dts = i64::from(n) * 1000 / 30;
@@ -648,11 +689,22 @@ mod tests {
         out
     }
 
+    /// When the tests' publisher sent an event: in real time from `T0` on, so a packet's
+    /// arrival is `T0` + its DTS (configs and metadata at `T0`).
+    const T0: i64 = 1_700_000_000_000;
+
+    fn arrival(e: &MediaEvent) -> WallMillis {
+        WallMillis::from_unix_ms(T0 + e.dts().unwrap_or_default().as_ms())
+    }
+
     /// A segment's bytes, and (start, duration) once closed.
     type Segment = (Vec<u8>, Option<(Millis, Millis)>);
 
     struct Files {
         bytes: BTreeMap<u64, Vec<u8>>,
+        /// The arrival each file and each segment was opened with.
+        opened_at: BTreeMap<u64, WallMillis>,
+        segments_opened_at: BTreeMap<(u64, u64), WallMillis>,
         summaries: BTreeMap<u64, FileSummary>,
         skipped: Vec<String>,
         /// HLS: (file, segment) → (bytes, start, duration once closed).
@@ -664,7 +716,7 @@ mod tests {
     }
 
     fn run_format(format: Format, policy: CutPolicy, evs: Vec<MediaEvent>) -> Files {
-        run_format_with(format, policy, 10_000, evs)
+        run_format_with(format, policy, ms(10_000), evs)
     }
 
     fn run_format_with(
@@ -676,6 +728,8 @@ mod tests {
         let mut r = Recorder::new(format, policy).with_segment_duration(segment_ms);
         let mut files = Files {
             bytes: BTreeMap::new(),
+            opened_at: BTreeMap::new(),
+            segments_opened_at: BTreeMap::new(),
             summaries: BTreeMap::new(),
             skipped: Vec::new(),
             segments: BTreeMap::new(),
@@ -684,7 +738,8 @@ mod tests {
             while let Some(o) = r.poll_output() {
                 match o {
                     Output::Skipped { reason } => files.skipped.push(reason),
-                    Output::SegmentOpen { seq, n } => {
+                    Output::SegmentOpen { seq, n, arrival } => {
+                        files.segments_opened_at.insert((seq, n), arrival);
                         assert!(
                             files.bytes.contains_key(&seq),
                             "segment of an unopened file"
@@ -710,7 +765,8 @@ mod tests {
                         let s = files.segments.get_mut(&(seq, n)).expect("open segment");
                         assert!(s.1.replace((start_dts, duration_ms)).is_none());
                     }
-                    Output::Open { seq, .. } => {
+                    Output::Open { seq, arrival, .. } => {
+                        files.opened_at.insert(seq, arrival);
                         assert!(files.bytes.insert(seq, Vec::new()).is_none())
                     }
                     Output::Data { seq, bufs } => {
@@ -743,7 +799,8 @@ mod tests {
             }
         };
         for e in evs {
-            r.handle_event(e);
+            let at = arrival(&e);
+            r.handle_event(e, at);
             drain(&mut r, &mut files);
         }
         r.finish();
@@ -786,8 +843,8 @@ mod tests {
     }
 
     const POLICY: CutPolicy = CutPolicy {
-        interval_ms: 4000,
-        hard_cap_ms: 8000,
+        interval_ms: ms(4000),
+        hard_cap_ms: ms(8000),
     };
 
     #[test]
@@ -807,7 +864,7 @@ mod tests {
             assert_eq!(s.video_frames as usize, fr.iter().filter(|x| x.0).count());
             // Each file spans 4 s of video (120 frames of 33.3 ms).
             assert!(
-                (s.duration_ms - 4000).abs() <= 34,
+                (s.duration_ms.as_ms() - 4000).abs() <= 34,
                 "file {seq} duration {}",
                 s.duration_ms
             );
@@ -848,7 +905,7 @@ mod tests {
                 .skip(1)
                 .map(|e| match e {
                     MediaEvent::Packet(mut p) => {
-                        p.dts += 100;
+                        p.dts += ms(100);
                         MediaEvent::Packet(p)
                     }
                     e => e,
@@ -877,7 +934,11 @@ mod tests {
         let total: usize = files.bytes.values().map(|f| frames(f).len()).sum();
         assert_eq!(total, 10_000 / 21);
         for s in files.summaries.values().take(2) {
-            assert!((s.duration_ms - 4000).abs() <= 21, "{}", s.duration_ms);
+            assert!(
+                (s.duration_ms.as_ms() - 4000).abs() <= 21,
+                "{}",
+                s.duration_ms
+            );
         }
     }
 
@@ -890,7 +951,7 @@ mod tests {
             flv: Bytes::from_static(&[
                 0x17, 0, 0, 0, 0, 1, 0x4d, 0, 0x1e, 0xff, 0xe1, 0, 1, 0x67, 1, 0, 1, 0x68,
             ]),
-            dts: 1000,
+            dts: ms(1000),
         });
         evs.insert(40, new);
         let files = run(POLICY, evs);
@@ -932,7 +993,7 @@ mod tests {
             // Same span as the FLV file, measured on audio (within one AAC frame).
             if (*seq as usize) + 1 < aac.bytes.len() {
                 assert!(
-                    (s.duration_ms - flv.summaries[seq].duration_ms).abs() <= 21,
+                    (s.duration_ms - flv.summaries[seq].duration_ms).unsigned_abs() <= 21,
                     "{s:?}"
                 );
             }
@@ -947,7 +1008,7 @@ mod tests {
         assert!(files.skipped[0].contains("no audio"), "{:?}", files.skipped);
         let mp3 = MediaEvent::Packet(Packet {
             codec: Codec::Audio(AudioCodec::Mp3),
-            dts: 0,
+            dts: Millis::ZERO,
             cts: 0,
             key: true,
             flv: Bytes::from_static(&[0x2f, 1, 2]),
@@ -962,10 +1023,10 @@ mod tests {
     fn hls_segments_cut_on_keyframes_inside_files() {
         // 20 s, 2 s GOPs; files of 12 s (cut at 12 s), segments of 4 s.
         let policy = CutPolicy {
-            interval_ms: 12_000,
-            hard_cap_ms: 24_000,
+            interval_ms: ms(12_000),
+            hard_cap_ms: ms(24_000),
         };
-        let files = run_format_with(Format::Hls, policy, 4000, stream(20, 60, true, true));
+        let files = run_format_with(Format::Hls, policy, ms(4000), stream(20, 60, true, true));
         assert_eq!(files.bytes.len(), 2, "two playlists");
         let keys: Vec<_> = files.segments.keys().copied().collect();
         assert_eq!(keys, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]);
@@ -980,11 +1041,48 @@ mod tests {
                 (0x47, 0x40, 0x00),
                 "segment {seq}/{n} starts with PAT"
             );
-            assert_eq!(start % 2000, 0, "segment {seq}/{n} starts on a keyframe");
-            total += dur;
+            assert_eq!(
+                start.as_ms() % 2000,
+                0,
+                "segment {seq}/{n} starts on a keyframe"
+            );
+            total += dur.as_ms();
         }
         // Contiguous: the durations add up to the media (20 s of 30 fps video).
         assert!((total - 20_000).abs() <= 34, "total {total}");
-        assert_eq!(files.segments[&(0, 0)].1, Some((0, 4000)));
+        assert_eq!(files.segments[&(0, 0)].1, Some((ms(0), ms(4000))));
+    }
+
+    /// A file's reported wall-clock start and end are the arrivals of its first and last
+    /// packets (issue 10), in every format, and HLS segments open with their first
+    /// packet's arrival.
+    #[test]
+    fn files_report_their_first_and_last_packets_arrival() {
+        let at = |ms: i64| WallMillis::from_unix_ms(T0 + ms);
+        // 20 s, 2 s GOPs, files of 4 s: files start at 0, 4, 8, 12, 16 s.
+        for format in [Format::Flv, Format::Aac, Format::Mp4, Format::Hls] {
+            let evs = stream(20, 60, true, true);
+            let files = run_format_with(format, POLICY, ms(2000), evs.clone());
+            assert_eq!(files.summaries.len(), 5, "{format:?}");
+            for (seq, s) in &files.summaries {
+                let start = *seq as i64 * 4000;
+                assert_eq!(s.first_arrival, at(start), "{format:?} file {seq}");
+                assert_eq!(files.opened_at[seq], at(start), "{format:?} file {seq}");
+                // The last packet before the next file's keyframe.
+                let last = evs
+                    .iter()
+                    .filter_map(|e| e.dts().map(Millis::as_ms))
+                    .filter(|&d| d < start + 4000)
+                    .max();
+                assert_eq!(Some(s.last_arrival), last.map(at), "{format:?} file {seq}");
+            }
+        }
+        let hls = run_format_with(Format::Hls, POLICY, ms(2000), stream(20, 60, true, true));
+        for ((seq, n), opened) in &hls.segments_opened_at {
+            let start = *seq as i64 * 4000 + *n as i64 * 2000;
+            assert_eq!(*opened, at(start), "segment {seq}/{n}");
+            assert_eq!(hls.segments[&(*seq, *n)].1.map(|c| c.0), Some(ms(start)));
+        }
+        assert_eq!(hls.segments_opened_at.len(), 10);
     }
 }

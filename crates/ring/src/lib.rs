@@ -30,6 +30,14 @@
 //! one was seen), then the events from the join point on. Config and metadata changes
 //! mid-stream are ordinary events in the ring, so readers see them in order.
 //!
+//! # Arrival
+//!
+//! Each event is pushed with the wall-clock time its bytes were read from the socket
+//! ([`WallMillis`]) and every reader receives it with that time, replayed preamble
+//! included (each config keeps its own). A recording that starts from the past (pre-roll,
+//! R-TK-6) thus knows when its first packet really arrived, which is its file's
+//! wall-clock start (issue 10), not when the recording was asked for.
+//!
 //! # Eviction
 //!
 //! After each push the oldest whole GOPs are dropped while the ring holds more than one
@@ -52,11 +60,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use media::{MediaEvent, Millis, TrackConfig, TrackKind};
+use media::{MediaEvent, Millis, TrackConfig, TrackKind, WallMillis};
 
 /// Audio-only streams have a join point at every audio packet; for eviction their packets
 /// are grouped in GOPs of this length so the bookkeeping stays small.
-pub const AUDIO_GROUP_MS: Millis = 1000;
+pub const AUDIO_GROUP_MS: Millis = Millis::from_ms(1000);
 
 /// Bounds of one ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +79,7 @@ pub struct RingConfig {
 impl Default for RingConfig {
     fn default() -> Self {
         RingConfig {
-            max_duration_ms: 4000,
+            max_duration_ms: Millis::from_ms(4000),
             max_bytes: 16 * 1024 * 1024,
         }
     }
@@ -99,12 +107,11 @@ pub struct RingStats {
 /// What a reader receives.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {
-    Event(MediaEvent),
+    /// An event and the wall-clock time it arrived (was read from the socket).
+    Event(MediaEvent, WallMillis),
     /// The reader fell behind what the ring still holds and lost `skipped` events; it
     /// continues at the oldest join point held, starting with the state in force there.
-    Lagged {
-        skipped: u64,
-    },
+    Lagged { skipped: u64 },
 }
 
 /// Create a ring: the writer for the ingest task and a handle for everyone else.
@@ -118,23 +125,23 @@ pub fn ring(config: RingConfig) -> (Writer, RingHandle) {
 /// until one of them changes (so marking a join point costs one reference count).
 #[derive(Debug, Default, Clone)]
 struct Preamble {
-    metadata: Option<Bytes>,
-    video: Option<TrackConfig>,
-    audio: Option<TrackConfig>,
+    metadata: Option<(Bytes, WallMillis)>,
+    video: Option<(TrackConfig, WallMillis)>,
+    audio: Option<(TrackConfig, WallMillis)>,
 }
 
 impl Preamble {
     /// The items a reader receives before the join point, stored in reverse so the
     /// reader can `pop` them in order.
     fn push_reversed(&self, out: &mut Vec<Item>) {
-        if let Some(a) = &self.audio {
-            out.push(Item::Event(MediaEvent::Config(a.clone())));
+        if let Some((a, at)) = &self.audio {
+            out.push(Item::Event(MediaEvent::Config(a.clone()), *at));
         }
-        if let Some(v) = &self.video {
-            out.push(Item::Event(MediaEvent::Config(v.clone())));
+        if let Some((v, at)) = &self.video {
+            out.push(Item::Event(MediaEvent::Config(v.clone()), *at));
         }
-        if let Some(m) = &self.metadata {
-            out.push(Item::Event(MediaEvent::Metadata(m.clone())));
+        if let Some((m, at)) = &self.metadata {
+            out.push(Item::Event(MediaEvent::Metadata(m.clone()), *at));
         }
     }
 }
@@ -160,8 +167,8 @@ struct Gop {
 #[derive(Debug)]
 struct Inner {
     config: RingConfig,
-    /// Held events; `entries[i]` has sequence number `base_seq + i`.
-    entries: VecDeque<MediaEvent>,
+    /// Held events with their arrival; `entries[i]` has sequence number `base_seq + i`.
+    entries: VecDeque<(MediaEvent, WallMillis)>,
     base_seq: u64,
     /// Always `base_seq + entries.len()`.
     next_seq: u64,
@@ -218,7 +225,7 @@ impl Inner {
         }
     }
 
-    fn push(&mut self, ev: MediaEvent) {
+    fn push(&mut self, ev: MediaEvent, arrival: WallMillis) {
         // Classify the event: does it start a GOP, is it a join point?
         let (starts_gop, is_join) = match &ev {
             MediaEvent::Packet(p) if p.kind() == TrackKind::Video => {
@@ -262,11 +269,13 @@ impl Inner {
             MediaEvent::Config(c) => {
                 let p = Arc::make_mut(&mut self.current);
                 match c.kind() {
-                    TrackKind::Video => p.video = Some(c.clone()),
-                    TrackKind::Audio => p.audio = Some(c.clone()),
+                    TrackKind::Video => p.video = Some((c.clone(), arrival)),
+                    TrackKind::Audio => p.audio = Some((c.clone(), arrival)),
                 }
             }
-            MediaEvent::Metadata(m) => Arc::make_mut(&mut self.current).metadata = Some(m.clone()),
+            MediaEvent::Metadata(m) => {
+                Arc::make_mut(&mut self.current).metadata = Some((m.clone(), arrival))
+            }
             MediaEvent::Packet(_) => {}
         }
 
@@ -291,7 +300,7 @@ impl Inner {
             gop.max_dts = gop.max_dts.max(d);
         }
         self.bytes += size;
-        self.entries.push_back(ev);
+        self.entries.push_back((ev, arrival));
         self.next_seq += 1;
         self.evict();
     }
@@ -318,7 +327,7 @@ impl Inner {
     }
 
     fn evict(&mut self) {
-        let max_duration = self.config.max_duration_ms.max(0).unsigned_abs();
+        let max_duration = self.config.max_duration_ms.max(Millis::ZERO).unsigned_abs();
         let min_cursor = self.cursors.iter().flatten().copied().min();
         while self.gops.len() > 1
             && (self.bytes > self.config.max_bytes
@@ -347,7 +356,7 @@ impl Inner {
             events: self.entries.len(),
             bytes: self.bytes,
             gops: self.gops.len(),
-            duration_ms: Millis::try_from(self.held_duration()).unwrap_or(Millis::MAX),
+            duration_ms: Millis::from_ms(i64::try_from(self.held_duration()).unwrap_or(i64::MAX)),
             readers: self.readers,
             pushed: self.next_seq,
             closed: self.closed,
@@ -416,14 +425,14 @@ impl Shared {
 
     fn subscribe_since(self: &Arc<Self>, ms: Millis) -> Reader {
         self.subscribe_at(|inner| {
-            let target = inner.newest_dts()?.saturating_sub(ms.max(0));
+            let target = inner.newest_dts()?.saturating_sub(ms.max(Millis::ZERO));
             inner.joins.iter().find(|j| j.dts >= target)
         })
     }
 
     fn subscribe_preroll(self: &Arc<Self>, ms: Millis) -> Reader {
         self.subscribe_at(|inner| {
-            let target = inner.newest_dts()?.saturating_sub(ms.max(0));
+            let target = inner.newest_dts()?.saturating_sub(ms.max(Millis::ZERO));
             inner
                 .joins
                 .iter()
@@ -463,14 +472,15 @@ impl Writer {
         }
     }
 
-    /// Append one event, evict what is over the bounds and wake waiting readers. Never
-    /// waits for readers. Events pushed after [`close`](Self::close) are ignored.
-    pub fn push(&mut self, ev: MediaEvent) {
+    /// Append one event that arrived at `arrival`, evict what is over the bounds and wake
+    /// waiting readers. Never waits for readers. Events pushed after
+    /// [`close`](Self::close) are ignored.
+    pub fn push(&mut self, ev: MediaEvent, arrival: WallMillis) {
         if self.closed {
             return;
         }
         let mut inner = self.shared.lock();
-        inner.push(ev);
+        inner.push(ev, arrival);
         take_wakers(&mut inner, &mut self.to_wake);
         drop(inner);
         self.wake();
@@ -480,11 +490,11 @@ impl Writer {
     /// [`wake_readers`](Self::wake_readers) (or the next `push`/`close`). The ingest task
     /// pushes every event of one socket read this way and wakes once: a wake per frame
     /// made readers and the writer trade threads for every packet.
-    pub fn push_deferred(&mut self, ev: MediaEvent) {
+    pub fn push_deferred(&mut self, ev: MediaEvent, arrival: WallMillis) {
         if self.closed {
             return;
         }
-        self.shared.lock().push(ev);
+        self.shared.lock().push(ev, arrival);
     }
 
     /// Wakes the readers waiting since the last wake.
@@ -698,9 +708,9 @@ impl Position {
                     return self.pending.pop();
                 }
                 let idx = usize::try_from(cursor - inner.base_seq).ok()?;
-                let ev = inner.entries.get(idx)?.clone();
+                let (ev, arrival) = inner.entries.get(idx)?.clone();
                 self.state = State::Active { cursor: cursor + 1 };
-                Some(Item::Event(ev))
+                Some(Item::Event(ev, arrival))
             }
         }
     }

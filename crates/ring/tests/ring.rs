@@ -9,7 +9,7 @@ use std::thread;
 
 use bytes::Bytes;
 use liverec_ring::{ring, Item, Reader, RingConfig, Writer};
-use media::{AudioCodec, Codec, MediaEvent, Packet, TrackConfig, VideoCodec};
+use media::{AudioCodec, Codec, MediaEvent, Millis, Packet, TrackConfig, VideoCodec, WallMillis};
 
 const H264: Codec = Codec::Video(VideoCodec::H264);
 const AAC: Codec = Codec::Audio(AudioCodec::Aac);
@@ -18,7 +18,7 @@ fn video(dts: i64, key: bool, size: usize) -> MediaEvent {
     let flv = Bytes::from(vec![if key { 0x17 } else { 0x27 }; size]);
     MediaEvent::Packet(Packet {
         codec: H264,
-        dts,
+        dts: Millis::from_ms(dts),
         cts: 0,
         key,
         data: flv.slice(size.min(5)..),
@@ -30,7 +30,7 @@ fn audio(dts: i64) -> MediaEvent {
     let flv = Bytes::from_static(&[0xaf, 0x01, 0x21, 0x10, 0x04]);
     MediaEvent::Packet(Packet {
         codec: AAC,
-        dts,
+        dts: Millis::from_ms(dts),
         cts: 0,
         key: true,
         data: flv.slice(2..),
@@ -44,7 +44,7 @@ fn config(codec: Codec, tag: u8) -> MediaEvent {
         codec,
         flv: record.clone(),
         record,
-        dts: 0,
+        dts: Millis::ZERO,
     })
 }
 
@@ -52,8 +52,11 @@ fn meta(tag: u8) -> MediaEvent {
     MediaEvent::Metadata(Bytes::from(vec![tag; 3]))
 }
 
+/// The arrival of every event these tests push, unless a test is about arrivals.
+const AT: WallMillis = WallMillis::from_unix_ms(1_700_000_000_000);
+
 fn ev(e: MediaEvent) -> Item {
-    Item::Event(e)
+    Item::Event(e, AT)
 }
 
 fn drain(r: &mut Reader) -> Vec<Item> {
@@ -62,26 +65,26 @@ fn drain(r: &mut Reader) -> Vec<Item> {
 
 fn dts_of(item: &Item) -> Option<i64> {
     match item {
-        Item::Event(e) => e.dts(),
+        Item::Event(e, _) => e.dts().map(Millis::as_ms),
         Item::Lagged { .. } => None,
     }
 }
 
 fn is_key(item: &Item) -> bool {
-    matches!(item, Item::Event(MediaEvent::Packet(p)) if p.is_video_key())
+    matches!(item, Item::Event(MediaEvent::Packet(p), _) if p.is_video_key())
 }
 
 /// Video frames every 40 ms from `from` to `to` inclusive, a keyframe every `gop` ms.
 fn push_video(w: &mut Writer, from: i64, to: i64, gop: i64, size: usize) {
     for t in (from..=to).step_by(40) {
-        w.push(video(t, t % gop == 0, size));
+        w.push(video(t, t % gop == 0, size), AT);
     }
 }
 
 fn start(w: &mut Writer) {
-    w.push(meta(1));
-    w.push(config(H264, 1));
-    w.push(config(AAC, 1));
+    w.push(meta(1), AT);
+    w.push(config(H264, 1), AT);
+    w.push(config(AAC, 1), AT);
 }
 
 fn preamble(tag_meta: u8, tag_v: u8, tag_a: u8) -> Vec<Item> {
@@ -122,7 +125,7 @@ fn block_on<F: Future>(f: F) -> F::Output {
 
 fn big() -> RingConfig {
     RingConfig {
-        max_duration_ms: 60_000,
+        max_duration_ms: Millis::from_ms(60_000),
         max_bytes: usize::MAX,
     }
 }
@@ -131,12 +134,12 @@ fn big() -> RingConfig {
 fn joins_at_newest_keyframe_with_configs_and_metadata_first() {
     let (mut w, h) = ring(big());
     start(&mut w);
-    w.push(video(0, true, 10));
-    w.push(audio(10));
-    w.push(video(40, false, 10));
-    w.push(video(2000, true, 10));
-    w.push(audio(1990)); // audio slightly behind video
-    w.push(video(2040, false, 10));
+    w.push(video(0, true, 10), AT);
+    w.push(audio(10), AT);
+    w.push(video(40, false, 10), AT);
+    w.push(video(2000, true, 10), AT);
+    w.push(audio(1990), AT); // audio slightly behind video
+    w.push(video(2040, false, 10), AT);
 
     let mut expected = preamble(1, 1, 1);
     expected.extend([
@@ -154,16 +157,16 @@ fn reader_before_first_keyframe_waits_for_it() {
     start(&mut w);
     let mut r = w.subscribe();
     assert_eq!(r.try_next(), None);
-    w.push(video(0, false, 10)); // not a join point
-    w.push(audio(5)); // audio is no join point once the stream has video
+    w.push(video(0, false, 10), AT); // not a join point
+    w.push(audio(5), AT); // audio is no join point once the stream has video
     assert_eq!(r.try_next(), None);
     assert_eq!(
         w.stats().events,
         0,
         "nothing before the first GOP is readable"
     );
-    w.push(video(40, true, 10));
-    w.push(audio(45));
+    w.push(video(40, true, 10), AT);
+    w.push(audio(45), AT);
     let mut expected = preamble(1, 1, 1);
     expected.extend([ev(video(40, true, 10)), ev(audio(45))]);
     assert_eq!(drain(&mut r), expected);
@@ -172,23 +175,23 @@ fn reader_before_first_keyframe_waits_for_it() {
 #[test]
 fn audio_only_stream_joins_at_the_next_audio_frame() {
     let (mut w, _h) = ring(big());
-    w.push(meta(1));
-    w.push(config(AAC, 7));
+    w.push(meta(1), AT);
+    w.push(config(AAC, 7), AT);
     let mut early = w.subscribe();
     assert_eq!(early.try_next(), None);
-    w.push(audio(0));
+    w.push(audio(0), AT);
     assert_eq!(
         drain(&mut early),
         vec![ev(meta(1)), ev(config(AAC, 7)), ev(audio(0))]
     );
-    w.push(audio(23));
+    w.push(audio(23), AT);
     // A later reader starts at the newest audio frame: there is no keyframe to wait for.
     let mut late = w.subscribe();
     assert_eq!(
         drain(&mut late),
         vec![ev(meta(1)), ev(config(AAC, 7)), ev(audio(23))]
     );
-    w.push(audio(46));
+    w.push(audio(46), AT);
     assert_eq!(drain(&mut late), vec![ev(audio(46))]);
     assert_eq!(drain(&mut early), vec![ev(audio(23)), ev(audio(46))]);
 }
@@ -196,19 +199,19 @@ fn audio_only_stream_joins_at_the_next_audio_frame() {
 #[test]
 fn video_appearing_late_switches_join_points_to_keyframes() {
     let (mut w, h) = ring(big());
-    w.push(config(AAC, 1));
-    w.push(audio(0));
+    w.push(config(AAC, 1), AT);
+    w.push(audio(0), AT);
     let mut reading = h.subscribe();
-    w.push(audio(23));
-    w.push(config(H264, 1));
-    w.push(audio(46));
+    w.push(audio(23), AT);
+    w.push(config(H264, 1), AT);
+    w.push(audio(46), AT);
     // The stream has video now: audio frames are no join points any more.
     let mut waiting = h.subscribe();
     assert_eq!(waiting.try_next(), None);
-    w.push(video(50, false, 10));
+    w.push(video(50, false, 10), AT);
     assert_eq!(waiting.try_next(), None);
-    w.push(video(90, true, 10));
-    w.push(audio(69));
+    w.push(video(90, true, 10), AT);
+    w.push(audio(69), AT);
     assert_eq!(
         drain(&mut waiting),
         vec![
@@ -238,18 +241,18 @@ fn video_appearing_late_switches_join_points_to_keyframes() {
 #[test]
 fn audio_only_eviction_groups_audio_in_about_one_second() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 3000,
+        max_duration_ms: Millis::from_ms(3000),
         max_bytes: usize::MAX,
     });
-    w.push(config(AAC, 1));
+    w.push(config(AAC, 1), AT);
     for t in (0..=10_000).step_by(20) {
-        w.push(audio(t));
+        w.push(audio(t), AT);
     }
     let s = h.stats();
     // Groups start at 0, 1000, ... 10000; at 10000 the ring spans (10000-7000] .. 10000.
     assert_eq!(s.gops, 4, "{s:?}");
-    assert_eq!(s.duration_ms, 3000);
-    let items = drain(&mut h.subscribe_preroll(100_000));
+    assert_eq!(s.duration_ms.as_ms(), 3000);
+    let items = drain(&mut h.subscribe_preroll(Millis::from_ms(100_000)));
     assert_eq!(items[0], ev(config(AAC, 1)));
     assert_eq!(dts_of(&items[1]), Some(7000));
 }
@@ -257,7 +260,7 @@ fn audio_only_eviction_groups_audio_in_about_one_second() {
 #[test]
 fn eviction_by_duration_keeps_whole_gops() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: usize::MAX,
     });
     start(&mut w);
@@ -265,11 +268,11 @@ fn eviction_by_duration_keeps_whole_gops() {
     let s = h.stats();
     // 16000..20960 spans 4960 > 4000 ms, so only the GOPs at 18000 and 20000 stay.
     assert_eq!(s.gops, 2);
-    assert_eq!(s.duration_ms, 2960);
+    assert_eq!(s.duration_ms.as_ms(), 2960);
     assert_eq!(s.events, 75);
     assert_eq!(s.bytes, 75 * 100);
     assert_eq!(s.pushed, 525); // 0..=20960 step 40; configs before the first GOP are not stored
-    let items = drain(&mut h.subscribe_preroll(i64::MAX));
+    let items = drain(&mut h.subscribe_preroll(Millis::from_ms(i64::MAX)));
     assert!(is_key(&items[3]));
     assert_eq!(dts_of(&items[3]), Some(18_000));
     assert_eq!(items.len(), 3 + 75);
@@ -278,14 +281,14 @@ fn eviction_by_duration_keeps_whole_gops() {
 #[test]
 fn newest_gop_is_never_dropped_even_when_longer_than_the_cap() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 1000,
+        max_duration_ms: Millis::from_ms(1000),
         max_bytes: usize::MAX,
     });
     start(&mut w);
     push_video(&mut w, 0, 3960, 2000, 100);
     let s = h.stats();
     assert_eq!(s.gops, 1);
-    assert_eq!(s.duration_ms, 1960);
+    assert_eq!(s.duration_ms.as_ms(), 1960);
     assert_eq!(s.events, 50);
     let items = drain(&mut h.subscribe());
     assert_eq!(dts_of(&items[3]), Some(2000));
@@ -294,7 +297,7 @@ fn newest_gop_is_never_dropped_even_when_longer_than_the_cap() {
 #[test]
 fn eviction_by_bytes_keeps_whole_gops() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 60_000,
+        max_duration_ms: Millis::from_ms(60_000),
         max_bytes: 120_000,
     });
     start(&mut w);
@@ -304,20 +307,20 @@ fn eviction_by_bytes_keeps_whole_gops() {
     assert_eq!(s.gops, 2);
     assert_eq!(s.bytes, 75_000);
     assert_eq!(s.events, 75);
-    assert_eq!(s.duration_ms, 2960);
+    assert_eq!(s.duration_ms.as_ms(), 2960);
 }
 
 #[test]
 fn a_gop_larger_than_the_byte_cap_is_kept_until_the_next_one_starts() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 60_000,
+        max_duration_ms: Millis::from_ms(60_000),
         max_bytes: 10_000,
     });
     start(&mut w);
     push_video(&mut w, 0, 3960, 2000, 1000);
     let s = h.stats();
     assert_eq!((s.gops, s.events, s.bytes), (1, 50, 50_000));
-    w.push(video(4000, true, 1000));
+    w.push(video(4000, true, 1000), AT);
     let s = h.stats();
     assert_eq!((s.gops, s.events, s.bytes), (1, 1, 1000));
 }
@@ -327,11 +330,11 @@ fn slow_reader_lags_by_exact_count_and_resumes_at_oldest_gop_with_configs() {
     // The byte bound is what makes a reader lag (the duration bound spares unread GOPs):
     // 1000 bytes = two 2 s GOPs of 50 ten-byte frames.
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: 1000,
     });
     start(&mut w);
-    w.push(video(0, true, 10));
+    w.push(video(0, true, 10), AT);
     let mut slow = h.subscribe();
     let mut fast = h.subscribe();
     let mut fast_items = Vec::new();
@@ -339,7 +342,7 @@ fn slow_reader_lags_by_exact_count_and_resumes_at_oldest_gop_with_configs() {
         slow.try_next().unwrap(); // preamble
     }
     for t in (40..=20_960).step_by(40) {
-        w.push(video(t, t % 2000 == 0, 10));
+        w.push(video(t, t % 2000 == 0, 10), AT);
         fast_items.extend(drain(&mut fast));
         if t < 400 {
             // The slow reader reads up to dts 320 (seq 8), then stalls.
@@ -364,18 +367,18 @@ fn slow_reader_lags_by_exact_count_and_resumes_at_oldest_gop_with_configs() {
 fn config_change_mid_stream() {
     let (mut w, h) = ring(big());
     start(&mut w);
-    w.push(video(0, true, 10));
+    w.push(video(0, true, 10), AT);
     let mut reading = h.subscribe();
     assert_eq!(drain(&mut reading).len(), 4);
-    w.push(video(40, false, 10));
-    w.push(config(H264, 2));
-    w.push(meta(2));
+    w.push(video(40, false, 10), AT);
+    w.push(config(H264, 2), AT);
+    w.push(meta(2), AT);
     // Joined after the change but before the next keyframe: starts at 0 with the old
     // configs and sees the change in order.
     let mut between = h.subscribe();
-    w.push(video(2000, true, 10));
+    w.push(video(2000, true, 10), AT);
     let mut after = h.subscribe();
-    w.push(video(2040, false, 10));
+    w.push(video(2040, false, 10), AT);
 
     assert_eq!(
         drain(&mut reading),
@@ -402,34 +405,86 @@ fn config_change_mid_stream() {
     assert_eq!(drain(&mut after), expected);
 }
 
+/// Arrival stamps travel with the events (issue 10): a reader gets each event with the
+/// wall time it was pushed with, replayed configs and metadata with their own, so a
+/// pre-roll reader sees when its first keyframe really arrived.
+#[test]
+fn events_carry_their_arrival_including_preamble_and_preroll() {
+    let wall = |ms: i64| WallMillis::from_unix_ms(1_700_000_000_000 + ms);
+    let (mut w, h) = ring(big());
+    w.push(meta(1), wall(-30));
+    w.push(config(H264, 1), wall(-20));
+    w.push(config(AAC, 1), wall(-10));
+    // Media arrives in real time, 40 ms apart, a keyframe every 2 s.
+    for t in (0..=6000).step_by(40) {
+        w.push_deferred(video(t, t % 2000 == 0, 10), wall(t));
+    }
+    w.wake_readers();
+    let items = drain(&mut h.subscribe_preroll(Millis::from_ms(4000)));
+    assert_eq!(
+        &items[..3],
+        &[
+            Item::Event(meta(1), wall(-30)),
+            Item::Event(config(H264, 1), wall(-20)),
+            Item::Event(config(AAC, 1), wall(-10)),
+        ]
+    );
+    // Joined 4 s back at the keyframe at 2000, which arrived then, not now.
+    assert_eq!(items[3], Item::Event(video(2000, true, 10), wall(2000)));
+    for item in &items[3..] {
+        let Item::Event(e, at) = item else {
+            panic!("{item:?}")
+        };
+        assert_eq!(
+            Some(at.as_unix_ms() - wall(0).as_unix_ms()),
+            e.dts().map(Millis::as_ms)
+        );
+    }
+    // A config change mid-stream keeps its own arrival in later preambles.
+    w.push(config(H264, 2), wall(6010));
+    w.push(video(6040, true, 10), wall(6040));
+    let items = drain(&mut h.subscribe());
+    assert_eq!(items[1], Item::Event(config(H264, 2), wall(6010)));
+    assert_eq!(items[3], Item::Event(video(6040, true, 10), wall(6040)));
+}
+
 #[test]
 fn preroll_starts_at_the_keyframe_four_to_six_seconds_back() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 10_000,
+        max_duration_ms: Millis::from_ms(10_000),
         max_bytes: usize::MAX,
     });
     start(&mut w);
     push_video(&mut w, 0, 21_960, 2000, 10);
     let s = h.stats();
-    assert!(s.duration_ms > 8000 && s.duration_ms <= 10_000, "{s:?}");
+    assert!(
+        s.duration_ms.as_ms() > 8000 && s.duration_ms.as_ms() <= 10_000,
+        "{s:?}"
+    );
     let first_dts = |r: &mut Reader| {
         let items = drain(r);
         assert_eq!(&items[..3], &preamble(1, 1, 1)[..]);
         assert!(is_key(&items[3]));
         dts_of(&items[3]).unwrap()
     };
-    let t = first_dts(&mut h.subscribe_preroll(4000));
+    let t = first_dts(&mut h.subscribe_preroll(Millis::from_ms(4000)));
     assert!((21_960 - 6000..=21_960 - 4000).contains(&t), "{t}");
     assert_eq!(t, 16_000);
     // Deeper than the ring: the oldest held GOP. No pre-roll: the newest.
-    assert_eq!(first_dts(&mut h.subscribe_preroll(60_000)), 12_000);
-    assert_eq!(first_dts(&mut w.subscribe_preroll(0)), 20_000);
+    assert_eq!(
+        first_dts(&mut h.subscribe_preroll(Millis::from_ms(60_000))),
+        12_000
+    );
+    assert_eq!(
+        first_dts(&mut w.subscribe_preroll(Millis::from_ms(0))),
+        20_000
+    );
 }
 
 #[test]
 fn since_starts_at_the_first_keyframe_at_or_after_the_moment() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 10_000,
+        max_duration_ms: Millis::from_ms(10_000),
         max_bytes: usize::MAX,
     });
     start(&mut w);
@@ -440,12 +495,18 @@ fn since_starts_at_the_first_keyframe_at_or_after_the_moment() {
         dts_of(&items[3]).unwrap()
     };
     // 5 s ago = 16 960: the first keyframe after it is 18 000 (pre-roll would take 16 000).
-    assert_eq!(first_dts(&mut h.subscribe_since(5000)), 18_000);
-    assert_eq!(first_dts(&mut h.subscribe_since(3960)), 18_000);
+    assert_eq!(
+        first_dts(&mut h.subscribe_since(Millis::from_ms(5000))),
+        18_000
+    );
+    assert_eq!(
+        first_dts(&mut h.subscribe_since(Millis::from_ms(3960))),
+        18_000
+    );
     // Nothing held that late: wait for the next keyframe to arrive.
-    let mut r = h.subscribe_since(500);
+    let mut r = h.subscribe_since(Millis::from_ms(500));
     assert!(drain(&mut r).is_empty());
-    w.push(video(22_000, true, 10));
+    w.push(video(22_000, true, 10), AT);
     let items = drain(&mut r);
     assert_eq!(dts_of(&items[3]), Some(22_000));
 }
@@ -454,9 +515,9 @@ fn since_starts_at_the_first_keyframe_at_or_after_the_moment() {
 fn close_lets_readers_drain_then_ends() {
     let (mut w, h) = ring(big());
     start(&mut w);
-    w.push(video(0, true, 10));
+    w.push(video(0, true, 10), AT);
     let mut r = h.subscribe();
-    w.push(video(40, false, 10));
+    w.push(video(40, false, 10), AT);
     w.close();
     assert!(!r.is_finished());
     let waker = Waker::from(Arc::new(CountingWaker::default()));
@@ -483,7 +544,7 @@ fn close_lets_readers_drain_then_ends() {
 fn poll_next_wakes_once_per_push_and_on_close() {
     let (mut w, h) = ring(big());
     start(&mut w);
-    w.push(video(0, true, 10));
+    w.push(video(0, true, 10), AT);
     let mut r = h.subscribe();
     let counter = Arc::new(CountingWaker::default());
     let waker = Waker::from(Arc::clone(&counter));
@@ -496,9 +557,9 @@ fn poll_next_wakes_once_per_push_and_on_close() {
     assert_eq!(r.poll_next(&mut cx), Poll::Pending);
     assert_eq!(r.poll_next(&mut cx), Poll::Pending); // registers once, not twice
     assert_eq!(wakes(), 0);
-    w.push(video(40, false, 10));
+    w.push(video(40, false, 10), AT);
     assert_eq!(wakes(), 1);
-    w.push(video(80, false, 10)); // not re-registered: not woken again
+    w.push(video(80, false, 10), AT); // not re-registered: not woken again
     assert_eq!(wakes(), 1);
     assert!(matches!(r.poll_next(&mut cx), Poll::Ready(Some(_))));
     assert!(matches!(r.poll_next(&mut cx), Poll::Ready(Some(_))));
@@ -514,7 +575,7 @@ fn poll_next_wakes_once_per_push_and_on_close() {
     let waker = Waker::from(Arc::clone(&counter));
     let mut cx = Context::from_waker(&waker);
     assert_eq!(r.poll_next(&mut cx), Poll::Pending);
-    w.push(video(0, true, 10));
+    w.push(video(0, true, 10), AT);
     assert_eq!(counter.0.load(Ordering::SeqCst), 1);
     assert_eq!(
         r.poll_next(&mut cx),
@@ -525,10 +586,10 @@ fn poll_next_wakes_once_per_push_and_on_close() {
 #[test]
 fn stats_count_readers() {
     let (w, h) = ring(RingConfig::default());
-    assert_eq!(RingConfig::default().max_duration_ms, 4000);
+    assert_eq!(RingConfig::default().max_duration_ms.as_ms(), 4000);
     assert_eq!(RingConfig::default().max_bytes, 16 << 20);
     let a = w.subscribe();
-    let b = h.subscribe_preroll(1000);
+    let b = h.subscribe_preroll(Millis::from_ms(1000));
     assert_eq!(h.stats().readers, 2);
     drop(a);
     assert_eq!(w.stats().readers, 1);
@@ -539,7 +600,7 @@ fn stats_count_readers() {
 #[test]
 fn waiting_reader_whose_first_keyframe_was_evicted_lags() {
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: 1000,
     });
     start(&mut w);
@@ -557,9 +618,9 @@ const N: i64 = 100_000;
 /// Event `i` is a video packet with dts `i`; a keyframe every 50.
 fn mt_writer(mut w: Writer) -> thread::JoinHandle<()> {
     thread::spawn(move || {
-        w.push(config(H264, 1));
+        w.push(config(H264, 1), AT);
         for i in 0..N {
-            w.push(video(i, i % 50 == 0, 8));
+            w.push(video(i, i % 50 == 0, 8), AT);
         }
         w.close();
     })
@@ -568,7 +629,7 @@ fn mt_writer(mut w: Writer) -> thread::JoinHandle<()> {
 #[test]
 fn threaded_fast_readers_see_every_event_once_in_order() {
     let (w, h) = ring(RingConfig {
-        max_duration_ms: 2 * N,
+        max_duration_ms: Millis::from_ms(2 * N),
         max_bytes: usize::MAX,
     });
     let readers: Vec<_> = (0..3)
@@ -595,7 +656,7 @@ fn threaded_fast_readers_see_every_event_once_in_order() {
 fn threaded_lagging_readers_account_for_every_event() {
     // A ring of ~200 events: readers lag often, and must account exactly for what they lost.
     let (w, h) = ring(RingConfig {
-        max_duration_ms: 200,
+        max_duration_ms: Millis::from_ms(200),
         max_bytes: 1600,
     });
     let readers: Vec<_> = (0..3)
@@ -629,11 +690,11 @@ fn threaded_lagging_readers_account_for_every_event() {
                             lags += 1;
                             after_lag = true;
                         }
-                        Item::Event(MediaEvent::Config(_)) => {
+                        Item::Event(MediaEvent::Config(_), _) => {
                             assert!(after_lag || expected == 0);
                         }
-                        Item::Event(e) => {
-                            assert_eq!(e.dts(), Some(expected));
+                        Item::Event(e, _) => {
+                            assert_eq!(e.dts().map(Millis::as_ms), Some(expected));
                             if after_lag {
                                 assert_eq!(expected % 50, 0, "resumes at a keyframe");
                                 after_lag = false;
@@ -661,11 +722,11 @@ fn duration_bound_spares_what_a_reader_has_not_read_but_bytes_do_not() {
     // A publisher pushing faster than real time: 20 s arrive before the reader runs. The
     // duration bound (4 s) must not cost the reader its frames; the byte bound still holds.
     let (mut w, h) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: 100_000,
     });
     start(&mut w);
-    w.push(video(0, true, 10));
+    w.push(video(0, true, 10), AT);
     let mut r = h.subscribe();
     push_video(&mut w, 40, 20_000, 2000, 10);
     let items = drain(&mut r);
@@ -673,25 +734,25 @@ fn duration_bound_spares_what_a_reader_has_not_read_but_bytes_do_not() {
     let dts: Vec<_> = items[3..].iter().map(|i| dts_of(i).unwrap()).collect();
     assert_eq!(dts, (0..=20_000).step_by(40).collect::<Vec<_>>());
     // Once read, the history is trimmed back to the duration bound on the next push.
-    w.push(video(20_040, false, 10));
-    assert!(h.stats().duration_ms <= 4000, "{:?}", h.stats());
+    w.push(video(20_040, false, 10), AT);
+    assert!(h.stats().duration_ms.as_ms() <= 4000, "{:?}", h.stats());
 
     // Without readers, the duration bound applies at once.
     let (mut w2, h2) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: 100_000,
     });
     start(&mut w2);
     push_video(&mut w2, 0, 20_000, 2000, 10);
-    assert!(h2.stats().duration_ms <= 4000);
+    assert!(h2.stats().duration_ms.as_ms() <= 4000);
 
     // A reader that is behind by more than the byte bound lags.
     let (mut w3, h3) = ring(RingConfig {
-        max_duration_ms: 4000,
+        max_duration_ms: Millis::from_ms(4000),
         max_bytes: 2000,
     });
     start(&mut w3);
-    w3.push(video(0, true, 10));
+    w3.push(video(0, true, 10), AT);
     let mut slow = h3.subscribe();
     push_video(&mut w3, 40, 20_000, 2000, 10);
     let items = drain(&mut slow);
@@ -711,14 +772,14 @@ fn deferred_pushes_wake_once_at_wake_readers() {
     }
     let (mut w, h) = ring(big());
     start(&mut w);
-    w.push(video(0, true, 10));
+    w.push(video(0, true, 10), AT);
     let mut r = h.subscribe();
     let count = Arc::new(Count(AtomicUsize::new(0)));
     let waker = Waker::from(count.clone());
     let mut cx = Context::from_waker(&waker);
     while let Poll::Ready(Some(_)) = r.poll_next(&mut cx) {}
     for t in 1..=10 {
-        w.push_deferred(video(t * 40, false, 10));
+        w.push_deferred(video(t * 40, false, 10), AT);
     }
     assert_eq!(
         count.0.load(Ordering::SeqCst),

@@ -25,7 +25,7 @@
 
 use bytes::Bytes;
 use flv::{FlvMuxer, MetaInfo, Parsed};
-use media::{AudioCodec, Codec, MediaEvent, TrackConfig, TrackKind, VideoCodec};
+use media::{AudioCodec, Codec, MediaEvent, Millis, TrackConfig, TrackKind, VideoCodec};
 use mp4_atom::{Atom, Buf, Decode, DecodeAtom, Encode, Header, Moov, StszSamples, Trak};
 use thiserror::Error;
 
@@ -421,8 +421,8 @@ pub fn mp4_to_eflv(file: &[u8]) -> Result<Vec<u8>, EflvError> {
     let mut parsed_configs: Vec<TrackConfig> = Vec::new();
     for (kind, body) in &configs {
         let parsed = match kind {
-            TrackKind::Video => flv::parse_video(body.clone(), 0),
-            TrackKind::Audio => flv::parse_audio(body.clone(), 0),
+            TrackKind::Video => flv::parse_video(body.clone(), Millis::ZERO),
+            TrackKind::Audio => flv::parse_audio(body.clone(), Millis::ZERO),
         };
         match parsed {
             Ok(Parsed::Event(MediaEvent::Config(c))) => parsed_configs.push(c),
@@ -444,17 +444,17 @@ pub fn mp4_to_eflv(file: &[u8]) -> Result<Vec<u8>, EflvError> {
     }
     info.encoder = Some("liverec-testkit mp4-to-eflv".into());
 
-    let mut mux = FlvMuxer::new(info, 0);
+    let mut mux = FlvMuxer::new(info, Millis::ZERO);
     let mut bufs = vec![mux.header()];
     for (kind, body) in &configs {
-        mux.try_write_tag(*kind, 0, body, &mut bufs)
+        mux.try_write_tag(*kind, Millis::ZERO, body, &mut bufs)
             .map_err(|e| EflvError::Invalid(e.to_string()))?;
     }
     for o in &out {
         // Parse back: the frame must come out as the MP4 sample with its offset.
         let parsed = match o.kind {
-            TrackKind::Video => flv::parse_video(o.body.clone(), o.dts_ms),
-            TrackKind::Audio => flv::parse_audio(o.body.clone(), o.dts_ms),
+            TrackKind::Video => flv::parse_video(o.body.clone(), Millis::from_ms(o.dts_ms)),
+            TrackKind::Audio => flv::parse_audio(o.body.clone(), Millis::from_ms(o.dts_ms)),
         };
         match (&o.expect, parsed) {
             (Some((data, cts)), Ok(Parsed::Event(MediaEvent::Packet(p)))) => {
@@ -473,7 +473,7 @@ pub fn mp4_to_eflv(file: &[u8]) -> Result<Vec<u8>, EflvError> {
                 ))
             }
         }
-        mux.try_write_tag(o.kind, o.dts_ms, &o.body, &mut bufs)
+        mux.try_write_tag(o.kind, Millis::from_ms(o.dts_ms), &o.body, &mut bufs)
             .map_err(|e| EflvError::Invalid(e.to_string()))?;
     }
     // Duration: the video's (else audio's) last presentation end.

@@ -78,11 +78,17 @@ fn ertmp_fixtures_hold_the_mp4_packets() {
                     assert!(b0 & 0x80 != 0, "{name}: legacy video tag at {}", tag.offset);
                     assert_eq!(&tag.body[1..5], fourcc, "{name}: FourCC");
                     ex_headers += 1;
-                    flv::parse_video(tag.body.clone(), i64::from(tag.timestamp))
+                    flv::parse_video(
+                        tag.body.clone(),
+                        media::Millis::from_ms(i64::from(tag.timestamp)),
+                    )
                 }
                 TagType::Audio => {
                     assert_eq!(tag.body[0], 0xaf, "{name}: legacy AAC audio tag");
-                    flv::parse_audio(tag.body.clone(), i64::from(tag.timestamp))
+                    flv::parse_audio(
+                        tag.body.clone(),
+                        media::Millis::from_ms(i64::from(tag.timestamp)),
+                    )
                 }
                 _ => continue,
             };
@@ -106,7 +112,7 @@ fn ertmp_fixtures_hold_the_mp4_packets() {
             );
             next[i] += 1;
             with_cts += usize::from(p.cts != 0);
-            let pts = (p.dts + i64::from(p.cts)) as f64;
+            let pts = (p.dts.as_ms() + i64::from(p.cts)) as f64;
             let shift = *shift.get_or_insert(w.pts_ms - pts);
             assert!(
                 (pts + shift - w.pts_ms).abs() <= 1.0,

@@ -14,9 +14,9 @@ fn concat(parts: &[Bytes]) -> Vec<u8> {
 
 fn config(body: Bytes, video: bool) -> TrackConfig {
     let parsed = if video {
-        parse_video(body, 1000)
+        parse_video(body, Millis::from_ms(1000))
     } else {
-        parse_audio(body, 1000)
+        parse_audio(body, Millis::from_ms(1000))
     };
     match parsed {
         Ok(Parsed::Event(MediaEvent::Config(c))) => c,
@@ -61,13 +61,13 @@ fn round_trip_with_metadata_b_frames_and_audio() {
     info.width = Some(1280.0);
     info.height = Some(720.0);
     let base = 1000;
-    let mut mux = FlvMuxer::new(info, base);
+    let mut mux = FlvMuxer::new(info, Millis::from_ms(base));
     let mut out = vec![mux.header()];
 
     // (kind, dts, body): an IPBB GOP with negative composition offsets on B-frames,
     // interleaved AAC, and one audio frame 10 ms before the base (clamped to 0).
     let nal = |t: u8| -> Vec<u8> { vec![0, 0, 0, 2, t, 0x88] };
-    let seq: Vec<(TrackKind, Millis, Bytes)> = vec![
+    let seq: Vec<(TrackKind, i64, Bytes)> = vec![
         (TrackKind::Video, 1000, video_cfg.flv.clone()),
         (TrackKind::Audio, 1000, audio_cfg.flv.clone()),
         (
@@ -107,7 +107,7 @@ fn round_trip_with_metadata_b_frames_and_audio() {
         ),
     ];
     for (kind, dts, body) in &seq {
-        mux.write_tag(*kind, *dts, body, &mut out);
+        mux.write_tag(*kind, Millis::from_ms(*dts), body, &mut out);
     }
     let mut buf = concat(&out);
     assert_eq!(mux.bytes_written(), buf.len() as u64);
@@ -157,7 +157,7 @@ fn round_trip_with_metadata_b_frames_and_audio() {
         assert_eq!(&t.body, body);
     }
     // Negative composition offsets survive the round trip.
-    match parse_video(media[6].body.clone(), 66) {
+    match parse_video(media[6].body.clone(), Millis::from_ms(66)) {
         Ok(Parsed::Event(MediaEvent::Packet(p))) => assert_eq!(p.cts, -33),
         other => panic!("{other:?}"),
     }
@@ -165,18 +165,23 @@ fn round_trip_with_metadata_b_frames_and_audio() {
 
 #[test]
 fn zero_copy_bodies_and_header_emitted_on_demand() {
-    let mut mux = FlvMuxer::new(MetaInfo::default(), 0);
+    let mut mux = FlvMuxer::new(MetaInfo::default(), Millis::from_ms(0));
     let body = Bytes::from(vec![0xaf, 1, 2, 3]);
     let mut out = Vec::new();
     // No header() call: write_tag emits it so the patch offsets stay valid.
-    mux.try_write_tag(TrackKind::Audio, 5, &body, &mut out)
+    mux.try_write_tag(TrackKind::Audio, Millis::from_ms(5), &body, &mut out)
         .unwrap();
     assert_eq!(out.len(), 4);
     assert_eq!(&out[0][..3], b"FLV");
     assert_eq!(out[2].as_ptr(), body.as_ptr(), "body must not be copied");
     // Empty bodies get no empty Bytes.
-    mux.try_write_tag(TrackKind::Audio, 6, &Bytes::new(), &mut out)
-        .unwrap();
+    mux.try_write_tag(
+        TrackKind::Audio,
+        Millis::from_ms(6),
+        &Bytes::new(),
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(out.len(), 6);
     let mut buf = concat(&out);
     assert_eq!(mux.bytes_written(), buf.len() as u64);
@@ -190,25 +195,34 @@ fn zero_copy_bodies_and_header_emitted_on_demand() {
 
 #[test]
 fn timestamps_clamp_instead_of_wrapping() {
-    let mux = FlvMuxer::new(MetaInfo::default(), 10_000);
-    assert_eq!(mux.file_timestamp(10_000), 0);
-    assert_eq!(mux.file_timestamp(9_990), 0);
-    assert_eq!(mux.file_timestamp(i64::MIN), 0);
-    assert_eq!(mux.file_timestamp(10_000 + (1 << 24) + 2), (1 << 24) + 2);
-    assert_eq!(mux.file_timestamp(i64::MAX), i32::MAX as u32);
-    let mux = FlvMuxer::new(MetaInfo::default(), i64::MIN);
-    assert_eq!(mux.file_timestamp(i64::MAX), i32::MAX as u32);
+    let mux = FlvMuxer::new(MetaInfo::default(), Millis::from_ms(10_000));
+    assert_eq!(mux.file_timestamp(Millis::from_ms(10_000)), 0);
+    assert_eq!(mux.file_timestamp(Millis::from_ms(9_990)), 0);
+    assert_eq!(mux.file_timestamp(Millis::from_ms(i64::MIN)), 0);
+    assert_eq!(
+        mux.file_timestamp(Millis::from_ms(10_000 + (1 << 24) + 2)),
+        (1 << 24) + 2
+    );
+    assert_eq!(
+        mux.file_timestamp(Millis::from_ms(i64::MAX)),
+        i32::MAX as u32
+    );
+    let mux = FlvMuxer::new(MetaInfo::default(), Millis::from_ms(i64::MIN));
+    assert_eq!(
+        mux.file_timestamp(Millis::from_ms(i64::MAX)),
+        i32::MAX as u32
+    );
 }
 
 #[test]
 fn extended_timestamp_round_trips() {
     // Past 2^24 ms (4 h 39 m; reliability T1) the upper byte goes to TimestampExtended.
-    let mut mux = FlvMuxer::new(MetaInfo::default(), 0);
+    let mut mux = FlvMuxer::new(MetaInfo::default(), Millis::from_ms(0));
     let mut out = vec![mux.header()];
     let ts = 0x0100_0002;
     mux.try_write_tag(
         TrackKind::Video,
-        ts,
+        Millis::from_ms(ts),
         &Bytes::from_static(b"\x27\x01\0\0\0x"),
         &mut out,
     )
@@ -230,11 +244,11 @@ fn tag_header_layout() {
 
 #[test]
 fn oversized_body_is_refused() {
-    let mut mux = FlvMuxer::new(MetaInfo::default(), 0);
+    let mut mux = FlvMuxer::new(MetaInfo::default(), Millis::from_ms(0));
     let mut out = Vec::new();
     let big = Bytes::from(vec![0u8; MAX_TAG_BODY + 1]);
     assert_eq!(
-        mux.try_write_tag(TrackKind::Video, 0, &big, &mut out),
+        mux.try_write_tag(TrackKind::Video, Millis::from_ms(0), &big, &mut out),
         Err(MuxError::TagTooLarge {
             len: MAX_TAG_BODY + 1
         })
@@ -242,13 +256,13 @@ fn oversized_body_is_refused() {
     assert!(out.is_empty());
     assert_eq!(mux.tags_dropped(), 0);
     // The infallible form leaves it out and counts it.
-    mux.write_tag(TrackKind::Video, 0, &big, &mut out);
+    mux.write_tag(TrackKind::Video, Millis::from_ms(0), &big, &mut out);
     assert!(out.is_empty());
     assert_eq!(mux.tags_dropped(), 1);
     assert_eq!(mux.bytes_written(), 0);
     // Exactly MAX_TAG_BODY fits.
     let max = big.slice(..MAX_TAG_BODY);
-    mux.write_tag(TrackKind::Video, 0, &max, &mut out);
+    mux.write_tag(TrackKind::Video, Millis::from_ms(0), &max, &mut out);
     assert_eq!(mux.tags_dropped(), 1);
     let tags = FlvReader::new(Bytes::from(concat(&out)))
         .unwrap()
@@ -259,7 +273,7 @@ fn oversized_body_is_refused() {
 
 #[test]
 fn finalize_sanitises_duration_and_patch_bounds() {
-    let mut mux = FlvMuxer::new(MetaInfo::default(), 0);
+    let mut mux = FlvMuxer::new(MetaInfo::default(), Millis::from_ms(0));
     let mut buf = mux.header().to_vec();
     for d in [f64::NAN, -1.0, f64::INFINITY] {
         finalize_into(&mux, &mut buf, d);
@@ -303,11 +317,11 @@ fn recovery_finds_the_same_patches() {
         encoder: Some("x".repeat(70_000)), // a long string must not confuse the walk
         ..MetaInfo::default()
     };
-    let mut mux = FlvMuxer::new(info, 0);
+    let mut mux = FlvMuxer::new(info, Millis::from_ms(0));
     let mut out = vec![mux.header()];
     mux.try_write_tag(
         TrackKind::Audio,
-        0,
+        Millis::from_ms(0),
         &Bytes::from_static(b"\xaf\x01\x01"),
         &mut out,
     )
@@ -416,7 +430,7 @@ proptest! {
     fn muxed_tags_read_back_equal((base, steps) in arb_tags()) {
         let mut mux = FlvMuxer::new(
             MetaInfo { has_video: true, has_audio: true, ..MetaInfo::default() },
-            base,
+            Millis::from_ms(base),
         );
         let mut out = vec![mux.header()];
         let mut dts = base;
@@ -425,7 +439,7 @@ proptest! {
             dts = dts.saturating_add(step);
             let kind = if video { TrackKind::Video } else { TrackKind::Audio };
             let body = Bytes::from(body);
-            mux.write_tag(kind, dts, &body, &mut out);
+            mux.write_tag(kind, Millis::from_ms(dts), &body, &mut out);
             let ts = (dts - base).clamp(0, i64::from(i32::MAX)) as u32;
             expected.push((kind, ts, body));
         }

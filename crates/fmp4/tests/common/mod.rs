@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use flv::{FileTag, Parsed, TagType};
 use liverec_fmp4::{Fmp4Muxer, Patch};
-use media::{MediaEvent, Packet, TrackConfig, TrackKind};
+use media::{MediaEvent, Millis, Packet, TrackConfig, TrackKind};
 use std::path::Path;
 
 /// Configs (first of each kind) and frames of an FLV fixture.
@@ -26,7 +26,7 @@ pub fn load(name: &str) -> Fixture {
         ..
     } in testkit::fixture_tags(name)
     {
-        let dts = i64::from(timestamp);
+        let dts = Millis::from_ms(i64::from(timestamp));
         let parsed = match tag_type {
             TagType::Audio => flv::parse_audio(body, dts),
             TagType::Video => flv::parse_video(body, dts),
@@ -48,7 +48,7 @@ pub fn load(name: &str) -> Fixture {
 }
 
 /// Muxes packets; returns every emitted buffer in order plus the finish patches.
-pub fn mux(f: &Fixture, base: i64) -> (Vec<Bytes>, Vec<Patch>) {
+pub fn mux(f: &Fixture, base: Millis) -> (Vec<Bytes>, Vec<Patch>) {
     let mut m = Fmp4Muxer::new(f.video.as_ref(), f.audio.as_ref(), base).unwrap();
     let mut out = vec![m.init_segment()];
     for p in &f.packets {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use media::{MediaEvent, Packet, TrackConfig};
+use media::{MediaEvent, Millis, Packet, TrackConfig};
 use mpeg2ts::pes::{PesPacketReader, ReadPesPacket};
 use mpeg2ts::ts::payload::{Pat, Pmt};
 use mpeg2ts::ts::{ReadTsPacket, TsPacket, TsPacketReader, TsPayload};
@@ -86,7 +86,7 @@ pub fn demux(ts: &[u8]) -> Demuxed {
 pub fn fixture_events(name: &str) -> (Option<TrackConfig>, Option<TrackConfig>, Vec<Packet>) {
     let (mut video, mut audio, mut packets) = (None, None, Vec::new());
     for tag in testkit::fixture_tags(name) {
-        let dts = i64::from(tag.timestamp);
+        let dts = Millis::from_ms(i64::from(tag.timestamp));
         let parsed = match tag.tag_type {
             flv::TagType::Audio => flv::parse_audio(tag.body.clone(), dts),
             flv::TagType::Video => flv::parse_video(tag.body.clone(), dts),
