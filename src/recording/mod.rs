@@ -139,10 +139,8 @@ fn wall(at: WallMillis) -> DateTime<Utc> {
 /// its open segment files.
 struct HlsFile {
     handle: PlaylistHandle,
-    name: String,
-    started: DateTime<Utc>,
-    start_dts: Millis,
-    playlist: hls::MediaPlaylist,
+    key: hls::PlaylistKey,
+    live: hls::LivePlaylist,
     segments: HashMap<u64, SpoolFile>,
 }
 
@@ -290,18 +288,12 @@ impl Recording {
             .await
         {
             Ok(handle) => {
-                let name = crate::sink::file_of(&handle.key)
-                    .strip_suffix(".m3u8")
-                    .unwrap_or(&name)
-                    .to_string();
                 self.hls.insert(
                     seq,
                     HlsFile {
+                        key: hls::PlaylistKey::new(&handle.key),
                         handle,
-                        name,
-                        started,
-                        start_dts,
-                        playlist: hls::MediaPlaylist::new(),
+                        live: hls::LivePlaylist::new(started, start_dts),
                         segments: HashMap::new(),
                     },
                 );
@@ -321,23 +313,11 @@ impl Recording {
         let Some(f) = h.segments.remove(&n) else {
             return;
         };
-        let name = format!("{}_{n}", h.name);
-        // The playlist's first packet arrived at `started`; later segments are placed on
-        // the stream's own timeline from there, so PROGRAM-DATE-TIME does not drift with
-        // network jitter (R-FM-2).
-        let pdt = h.started + chrono::Duration::milliseconds((start_dts - h.start_dts).as_ms());
-        let mut seg = hls::Segment {
-            uri: format!("{name}.ts"),
-            duration: duration_ms.as_secs_f64(),
-            program_date_time: Some(pdt),
-            discontinuity: false,
-        };
-        // The playlist is rewritten after every segment, so a crash leaves one that lists
-        // only complete segments (R-FM-2). The segment's key may differ from its name
-        // (`_N` on collision); the sink stores under the key and we list the key's file.
-        let mut with = h.playlist.clone();
-        with.push_segment(seg.clone());
-        let text = with.render(false);
+        let name = h.key.segment_name(n);
+        let mut seg = h.live.segment(format!("{name}.ts"), start_dts, duration_ms);
+        // The segment's key may differ from its name (`_N` on collision); the sink stores
+        // under the key and the playlist lists the key's file.
+        let text = h.live.render_with(&seg);
         match self
             .sink
             .segment_done(&mut h.handle, f, &self.id, &name, seg.clone(), text)
@@ -345,7 +325,7 @@ impl Recording {
         {
             Ok(key) => {
                 seg.uri = crate::sink::file_of(&key).to_string();
-                h.playlist.push_segment(seg);
+                h.live.push(seg);
             }
             Err(e) => error!(stream = %self.id, "finishing segment {n} failed: {e}"),
         }
@@ -356,9 +336,9 @@ impl Recording {
             return;
         };
         crate::metrics::file_closed();
-        let text = h.playlist.render(true);
+        let text = h.live.playlist().render(true);
         let key = h.handle.key.clone();
-        let segments = h.playlist.segments().len();
+        let segments = h.live.playlist().segments().len();
         match self
             .sink
             .close_playlist(

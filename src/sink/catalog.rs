@@ -180,12 +180,11 @@ async fn restore_retention(index: &Index, state: &State) {
         if r.format == "hls" {
             match state.get_recording(&r.key).await {
                 Ok(text) => {
-                    let dir = r.key.rsplit_once('/').map_or("", |(d, _)| d);
                     let text = String::from_utf8_lossy(&text);
                     match hls::MediaPlaylist::parse(&text) {
                         Ok((pl, _)) => {
-                            for s in pl.segments() {
-                                index.expire_at(&format!("{dir}/{}", s.uri), r.expires);
+                            for k in hls::PlaylistKey::new(&r.key).segment_keys(&pl) {
+                                index.expire_at(&k, r.expires);
                                 n += 1;
                             }
                         }

@@ -415,14 +415,7 @@ async fn end_playlist(
         return false;
     };
     let key = up.key.clone();
-    let stem = super::file_of(&key)
-        .strip_suffix(".m3u8")
-        .unwrap_or(super::file_of(&key))
-        .to_string();
-    let id_prefix = key
-        .rsplit_once('/')
-        .map(|(d, _)| d.to_string())
-        .unwrap_or_default();
+    let names = hls::PlaylistKey::new(&key);
     // The playlist as last written: the spool copy (S3) or the stored one (local).
     let text = match &**sink.backend() {
         Backend::Local { root } => tokio::fs::read_to_string(root.join(&key)).await.ok(),
@@ -445,8 +438,7 @@ async fn end_playlist(
             let _ = std::fs::remove_file(&path);
             continue;
         }
-        let seg_n = n.segment.unwrap_or(0);
-        let seg_key = format!("{id_prefix}/{stem}_{seg_n}.ts");
+        let seg_key = names.segment_key(n.segment.unwrap_or(0));
         playlist.push_segment(hls::Segment {
             uri: super::file_of(&seg_key).to_string(),
             duration: r.duration_ms as f64 / 1000.0,
@@ -459,11 +451,7 @@ async fn end_playlist(
     // Its recordings index entry: the one the marker holds (or, from a marker written
     // before markers held one, what the stream directory and the playlist say), spanning
     // the segments it ended with.
-    let duration_ms: i64 = playlist
-        .segments()
-        .iter()
-        .map(|s| (s.duration * 1000.0).round() as i64)
-        .sum();
+    let duration_ms = i64::try_from(playlist.duration_ms()).unwrap_or(i64::MAX);
     let info = up.info.clone().or_else(|| {
         let id = stream_of(sink, marker.parent()?)?;
         let start = playlist
@@ -498,8 +486,7 @@ async fn end_playlist(
                 return false;
             }
             let mut size = 0;
-            for s in playlist.segments() {
-                let seg_key = format!("{id_prefix}/{}", s.uri);
+            for seg_key in names.segment_keys(&playlist) {
                 size += std::fs::metadata(root.join(&seg_key)).map_or(0, |m| m.len());
                 sink.index.add(&seg_key, up.storage_time);
             }
@@ -542,11 +529,7 @@ async fn end_playlist(
                 };
                 jobs.push(job);
             }
-            let seg_keys: Vec<String> = playlist
-                .segments()
-                .iter()
-                .map(|s| format!("{id_prefix}/{}", s.uri))
-                .collect();
+            let seg_keys = names.segment_keys(&playlist);
             u.recover_playlist(
                 jobs,
                 key,

@@ -19,6 +19,10 @@
 //!   10.0004 to "10.000" does not raise it to 11 (RFC 8216 4.3.3.1 compares the rounded
 //!   EXTINF with the target).
 
+mod recording;
+
+pub use recording::{LivePlaylist, PlaylistKey};
+
 use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -93,6 +97,11 @@ impl MediaPlaylist {
 
     /// `#EXT-X-TARGETDURATION`: ceiling of the longest written duration; 1 for an empty
     /// playlist (0 is not a meaningful target).
+    /// The sum of the durations as written (ms each), which is what a player adds up.
+    pub fn duration_ms(&self) -> u64 {
+        self.segments.iter().map(|s| millis(s.duration)).sum()
+    }
+
     pub fn target_duration(&self) -> u64 {
         let max_ms = self
             .segments
