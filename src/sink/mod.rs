@@ -101,7 +101,7 @@ impl RecMeta {
             stream: self.stream.clone(),
             task_id: self.task_id.clone(),
             start_ms,
-            end_ms: start_ms + duration_ms,
+            end_ms: start_ms.saturating_add(duration_ms),
             duration_ms,
             size: 0,
             expires: 0,

@@ -471,7 +471,7 @@ async fn end_playlist(
         i.key = key.clone();
         i.format = "hls".into();
         i.duration_ms = duration_ms;
-        i.end_ms = i.start_ms + duration_ms;
+        i.end_ms = i.start_ms.saturating_add(duration_ms);
         i
     });
     match (&**sink.backend(), &sink.uploader) {
