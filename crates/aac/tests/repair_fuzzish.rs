@@ -7,6 +7,7 @@ use liverec_aac::AdtsParams;
 use media::repair::check_fixed_point;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+use testkit::fuzzish::mutate;
 
 fn check(data: &[u8]) {
     if let Err(e) = check_fixed_point(data, repair) {
@@ -28,25 +29,6 @@ fn recording(rng: &mut StdRng) -> Vec<u8> {
         out.extend(std::iter::repeat_n(rng.random::<u8>(), n));
     }
     out
-}
-
-/// One to eight byte-level mutations: random byte, bit flip, boundary value, deletion.
-fn mutate(rng: &mut StdRng, data: &mut Vec<u8>) {
-    for _ in 0..rng.random_range(1..8) {
-        if data.is_empty() {
-            return;
-        }
-        let i = rng.random_range(0..data.len());
-        match rng.random_range(0..4) {
-            0 => data[i] = rng.random(),
-            1 => data[i] ^= 1 << rng.random_range(0..8),
-            2 => data[i] = [0, 0xff, 0x7f, 0x80][rng.random_range(0..4)],
-            _ => {
-                let j = (i + rng.random_range(0..64)).min(data.len());
-                data.drain(i..j);
-            }
-        }
-    }
 }
 
 #[test]
@@ -82,7 +64,7 @@ fn mutated_recordings() {
     let mut rng = StdRng::seed_from_u64(0xaae);
     for _ in 0..3000 {
         let mut file = recording(&mut rng);
-        mutate(&mut rng, &mut file);
+        mutate(&mut rng, &mut file, &[0, 0xff, 0x7f, 0x80], None);
         check(&file);
     }
 }

@@ -12,6 +12,7 @@ use media::repair::check_fixed_point;
 use media::{AudioCodec, Codec, Packet, TrackConfig, VideoCodec};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+use testkit::fuzzish::mutate;
 
 fn check(data: &[u8]) {
     if let Err(e) = check_fixed_point(data, repair) {
@@ -66,25 +67,6 @@ fn recording(rng: &mut StdRng, video: &TrackConfig) -> Vec<u8> {
     concat(&out)
 }
 
-/// One to eight byte-level mutations: random byte, bit flip, boundary value, deletion.
-fn mutate(rng: &mut StdRng, data: &mut Vec<u8>) {
-    for _ in 0..rng.random_range(1..8) {
-        if data.is_empty() {
-            return;
-        }
-        let i = rng.random_range(0..data.len());
-        match rng.random_range(0..4) {
-            0 => data[i] = rng.random(),
-            1 => data[i] ^= 1 << rng.random_range(0..8),
-            2 => data[i] = [0, 0xff, 0x7f, 0x80, 0x01][rng.random_range(0..5)],
-            _ => {
-                let j = (i + rng.random_range(0..64)).min(data.len());
-                data.drain(i..j);
-            }
-        }
-    }
-}
-
 #[test]
 fn random_boxes() {
     let mut rng = StdRng::seed_from_u64(0x4d50);
@@ -137,7 +119,7 @@ fn mutated_recordings() {
     let mut rng = StdRng::seed_from_u64(0x4d52);
     for _ in 0..2000 {
         let mut file = recording(&mut rng, &video);
-        mutate(&mut rng, &mut file);
+        mutate(&mut rng, &mut file, &[0, 0xff, 0x7f, 0x80, 0x01], None);
         check(&file);
     }
 }

@@ -11,6 +11,7 @@ use media::repair::check_fixed_point;
 use media::Packet;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+use testkit::fuzzish::mutate;
 
 fn check(data: &[u8]) {
     if let Err(e) = check_fixed_point(data, repair) {
@@ -40,31 +41,6 @@ fn segment(rng: &mut StdRng, packets: &[Packet], m: &mut TsMuxer) -> Vec<u8> {
         let _ = m.push(&p, &mut out);
     }
     concat(&out)
-}
-
-/// One to eight mutations: random byte, bit flip, boundary value, deletion, and (TS
-/// being fixed-size) a whole packet dropped.
-fn mutate(rng: &mut StdRng, data: &mut Vec<u8>) {
-    for _ in 0..rng.random_range(1..8) {
-        if data.is_empty() {
-            return;
-        }
-        let i = rng.random_range(0..data.len());
-        match rng.random_range(0..5) {
-            0 => data[i] = rng.random(),
-            1 => data[i] ^= 1 << rng.random_range(0..8),
-            2 => data[i] = [0, 0xff, 0x47, 0x40][rng.random_range(0..4)],
-            3 => {
-                let j = (i + rng.random_range(0..64)).min(data.len());
-                data.drain(i..j);
-            }
-            _ => {
-                let at = i - i % TS_PACKET_SIZE;
-                let j = (at + TS_PACKET_SIZE).min(data.len());
-                data.drain(at..j);
-            }
-        }
-    }
 }
 
 #[test]
@@ -107,7 +83,12 @@ fn mutated_segments() {
     let mut rng = StdRng::seed_from_u64(0x7503);
     for _ in 0..2000 {
         let mut file = segment(&mut rng, &packets, &mut m);
-        mutate(&mut rng, &mut file);
+        mutate(
+            &mut rng,
+            &mut file,
+            &[0, 0xff, 0x47, 0x40],
+            Some(TS_PACKET_SIZE),
+        );
         check(&file);
     }
 }

@@ -9,10 +9,12 @@
 //!   [`probe_packet_hashes`], [`probe_codecs`], [`flv_summary`], [`fixture`],
 //!   [`fixture_tags`], [`frame_hashes_flv`]
 //! - [`chunk`], [`handshake`], [`url`]: the client-side protocol pieces
+//! - [`fuzzish`]: seeded byte mutations for the repair scanners' tests
 
 pub mod chunk;
 pub mod conn;
 pub mod eflv;
+pub mod fuzzish;
 pub mod handshake;
 pub mod probe;
 pub mod publisher;
