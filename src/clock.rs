@@ -4,17 +4,24 @@
 
 use std::sync::Arc;
 
-/// Unix milliseconds now.
+use media::WallMillis;
+
+/// Wall-clock now: typed, so it cannot be mixed with stream time (`media::Millis`).
 pub trait Clock: Send + Sync + 'static {
-    fn now_ms(&self) -> i64;
+    fn now(&self) -> WallMillis;
+
+    /// Unix milliseconds now, for the task table's serialized times.
+    fn now_ms(&self) -> i64 {
+        self.now().as_unix_ms()
+    }
 }
 
 /// The system clock (what the daemon runs on).
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis()
+    fn now(&self) -> WallMillis {
+        WallMillis::from_unix_ms(chrono::Utc::now().timestamp_millis())
     }
 }
 
@@ -42,7 +49,7 @@ impl TokioClock {
 
 #[cfg(test)]
 impl Clock for TokioClock {
-    fn now_ms(&self) -> i64 {
-        self.start_ms + self.start.elapsed().as_millis() as i64
+    fn now(&self) -> WallMillis {
+        WallMillis::from_unix_ms(self.start_ms + self.start.elapsed().as_millis() as i64)
     }
 }

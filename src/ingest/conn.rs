@@ -169,7 +169,7 @@ impl Conn {
             crate::metrics::bytes_in(n);
             // Every event decoded from this read arrived now: files take their wall-clock
             // start and end from these stamps, not from when a writer opens (issue 10).
-            let arrival = WallMillis::from_unix_ms(self.ingest.clock.now_ms());
+            let arrival = self.ingest.clock.now();
             let res = self.session.handle_input(&mut buf);
             // Flush replies even when the input ended in an error, so the peer sees them.
             let got_media = self.pump_events(&mut socket, arrival).await;
