@@ -371,6 +371,22 @@ impl Db {
         .await
     }
 
+    /// Many [`Db::record_stored`]s in one transaction (one commit, one sync): for
+    /// backlogs such as a recovery's uploads.
+    pub async fn record_many(&self, recs: Vec<(FileRecord, u64)>) -> Result<(), DbError> {
+        self.call("record_many", move |c| {
+            let now = now_ms();
+            c.write("record_many", &recs.len(), |tx, ops| {
+                for (rec, storage_time) in recs {
+                    let key = rec.key.clone();
+                    index_in(tx, ops, &key, storage_time, Some(rec), &[], now)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// A stored file without a recordings entry: retention only (`Index::add`).
     pub async fn add(&self, key: &str, storage_time: u64) -> Result<(), DbError> {
         let key = key.to_string();
