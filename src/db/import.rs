@@ -106,7 +106,11 @@ pub(super) fn import(tx: &rusqlite::Transaction<'_>, dir: &Path) -> Result<Impor
     let mut report = Imported::default();
     let read_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| DbError::Import { path, source }
+        move |source| DbError::Io {
+            op: "importing the old index",
+            path,
+            source,
+        }
     };
 
     // Recordings: the single old file first (its conversion runs before any append to

@@ -96,8 +96,9 @@ pub enum DbError {
     NoSuchFile { id: i64 },
     #[error("the page token is not one this server gave out")]
     BadPageToken,
-    #[error("importing the old index {path}: {source}")]
-    Import {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -803,7 +804,8 @@ impl Conn {
             source,
         };
         if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|source| DbError::Import {
+            std::fs::create_dir_all(d).map_err(|source| DbError::Io {
+                op: "creating the spool directory",
                 path: d.to_path_buf(),
                 source,
             })?;
