@@ -203,6 +203,11 @@ impl Recording {
                     if self.held_since.is_some_and(|t| t + self.flush_interval <= now) {
                         self.rec.cut_fragment();
                         self.drain().await;
+                        // A fragment the muxer could not encode stays pending: wait
+                        // another interval rather than spin on a deadline in the past.
+                        if self.held_since.is_some_and(|t| t + self.flush_interval <= now) {
+                            self.held_since = Some(now);
+                        }
                     }
                     self.flush_overdue().await;
                     continue;
