@@ -224,3 +224,54 @@ fn kill_9_of_a_150kbps_video_push_loses_at_most_a_second() {
     check("hls", &segments(&playlist), pushed);
     assert_eq!(d.stop(), Some(0));
 }
+
+/// A publisher that stalls (ffmpeg stopped with SIGSTOP, its connection left open) sends
+/// no byte that could trigger a write: the recorder's deadline must write what it has,
+/// the MP4 fragment in the making included. After the stall, a `kill -9` loses nothing
+/// of what arrived before it (MP4: the one sample held for its duration).
+#[test]
+fn kill_9_during_a_stall_loses_nothing_that_arrived_before_it() {
+    require_tool("ffprobe");
+    let mut d = Daemon::start(
+        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 600 }\nmp4 = { enable = true, record_interval = 600 }\n",
+    );
+    let ffmpeg = push(
+        &d,
+        "stall",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+        ],
+    );
+    let start = wait_for_spool(&d, "stall", &["flv", "mp4"]);
+    let stop_at = start + 4500;
+    let wait = stop_at - unix_ms();
+    if wait > 0 {
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+    let pid = ffmpeg.0.id().to_string();
+    let st = Command::new("kill").args(["-STOP", &pid]).status();
+    assert!(st.is_ok_and(|s| s.success()), "SIGSTOP ffmpeg");
+    let pushed = (unix_ms() - start) as f64 / 1000.0;
+    // Twice the flush interval: the deadline (1 s after the last append) has passed.
+    std::thread::sleep(Duration::from_millis(2000));
+    d.kill9();
+    restart_and_recover(&mut d);
+    for ext in ["flv", "mp4"] {
+        let f = one(&d, "stall", ext);
+        let got = held(std::slice::from_ref(&f));
+        eprintln!("{ext}: {got:.2} s recovered, {pushed:.2} s pushed before the stall");
+        // What was in flight at the SIGSTOP (and the held sample) is all that may lack.
+        assert!(
+            got >= pushed - 0.3 && got <= pushed + 0.5,
+            "{ext}: {got:.2} s recovered of {pushed:.2} s pushed before the stall"
+        );
+    }
+    assert_eq!(d.stop(), Some(0));
+}
