@@ -296,7 +296,8 @@ impl Fmp4Muxer {
 
     /// Feeds one frame. One sample per track is held back until the next one gives its
     /// duration. A fragment is emitted at each video keyframe (so fragments start on
-    /// keyframes), when the pending video reaches ~2 s, or, audio-only, every ~2 s.
+    /// keyframes), when the pending video reaches ~2 s, or, audio-only, every ~2 s (each
+    /// of these at most [`Self::with_max_fragment`]).
     pub fn push(&mut self, p: &Packet, out: &mut Vec<Bytes>) -> Result<(), Fmp4Error> {
         if self.finished {
             self.ignored += 1;

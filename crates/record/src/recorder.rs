@@ -8,8 +8,9 @@
 //! - HLS (R-FM-2): the recording "file" is a playlist; its media are MPEG-TS segments of
 //!   about `segment_duration`, cut on keyframes, each starting with PAT/PMT. The recorder
 //!   says where segments begin and end; the daemon names them and writes the playlist.
-//! - Fragmented MP4 (R-FM-3): init segment, then a fragment per GOP (≤ ~2 s); finalized
-//!   with its real duration (mehd) and an mfra index.
+//! - Fragmented MP4 (R-FM-3): init segment, then a fragment per GOP (≤ ~2 s, or shorter
+//!   with [`Recorder::with_mp4_fragment`]); finalized with its real duration (mehd) and an
+//!   mfra index.
 //!
 //! Every event comes with its arrival (the wall time its bytes were read, stamped at
 //! ingest); the recorder reports the arrival of the packet that opens each file and
