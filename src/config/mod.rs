@@ -211,6 +211,9 @@ impl Default for StorageConfig {
 pub struct SpoolConfig {
     pub dir: PathBuf,
     pub max_bytes: u64,
+    /// Seconds an open file's bytes may wait in memory before they are written to the
+    /// kernel: what a `kill -9` can cost at any bitrate (issue 11, R-ST-4).
+    pub flush_interval: f64,
 }
 
 impl Default for SpoolConfig {
@@ -218,7 +221,22 @@ impl Default for SpoolConfig {
         Self {
             dir: PathBuf::from("./spool"),
             max_bytes: 10 << 30,
+            flush_interval: 1.0,
         }
+    }
+}
+
+impl SpoolConfig {
+    /// `flush_interval` as a duration; validation keeps it within 0.1..=10 s, and an
+    /// unvalidated value out of that range is clamped into it rather than panicking.
+    pub fn flush_interval(&self) -> std::time::Duration {
+        let s = self.flush_interval;
+        let s = if s.is_finite() {
+            s.clamp(0.1, 10.0)
+        } else {
+            1.0
+        };
+        std::time::Duration::from_secs_f64(s)
     }
 }
 
@@ -587,6 +605,30 @@ mod tests {
             .plans_for(&StreamId::new("z", "live", "cam"))
             .0
             .is_empty());
+    }
+
+    #[test]
+    fn spool_flush_interval_is_checked_with_its_line() {
+        let l = parse("[spool]\nflush_interval = 0.25\n", None).unwrap();
+        assert_eq!(
+            l.config.spool.flush_interval(),
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            load(None).unwrap().config.spool.flush_interval(),
+            std::time::Duration::from_secs(1)
+        );
+        for bad in ["0.05", "10.5", "0", "-1", "nan"] {
+            let text = format!("[spool]\nmax_bytes = 1000000\nflush_interval = {bad}\n");
+            let e = parse(&text, None).unwrap_err();
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert_eq!(e[0].location.as_ref().map(|l| l.line), Some(3), "{bad}");
+            assert!(
+                e[0].message.contains("spool.flush_interval") && e[0].message.contains("0.1..=10"),
+                "{}",
+                e[0].message
+            );
+        }
     }
 
     #[test]

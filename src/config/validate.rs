@@ -65,6 +65,7 @@ pub fn check(config: &Config) -> Result<(SocketAddr, SocketAddr), Vec<Problem>> 
     }
     check_rtmp(config, &mut err);
     check_storage(config, &mut err);
+    check_spool(config, &mut err);
     check_record(config, &mut err);
     let template_ids = check_templates(config, &mut err);
     check_rules(config, &template_ids, &mut err);
@@ -186,6 +187,18 @@ fn check_storage(config: &Config, err: &mut Err<'_>) {
                 "storage.upload_concurrency = {} must be 1..=256",
                 st.upload_concurrency
             ),
+        );
+    }
+}
+
+fn check_spool(config: &Config, err: &mut Err<'_>) {
+    // Below 0.1 s the writes per stream grow for little gain; above 10 s a crash loses
+    // more than "about a second" was meant to allow (issue 11).
+    let f = config.spool.flush_interval;
+    if !(f.is_finite() && (0.1..=10.0).contains(&f)) {
+        err(
+            Key::at("spool.flush_interval"),
+            format!("spool.flush_interval = {f} must be 0.1..=10 seconds"),
         );
     }
 }

@@ -112,14 +112,22 @@ impl Launch for Recorders {
                         return;
                     }
                 };
+                let flush_interval = sink.flush_interval();
+                let fragment = Millis::from_ms(
+                    i64::try_from(flush_interval.as_millis()).unwrap_or(i64::MAX),
+                );
                 let mut task = Recording {
                     sink,
                     id,
                     format: plan.format,
                     spool,
-                    rec: Recorder::new(plan.format, policy).with_segment_duration(plan.segment_ms),
+                    rec: Recorder::new(plan.format, policy)
+                        .with_segment_duration(plan.segment_ms)
+                        .with_mp4_fragment(fragment),
                     files: HashMap::new(),
                     hls: HashMap::new(),
+                    flush_interval,
+                    held_since: None,
                 };
                 task.run(reader, stop).await;
                 let Recording { sink, spool, .. } = task;
@@ -152,6 +160,11 @@ struct Recording {
     spool: Rec,
     rec: Recorder,
     files: HashMap<u64, (SpoolFile, DateTime<Utc>)>,
+    /// `[spool] flush_interval` (issue 11).
+    flush_interval: std::time::Duration,
+    /// Since when the recorder holds media it has not given out (an MP4 fragment in the
+    /// making): that media is as much at risk in a crash as the spool's buffer.
+    held_since: Option<tokio::time::Instant>,
 }
 
 impl Recording {
@@ -161,11 +174,44 @@ impl Recording {
         stop: Option<tokio_util::sync::CancellationToken>,
     ) {
         let stop = stop.unwrap_or_default();
+        // The flush deadline of the open files' buffers (issue 11): a publisher that
+        // stalls or sends slowly brings no append to write them, so the task wakes for
+        // it. One timer, re-armed only when the earliest deadline changes (after a
+        // flush or the first byte of a new buffer), not per packet.
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut armed = None;
         loop {
+            let due = self.flush_due();
+            if due != armed {
+                if let Some(at) = due {
+                    timer.as_mut().reset(at);
+                }
+                armed = due;
+            }
             let item = tokio::select! {
+                // `Reader::next` is cancel-safe (an item leaves the ring only when it is
+                // returned), so losing the race to the timer loses nothing.
                 i = reader.next() => i,
                 // A task ended (its end time, or stopped): the open file ends here.
                 _ = stop.cancelled() => None,
+                () = &mut timer, if armed.is_some() => {
+                    // The MP4 fragment in the making has waited its interval with no
+                    // packet to complete it (a stalled publisher): out it goes, and the
+                    // spool writes it at once (its bytes are as old as its media).
+                    let now = tokio::time::Instant::now();
+                    if self.held_since.is_some_and(|t| t + self.flush_interval <= now) {
+                        self.rec.cut_fragment();
+                        self.drain().await;
+                        // A fragment the muxer could not encode stays pending: wait
+                        // another interval rather than spin on a deadline in the past.
+                        if self.held_since.is_some_and(|t| t + self.flush_interval <= now) {
+                            self.held_since = Some(now);
+                        }
+                    }
+                    self.flush_overdue().await;
+                    continue;
+                }
             };
             let Some(item) = item else { break };
             match item {
@@ -183,7 +229,45 @@ impl Recording {
         self.drain().await;
     }
 
+    /// The earliest flush deadline of the open files, HLS segments and the media the
+    /// recorder holds.
+    fn flush_due(&self) -> Option<tokio::time::Instant> {
+        let files = self.files.values().map(|(f, _)| f);
+        let segments = self.hls.values().flat_map(|h| h.segments.values());
+        let held = self.held_since.map(|t| t + self.flush_interval);
+        files
+            .chain(segments)
+            .filter_map(SpoolFile::flush_due)
+            .chain(held)
+            .min()
+    }
+
+    /// Writes every buffer whose deadline has passed.
+    async fn flush_overdue(&mut self) {
+        let now = tokio::time::Instant::now();
+        let files = self.files.values_mut().map(|(f, _)| f);
+        let segments = self.hls.values_mut().flat_map(|h| h.segments.values_mut());
+        for f in files.chain(segments) {
+            if f.flush_due().is_some_and(|at| at <= now) {
+                if let Err(e) = f.flush().await {
+                    error!(stream = %self.id, path = %f.path().display(), "write failed: {e}");
+                }
+            }
+        }
+    }
+
     async fn drain(&mut self) {
+        self.drain_outputs().await;
+        // Media the recorder now holds back waits from now, unless it was held before and
+        // nothing came out (the fragment is still the same one).
+        if !self.rec.holds_media() {
+            self.held_since = None;
+        } else if self.held_since.is_none() {
+            self.held_since = Some(tokio::time::Instant::now());
+        }
+    }
+
+    async fn drain_outputs(&mut self) {
         // A cut yields Close(k) then Open(k+1): the next spool file is created before the
         // finished one is published, so an open recording always has a file in the spool
         // and "no .part file" reliably means "nothing is being recorded".
@@ -253,9 +337,18 @@ impl Recording {
                         self.close(seq, summary, patches).await;
                     }
                 }
+                // The MP4 muxer gives out nothing for most frames.
+                Output::Data { bufs, .. } if bufs.is_empty() => {}
                 Output::Data { seq, bufs } => {
+                    // Bytes of held media (an MP4 fragment) are as old as that media; a
+                    // fragment that came out ends the holding (what is held after this
+                    // drain is newer).
+                    let since = self
+                        .held_since
+                        .take()
+                        .unwrap_or_else(tokio::time::Instant::now);
                     if let Some((f, _)) = self.files.get_mut(&seq) {
-                        if let Err(e) = f.append(bufs).await {
+                        if let Err(e) = f.append_since(bufs, since).await {
                             error!(stream = %self.id, path = %f.path().display(), "write failed: {e}");
                         }
                     }

@@ -16,6 +16,7 @@
 //!   the playlist as last written.
 
 pub mod catalog;
+mod flush;
 mod recfiles;
 mod recover;
 pub mod retention;
@@ -40,6 +41,8 @@ use crate::config::Config;
 use crate::ingest::identity::StreamId;
 use store::Backend;
 use upload::{HlsLane, Uploader};
+
+pub use flush::FlushPolicy;
 
 pub use recover::RecoveryReport;
 
@@ -188,21 +191,24 @@ pub struct Sink {
     /// Keys handed out but maybe not yet visible in the store, so two files closing in
     /// the same second never get one name (R-ST-3).
     taken: Mutex<HashSet<String>>,
+    /// When open files' buffers are written (`[spool] flush_interval`, `flush.rs`).
+    flush: FlushPolicy,
 }
 
-/// Appends are buffered up to this many bytes before a write, so 100 streams cost a few
-/// writes per second each, not one per frame. What a crash can lose is therefore the
-/// last ≤ 256 KiB of each open file (< 1 s at 3 Mb/s). Nothing is fsynced (as in
-/// nginx-rtmp and MediaMTX): a daemon crash loses nothing the kernel has, power loss can
-/// lose what the page cache held; an fsync per flush cost ~10 ms of disk latency per
-/// stream per second on this machine's ext4 and is not worth it for live media.
-const FLUSH_BYTES: usize = 256 * 1024;
-
+/// An open spool file. Appends are buffered and written by [`FlushPolicy`]: what a crash
+/// can lose is at most `[spool] flush_interval` of each open file (issue 11). Nothing is
+/// fsynced (as in nginx-rtmp and MediaMTX): a daemon crash loses nothing the kernel has,
+/// power loss can lose what the page cache held; an fsync per flush cost ~10 ms of disk
+/// latency per stream per second on this machine's ext4 and is not worth it for live
+/// media.
 pub struct SpoolFile {
     path: PathBuf,
     file: Option<std::fs::File>,
     pending: Vec<Bytes>,
     pending_len: usize,
+    /// When the oldest byte of `pending` was appended.
+    pending_since: Option<tokio::time::Instant>,
+    policy: FlushPolicy,
     quota: Arc<Quota>,
     written: u64,
     /// S3: the upload that follows this file while it grows (R-ST-2).
@@ -214,15 +220,43 @@ impl SpoolFile {
         &self.path
     }
 
+    /// Buffers `bufs`; writes the buffer when the policy says it is due (full, or its
+    /// oldest byte has waited the flush interval). The recorder task sleeps until
+    /// [`Self::flush_due`] for a buffer no further append comes to.
     pub async fn append(&mut self, bufs: Vec<Bytes>) -> Result<(), SinkError> {
+        self.append_since(bufs, tokio::time::Instant::now()).await
+    }
+
+    /// [`Self::append`] of bytes whose media has waited since `since` already (an MP4
+    /// fragment the muxer held): their flush deadline counts from then, so what the
+    /// muxer held and what the spool holds add up to one flush interval, not two.
+    pub async fn append_since(
+        &mut self,
+        bufs: Vec<Bytes>,
+        since: tokio::time::Instant,
+    ) -> Result<(), SinkError> {
+        let now = tokio::time::Instant::now();
         for b in bufs {
+            if b.is_empty() {
+                continue;
+            }
+            let oldest = self.pending_since.map_or(since, |t| t.min(since));
+            self.pending_since = Some(oldest);
             self.pending_len += b.len();
             self.pending.push(b);
         }
-        if self.pending_len >= FLUSH_BYTES {
+        if self
+            .policy
+            .is_due(self.pending_len, self.pending_since, now)
+        {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// When the buffer must be written; None when nothing is buffered.
+    pub fn flush_due(&self) -> Option<tokio::time::Instant> {
+        self.policy.due_at(self.pending_len, self.pending_since)
     }
 
     /// Writes pending buffers on a blocking thread: a slow disk must stall this
@@ -235,6 +269,7 @@ impl SpoolFile {
         let cap = self.pending.capacity();
         let bufs = std::mem::replace(&mut self.pending, Vec::with_capacity(cap));
         let len = std::mem::take(&mut self.pending_len);
+        self.pending_since = None;
         let Some(mut file) = self.file.take() else {
             return Ok(());
         };
@@ -356,6 +391,7 @@ impl Sink {
             next_id: AtomicU64::new(0),
             boot,
             taken: Mutex::new(HashSet::new()),
+            flush: FlushPolicy::new(config.spool.flush_interval()),
         });
         let report = recover::run(&sink).await;
         Ok((sink, report))
@@ -372,6 +408,11 @@ impl Sink {
 
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
+    }
+
+    /// `[spool] flush_interval`: the most of an open file a crash may cost.
+    pub fn flush_interval(&self) -> Duration {
+        self.flush.interval
     }
 
     /// Waits (up to `grace`) for pending uploads; what is left stays in the spool and
@@ -456,6 +497,8 @@ impl Sink {
             file: Some(file),
             pending: Vec::new(),
             pending_len: 0,
+            pending_since: None,
+            policy: self.flush,
             quota: self.quota.clone(),
             written: 0,
             stream,

@@ -41,6 +41,9 @@ pub const MAX_FRAGMENT_MS: Millis = Millis::from_ms(2000);
 /// With video present, fragments are cut on keyframes; if video stalls while audio keeps
 /// coming, audio alone forces a cut at this length so memory stays bounded.
 const STALLED_VIDEO_FRAGMENT_MS: Millis = Millis::from_ms(4000);
+/// The shortest fragment [`Fmp4Muxer::with_max_fragment`] allows: below it the moof
+/// overhead grows for nothing (a frame or two per fragment).
+pub const MIN_FRAGMENT_MS: Millis = Millis::from_ms(100);
 /// Duration given to a lone video frame at the end of a file when no frame before it
 /// told us the frame rate (30 fps).
 const DEFAULT_VIDEO_FRAME_TICKS: u32 = 3000;
@@ -177,6 +180,8 @@ pub struct Fmp4Muxer {
     bytes_written: u64,
     ignored: u64,
     finished: bool,
+    /// Longest fragment of any track (≤ [`MAX_FRAGMENT_MS`]).
+    max_fragment: Millis,
 }
 
 impl Fmp4Muxer {
@@ -235,7 +240,37 @@ impl Fmp4Muxer {
             bytes_written: 0,
             ignored: 0,
             finished: false,
+            max_fragment: MAX_FRAGMENT_MS,
         })
+    }
+
+    /// Caps every fragment at `ms` of media (within [`MIN_FRAGMENT_MS`]..=[`MAX_FRAGMENT_MS`]),
+    /// video included: a fragment is then cut between keyframes too. The daemon sets its
+    /// spool flush interval here, because only whole fragments survive a crash: with
+    /// ~2 s fragments a low-bitrate stream would lose up to 2 s plus whatever the spool
+    /// still buffered (issue 11).
+    pub fn with_max_fragment(mut self, ms: Millis) -> Self {
+        self.max_fragment = ms.clamp(MIN_FRAGMENT_MS, MAX_FRAGMENT_MS);
+        self
+    }
+
+    /// Whether samples wait in the pending fragment ([`Self::cut_fragment`] would emit
+    /// them). The one sample per track held for its duration is not counted: it cannot
+    /// be written before its successor arrives.
+    pub fn has_pending_fragment(&self) -> bool {
+        !self.finished && self.tracks.iter().any(|t| !t.frag.is_empty())
+    }
+
+    /// Emits the pending fragment now, whatever its length: for a stream that stalls, so
+    /// its last media reach the file without waiting for more (issue 11). The next
+    /// fragment may then start on a non-sync sample, which fMP4 allows (only fragments
+    /// starting on a sync sample get a `tfra` entry).
+    pub fn cut_fragment(&mut self, out: &mut Vec<Bytes>) -> Result<(), Fmp4Error> {
+        if self.finished {
+            return Ok(());
+        }
+        self.emit_init(out);
+        self.flush(out)
     }
 
     /// Why a configured track was left out of this file (one line each).
@@ -261,7 +296,8 @@ impl Fmp4Muxer {
 
     /// Feeds one frame. One sample per track is held back until the next one gives its
     /// duration. A fragment is emitted at each video keyframe (so fragments start on
-    /// keyframes), when the pending video reaches ~2 s, or, audio-only, every ~2 s.
+    /// keyframes), when the pending video reaches ~2 s, or, audio-only, every ~2 s (each
+    /// of these at most [`Self::with_max_fragment`]).
     pub fn push(&mut self, p: &Packet, out: &mut Vec<Bytes>) -> Result<(), Fmp4Error> {
         if self.finished {
             self.ignored += 1;
@@ -340,7 +376,7 @@ impl Fmp4Muxer {
                         (true, TrackKind::Audio) => STALLED_VIDEO_FRAGMENT_MS,
                         _ => MAX_FRAGMENT_MS,
                     };
-                    t.frag_duration() >= limit
+                    t.frag_duration() >= limit.min(self.max_fragment)
                 }));
         if cut {
             self.flush(out)?;

@@ -187,3 +187,71 @@ fn init_segment_only_and_partial_init() {
     assert_eq!(r.keep_len, boxes[0].1 as u64);
     assert!(r.patches.is_empty());
 }
+
+/// Issue 11: with fragments capped at 1 s (the daemon's flush interval) and a fragment
+/// cut on demand mid-GOP (a stalled publisher), every fragment is ≤ ~1 s, some start on
+/// a non-sync video sample, and the crash scanner keeps all of them.
+#[test]
+fn short_and_on_demand_fragments_are_kept_by_repair() {
+    let mut m = muxer().with_max_fragment(media::Millis::from_ms(1000));
+    let mut out = vec![m.init_segment()];
+    for (i, p) in packets(6).iter().enumerate() {
+        m.push(p, &mut out).unwrap();
+        // A stall 300 packets in: what is pending goes out now.
+        if i == 300 {
+            let fragments_before = out.len();
+            assert!(m.has_pending_fragment());
+            m.cut_fragment(&mut out).unwrap();
+            assert!(
+                out.len() > fragments_before,
+                "the pending fragment came out"
+            );
+            assert!(!m.has_pending_fragment());
+        }
+    }
+    let file = concat(&out);
+    let mut buf = &file[..];
+    Ftyp::decode(&mut buf).unwrap();
+    let moov = Moov::decode(&mut buf).unwrap();
+    let mut fragments = 0;
+    let mut non_sync_starts = 0;
+    while let Some(a) = Any::decode_maybe(&mut buf).unwrap() {
+        let Any::Moof(moof) = a else { continue };
+        fragments += 1;
+        for traf in &moof.traf {
+            let trak = moov
+                .trak
+                .iter()
+                .find(|t| t.tkhd.track_id == traf.tfhd.track_id)
+                .unwrap();
+            let ts = u64::from(trak.mdia.mdhd.timescale);
+            let samples = &traf.trun[0].samples;
+            let ticks: u64 = samples.iter().map(|s| u64::from(s.duration.unwrap())).sum();
+            assert!(
+                ticks * 1000 / ts <= 1050,
+                "fragment of {} ms",
+                ticks * 1000 / ts
+            );
+            // Track 1 is the video (the muxer adds video first); 0x0200_0000 = sync.
+            let first = samples.iter().next().and_then(|s| s.flags);
+            if traf.tfhd.track_id == 1 && first != Some(0x0200_0000) {
+                non_sync_starts += 1;
+            }
+        }
+    }
+    assert!(fragments >= 6, "{fragments} fragments for 6 s");
+    assert!(
+        non_sync_starts >= 1,
+        "1 s fragments of 1 s GOPs cut on demand"
+    );
+    let r = repair(&file).unwrap();
+    assert_eq!(
+        r.keep_len,
+        file.len() as u64,
+        "every whole fragment is kept"
+    );
+    let mut fixed = file.clone();
+    r.apply(&mut fixed);
+    assert_eq!(mehd(&fixed), fragments_span_ms(&fixed));
+    assert!(mehd(&fixed) >= 5000, "{} ms", mehd(&fixed));
+}

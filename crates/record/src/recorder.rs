@@ -8,8 +8,9 @@
 //! - HLS (R-FM-2): the recording "file" is a playlist; its media are MPEG-TS segments of
 //!   about `segment_duration`, cut on keyframes, each starting with PAT/PMT. The recorder
 //!   says where segments begin and end; the daemon names them and writes the playlist.
-//! - Fragmented MP4 (R-FM-3): init segment, then a fragment per GOP (≤ ~2 s); finalized
-//!   with its real duration (mehd) and an mfra index.
+//! - Fragmented MP4 (R-FM-3): init segment, then a fragment per GOP (≤ ~2 s, or shorter
+//!   with [`Recorder::with_mp4_fragment`]); finalized with its real duration (mehd) and an
+//!   mfra index.
 //!
 //! Every event comes with its arrival (the wall time its bytes were read, stamped at
 //! ingest); the recorder reports the arrival of the packet that opens each file and
@@ -226,6 +227,8 @@ pub struct Recorder {
     metadata: Option<Bytes>,
     /// MP3 has no sequence header: the first audio packet tells the header's codec id.
     audio_codec_id: Option<f64>,
+    /// MP4: longest fragment (None = the muxer's ~2 s, R-FM-3).
+    mp4_fragment_ms: Option<Millis>,
     out: std::collections::VecDeque<Output>,
 }
 
@@ -243,6 +246,7 @@ impl Recorder {
             last_hard: false,
             metadata: None,
             audio_codec_id: None,
+            mp4_fragment_ms: None,
             out: Default::default(),
         }
     }
@@ -251,6 +255,39 @@ impl Recorder {
     pub fn with_segment_duration(mut self, ms: Millis) -> Self {
         self.segment_ms = ms.max(Millis::from_ms(1));
         self
+    }
+
+    /// MP4: caps fragments at `ms` of media. Only whole fragments survive a crash, so the
+    /// daemon passes its spool flush interval: a file then loses at most about that much
+    /// on a `kill -9`, at any bitrate (issue 11). The other formats hold nothing back.
+    pub fn with_mp4_fragment(mut self, ms: Millis) -> Self {
+        self.mp4_fragment_ms = Some(ms);
+        self
+    }
+
+    /// Whether the open file has muxed media not yet given out as `Output::Data` (an MP4
+    /// fragment in the making; FLV, AAC and TS emit every frame at once).
+    pub fn holds_media(&self) -> bool {
+        match self.file.as_ref().map(|f| &f.writer) {
+            Some(Writer::Mp4(m)) => m.has_pending_fragment(),
+            _ => false,
+        }
+    }
+
+    /// Gives out what the open file holds back now (the pending MP4 fragment): the
+    /// daemon calls this when that media has waited its flush interval and no packet
+    /// came to complete the fragment (a stalled publisher, issue 11).
+    pub fn cut_fragment(&mut self) {
+        let Some(f) = &mut self.file else { return };
+        if let Writer::Mp4(m) = &mut f.writer {
+            let mut bufs = Vec::new();
+            // A fragment too large to write is dropped by the muxer, as at a regular
+            // cut; the file stays valid up to the previous one.
+            let _ = m.cut_fragment(&mut bufs);
+            if !bufs.is_empty() {
+                self.out.push_back(Output::Data { seq: f.seq, bufs });
+            }
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -460,12 +497,16 @@ impl Recorder {
     }
 
     fn open_mp4(&mut self, start: Millis) -> Result<(Writer, Vec<Bytes>), String> {
-        let mut m = fmp4::Fmp4Muxer::new(
+        let m = fmp4::Fmp4Muxer::new(
             self.video_config.as_ref(),
             self.audio_config.as_ref(),
             start,
         )
         .map_err(|e| format!("not recording MP4: no track it can hold: {e}"))?;
+        let mut m = match self.mp4_fragment_ms {
+            Some(ms) => m.with_max_fragment(ms),
+            None => m,
+        };
         if !m.skipped().is_empty() {
             self.skip_once(format!(
                 "left out of the MP4 file: {}",
