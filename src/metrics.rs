@@ -27,6 +27,7 @@ const BYTES_IN: &str = "liverec_bytes_in_total";
 const RECORDINGS_OPEN: &str = "liverec_recordings_open";
 const FILES_FINALIZED: &str = "liverec_files_finalized_total";
 const FILES_FAILED: &str = "liverec_files_failed_total";
+const SPOOL_WRITE_ERRORS: &str = "liverec_spool_write_errors_total";
 const INDEX_UNPUBLISHED: &str = "liverec_recordings_index_unpublished";
 const RECORD_TASKS: &str = "liverec_record_tasks";
 const UPLOAD_LATENCY: &str = "liverec_upload_latency_seconds";
@@ -86,6 +87,10 @@ pub fn describe() {
         (BYTES_IN, "Bytes read from RTMP connections."),
         (FILES_FINALIZED, "Files finalized and handed to storage."),
         (FILES_FAILED, "Files whose finalization failed."),
+        (
+            SPOOL_WRITE_ERRORS,
+            "Spool writes that failed (ENOSPC, EIO, EFBIG): each ended its file early.",
+        ),
     ] {
         describe_counter!(name, help);
         counter!(name).absolute(0);
@@ -160,6 +165,10 @@ pub fn file_finalized() {
 
 pub fn file_failed() {
     counter!(FILES_FAILED).increment(1);
+}
+
+pub fn spool_write_error() {
+    counter!(SPOOL_WRITE_ERRORS).increment(1);
 }
 
 /// A file closed at `closed` is finalized (`format` as in the recordings index).

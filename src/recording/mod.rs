@@ -11,10 +11,10 @@ use chrono::{DateTime, Utc};
 use flv::mux::Patch;
 use media::{Millis, WallMillis};
 use record::{CutPolicy, FileSummary, Format, Output, Recorder};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::model::{Plan, StreamId};
-use crate::sink::{PlaylistHandle, Rec, RecMeta, Sink, SpoolFile};
+use crate::sink::{PlaylistHandle, Rec, RecMeta, Sink, SinkError, SpoolFile};
 
 /// Where a recording starts in the stream's ring.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,6 +128,7 @@ impl Launch for Recorders {
                     hls: HashMap::new(),
                     flush_interval,
                     held_since: None,
+                    write_failing: false,
                 };
                 task.run(reader, stop).await;
                 let Recording { sink, spool, .. } = task;
@@ -165,6 +166,10 @@ struct Recording {
     /// Since when the recorder holds media it has not given out (an MP4 fragment in the
     /// making): that media is as much at risk in a crash as the spool's buffer.
     held_since: Option<tokio::time::Instant>,
+    /// In a spool write failure episode (R-ST-4): the last write failed and none has
+    /// succeeded since. Only the episode's first failure is a warning; the first write
+    /// that works again ends it with an info line.
+    write_failing: bool,
 }
 
 impl Recording {
@@ -245,14 +250,115 @@ impl Recording {
     /// Writes every buffer whose deadline has passed.
     async fn flush_overdue(&mut self) {
         let now = tokio::time::Instant::now();
-        let files = self.files.values_mut().map(|(f, _)| f);
-        let segments = self.hls.values_mut().flat_map(|h| h.segments.values_mut());
-        for f in files.chain(segments) {
+        let mut failed_files = Vec::new();
+        let mut failed_segments = Vec::new();
+        let mut wrote = None;
+        for (seq, (f, _)) in &mut self.files {
             if f.flush_due().is_some_and(|at| at <= now) {
-                if let Err(e) = f.flush().await {
-                    error!(stream = %self.id, path = %f.path().display(), "write failed: {e}");
+                match f.flush().await {
+                    Ok(()) => wrote = Some(f.path().to_path_buf()),
+                    Err(e) => failed_files.push((*seq, e)),
                 }
             }
+        }
+        for f in self.hls.values_mut().flat_map(|h| h.segments.values_mut()) {
+            if f.flush_due().is_some_and(|at| at <= now) {
+                match f.flush().await {
+                    Ok(()) => wrote = Some(f.path().to_path_buf()),
+                    Err(e) => failed_segments.push(e),
+                }
+            }
+        }
+        if let Some(p) = wrote {
+            self.write_succeeded(&p);
+        }
+        for (seq, e) in failed_files {
+            self.file_write_failed(seq, e).await;
+        }
+        for e in failed_segments {
+            self.segment_write_failed(e);
+        }
+    }
+
+    /// A write worked: a write failure episode, if any, is over.
+    fn write_succeeded(&mut self, path: &std::path::Path) {
+        if std::mem::replace(&mut self.write_failing, false) {
+            info!(stream = %self.id, format = self.format.ext(), file = %path.display(), "spool writes work again: recording resumed in this new file");
+        }
+    }
+
+    /// Counts a failed write and says whether it opens a failure episode (the one
+    /// warning an operator gets for it; the rest of the episode logs at debug).
+    fn write_failure_starts_episode(&mut self) -> bool {
+        crate::metrics::spool_write_error();
+        !std::mem::replace(&mut self.write_failing, true)
+    }
+
+    /// A write to file `seq` failed (ENOSPC, EIO, EFBIG, R-ST-4). The file would get a
+    /// torn unit in its middle if recording went on appending to it, so it ends here: cut
+    /// back to its last complete unit, patched to match and stored as usual. The recorder
+    /// drops the file and starts a new one (next seq) at the next keyframe; until a write
+    /// of that new file works, media is dropped.
+    async fn file_write_failed(&mut self, seq: u64, err: SinkError) {
+        self.rec.abandon(seq);
+        let Some((f, started)) = self.files.remove(&seq) else {
+            return;
+        };
+        self.end_failed_file(seq, f, started, err).await;
+    }
+
+    async fn end_failed_file(
+        &mut self,
+        seq: u64,
+        mut f: SpoolFile,
+        started: DateTime<Utc>,
+        err: SinkError,
+    ) {
+        let first = self.write_failure_starts_episode();
+        crate::metrics::file_closed();
+        let path = f.path().to_path_buf();
+        let stored = match f.cut_back(self.format.ext()).await {
+            Ok(kept) => self
+                .sink
+                .finish_cut(f, &kept, &self.spool.meta, seq, started)
+                .await
+                .map(|key| (key, kept)),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok((key, kept)) => {
+                if key.is_some() {
+                    crate::metrics::file_finalized();
+                }
+                let key = key.unwrap_or_else(|| "(nothing whole, removed)".into());
+                if first {
+                    warn!(
+                        stream = %self.id, format = self.format.ext(), file = %path.display(), key = %key,
+                        bytes_kept = kept.keep_len, duration_ms = kept.duration_ms, error = %err,
+                        "spool write failed: file ended at its last complete unit and stored; media is dropped until writes work again, then recording resumes in a new file at the next keyframe"
+                    );
+                } else {
+                    debug!(stream = %self.id, file = %path.display(), key = %key, bytes_kept = kept.keep_len, error = %err, "spool write failed again");
+                }
+            }
+            Err(e) => {
+                crate::metrics::file_failed();
+                error!(
+                    stream = %self.id, format = self.format.ext(), file = %path.display(), error = %err,
+                    "spool write failed and the file cannot be ended ({e}); it stays in the spool for crash recovery at the next start"
+                );
+            }
+        }
+    }
+
+    /// A write to an HLS segment failed: the segment takes no more bytes (its spool file
+    /// drops them) and is cut back to its last whole TS packet at its close; the next
+    /// segment is a new file.
+    fn segment_write_failed(&mut self, err: SinkError) {
+        if self.write_failure_starts_episode() {
+            warn!(stream = %self.id, format = "m3u8", error = %err, "spool write failed: this segment ends at its last complete TS packet; media is dropped until writes work again");
+        } else {
+            debug!(stream = %self.id, error = %err, "spool write failed again");
         }
     }
 
@@ -309,8 +415,14 @@ impl Recording {
                     else {
                         continue;
                     };
-                    if let Err(e) = f.append(bufs).await {
-                        error!(stream = %self.id, path = %f.path().display(), "write failed: {e}");
+                    let before = f.written();
+                    match f.append(bufs).await {
+                        Ok(()) if f.written() > before => {
+                            let p = f.path().to_path_buf();
+                            self.write_succeeded(&p);
+                        }
+                        Ok(()) => {}
+                        Err(e) => self.segment_write_failed(e),
                     }
                 }
                 Output::SegmentClose {
@@ -329,8 +441,16 @@ impl Recording {
                             crate::metrics::file_opened();
                         }
                         Err(e) => {
+                            // Retried at the next keyframe rather than at the next cut;
+                            // a full disk refuses every try, so only the episode's first
+                            // is a warning.
                             crate::metrics::file_failed();
-                            error!(stream = %self.id, "cannot create a spool file, this file is lost: {e}")
+                            self.rec.abandon(seq);
+                            if self.write_failure_starts_episode() {
+                                warn!(stream = %self.id, format = self.format.ext(), error = %e, "cannot create a spool file: media is dropped until it can be, then recording resumes in a new file at the next keyframe");
+                            } else {
+                                debug!(stream = %self.id, error = %e, "cannot create a spool file");
+                            }
                         }
                     }
                     if let Some((seq, summary, patches)) = closing.take() {
@@ -348,8 +468,14 @@ impl Recording {
                         .take()
                         .unwrap_or_else(tokio::time::Instant::now);
                     if let Some((f, _)) = self.files.get_mut(&seq) {
-                        if let Err(e) = f.append_since(bufs, since).await {
-                            error!(stream = %self.id, path = %f.path().display(), "write failed: {e}");
+                        let before = f.written();
+                        match f.append_since(bufs, since).await {
+                            Ok(()) if f.written() > before => {
+                                let p = f.path().to_path_buf();
+                                self.write_succeeded(&p);
+                            }
+                            Ok(()) => {}
+                            Err(e) => self.file_write_failed(seq, e).await,
                         }
                     }
                 }
@@ -403,7 +529,34 @@ impl Recording {
         let Some(h) = self.hls.get_mut(&seq) else {
             return;
         };
-        let Some(f) = h.segments.remove(&n) else {
+        let Some(mut f) = h.segments.remove(&n) else {
+            return;
+        };
+        let mut duration_ms = duration_ms;
+        if let Err(e) = f.flush().await {
+            self.segment_write_failed(e);
+        }
+        if f.failed() {
+            // The playlist states what the segment kept, not what the recorder sent.
+            match f.cut_back("ts").await {
+                Ok(kept) if kept.keep_len > 0 => {
+                    let kept_ms = i64::try_from(kept.duration_ms).unwrap_or(i64::MAX);
+                    if kept_ms > 0 {
+                        duration_ms = duration_ms.min(Millis::from_ms(kept_ms));
+                    }
+                    info!(stream = %self.id, segment = n, bytes_kept = kept.keep_len, duration_ms = duration_ms.as_ms(), "segment ended at its last complete TS packet after a failed write");
+                }
+                Ok(_) => {
+                    let _ = tokio::fs::remove_file(f.path()).await;
+                    return;
+                }
+                Err(e) => {
+                    error!(stream = %self.id, segment = n, "cannot end the segment after a failed write ({e}); it stays in the spool");
+                    return;
+                }
+            }
+        }
+        let Some(h) = self.hls.get_mut(&seq) else {
             return;
         };
         let name = h.key.segment_name(n);
@@ -462,9 +615,16 @@ impl Recording {
             self.close_hls(seq, summary).await;
             return;
         }
-        let Some((f, started)) = self.files.remove(&seq) else {
+        let Some((mut f, started)) = self.files.remove(&seq) else {
             return;
         };
+        // The last buffer is written here rather than in `finish`, so a write error ends
+        // the file at its last complete unit (its patches describe bytes that were not
+        // all written).
+        if let Err(e) = f.flush().await {
+            self.end_failed_file(seq, f, started, e).await;
+            return;
+        }
         crate::metrics::file_closed();
         // Names and the index use the arrivals of the file's first and last packets as its
         // wall-clock span (issue 10): `started` is the first's (from `Output::Open`).

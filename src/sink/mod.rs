@@ -213,11 +213,54 @@ pub struct SpoolFile {
     written: u64,
     /// S3: the upload that follows this file while it grows (R-ST-2).
     stream: Option<upload::StreamHandle>,
+    /// A write failed (ENOSPC, EIO, EFBIG): the file may end in a torn unit, so nothing
+    /// more is written to it — appending after the tear would bury it mid-file — until
+    /// the owner ends it with [`SpoolFile::cut_back`].
+    failed: bool,
 }
 
 impl SpoolFile {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Bytes written to the file so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Whether a write to this file failed (see [`SpoolFile::cut_back`]).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Ends a file whose write failed at its last complete unit (FLV tag, ADTS frame,
+    /// MP4 fragment, TS packet; `ext` says which) with the crash-repair scanners, and
+    /// patches what it kept (FLV duration and size, MP4 duration) as crash recovery does.
+    /// The buffer that was not written is dropped; the file handle is closed, so the file
+    /// can only be stored from here (`Sink::finish_cut`, or `Sink::segment_done` for an
+    /// HLS segment). Truncating and overwriting inside the file need no new space, so
+    /// this works on the full disk that caused the error.
+    pub async fn cut_back(&mut self, ext: &str) -> Result<media::repair::Repair, SinkError> {
+        self.pending.clear();
+        self.pending_len = 0;
+        self.pending_since = None;
+        self.failed = true;
+        drop(self.file.take());
+        // A streaming upload has sent parts of the torn file: it is abandoned (dropping
+        // the handle aborts it) and the cut file is uploaded whole.
+        drop(self.stream.take());
+        let (path, ext) = (self.path.clone(), ext.to_string());
+        let r = tokio::task::spawn_blocking(move || recover::repair_path(&path, &ext))
+            .await?
+            .map_err(spool_err(&self.path))?;
+        // The quota counted what was written successfully: it now counts what is kept
+        // (a failed write's complete units in, a torn tail out); storing subtracts the
+        // file's size.
+        self.quota.add(r.keep_len.saturating_sub(self.written));
+        self.quota.sub(self.written.saturating_sub(r.keep_len));
+        self.written = r.keep_len;
+        Ok(r)
     }
 
     /// Buffers `bufs`; writes the buffer when the policy says it is due (full, or its
@@ -235,6 +278,11 @@ impl SpoolFile {
         bufs: Vec<Bytes>,
         since: tokio::time::Instant,
     ) -> Result<(), SinkError> {
+        if self.failed {
+            // Media for a file that can no longer be written is dropped (the owner has
+            // been told by the error that failed it).
+            return Ok(());
+        }
         let now = tokio::time::Instant::now();
         for b in bufs {
             if b.is_empty() {
@@ -279,8 +327,13 @@ impl SpoolFile {
         })
         .await?;
         self.file = Some(file);
+        if let Err(e) = res {
+            // Part of the batch may be on disk, ending in a torn unit: no further write
+            // may follow it (the owner cuts the file back). The batch is dropped.
+            self.failed = true;
+            return Err(spool_err(&self.path)(e));
+        }
         self.quota.add(len as u64);
-        res.map_err(spool_err(&self.path))?;
         self.written += len as u64;
         if let Some(s) = &self.stream {
             s.flushed(self.written);
@@ -502,6 +555,7 @@ impl Sink {
             quota: self.quota.clone(),
             written: 0,
             stream,
+            failed: false,
         })
     }
 
@@ -548,6 +602,45 @@ impl Sink {
             .await?;
         crate::metrics::finalize_time(&rec.ext, closed);
         Ok(key)
+    }
+
+    /// Stores file `seq` of a recording after a failed write cut it back
+    /// ([`SpoolFile::cut_back`], which gave `kept`): named and indexed by what was kept
+    /// (`started` plus the kept media's duration), as crash recovery names what it
+    /// repairs. A file that kept nothing whole is removed; `None` then.
+    pub async fn finish_cut(
+        &self,
+        f: SpoolFile,
+        kept: &media::repair::Repair,
+        rec: &RecMeta,
+        seq: u64,
+        started: DateTime<Utc>,
+    ) -> Result<Option<String>, SinkError> {
+        let closed = Instant::now();
+        let path = f.path.clone();
+        if kept.keep_len == 0 {
+            let _ = tokio::fs::remove_file(&path).await;
+            self.quota.sub(f.written);
+            return Ok(None);
+        }
+        let (duration_ms, end) = recover::recovered_span(started, kept.duration_ms);
+        let name = rec.render(seq, started, end);
+        let mut info = rec.record(started, duration_ms);
+        info.end_ms = end.timestamp_millis().max(info.start_ms);
+        let key = self
+            .store_finished_since(
+                closed,
+                &path,
+                &rec.id(),
+                &name,
+                &rec.ext,
+                rec.storage_time,
+                None,
+                Some(info),
+            )
+            .await?;
+        crate::metrics::finalize_time(&rec.ext, closed);
+        Ok(Some(key))
     }
 
     /// Stores a complete spool file under a fresh key; crash recovery's files closed in
@@ -987,6 +1080,80 @@ mod tests {
             sink.claim_key(&dotdot, "x", "flv").await,
             Err(SinkError::Key { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_ends_the_file_at_its_last_complete_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = local_sink(dir.path()).await;
+        let meta = RecMeta {
+            domain: "d".into(),
+            app: "a".into(),
+            stream: "s".into(),
+            ext: "flv".into(),
+            file_name: "{StreamID}-{Seq}".into(),
+            task_id: String::new(),
+            storage_time: 0,
+            utc_offset_s: 0,
+        };
+        let rec = sink.begin(meta.clone()).await.unwrap();
+        let started = Utc::now();
+        let mut f = sink.create(&rec, 3, started, None).await.unwrap();
+        // What a short write leaves: a real FLV whose last tag is torn.
+        let flv = std::fs::read(testkit::fixture("avc_aac_2s.flv")).unwrap();
+        let torn = flv[..300_001].to_vec();
+        f.append(vec![Bytes::from(torn.clone())]).await.unwrap();
+        f.flush().await.unwrap();
+        // Then the disk is full: /dev/full fails every write with ENOSPC.
+        f.file = Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
+        f.append(vec![Bytes::from_static(b"more media")])
+            .await
+            .unwrap();
+        let err = f.flush().await.unwrap_err();
+        assert!(
+            matches!(&err, SinkError::Spool { source, .. } if source.raw_os_error() == Some(28)),
+            "{err}"
+        );
+        assert!(f.failed());
+        // Nothing more is buffered for a file that cannot be written.
+        f.append(vec![Bytes::from_static(b"even more")])
+            .await
+            .unwrap();
+        assert_eq!(f.flush_due(), None);
+
+        let want = flv::repair::repair(&torn).unwrap();
+        assert!(want.keep_len < torn.len() as u64 && want.keep_len > 250_000);
+        let kept = f.cut_back("flv").await.unwrap();
+        assert_eq!(kept, want);
+        assert_eq!(
+            std::fs::metadata(f.path()).unwrap().len(),
+            kept.keep_len,
+            "cut back to the last complete tag"
+        );
+        let key = sink
+            .finish_cut(f, &kept, &meta, 3, started)
+            .await
+            .unwrap()
+            .expect("stored");
+        assert_eq!(key, "d/a/s/s-3.flv");
+        let mut expect = torn[..kept.keep_len as usize].to_vec();
+        kept.apply(&mut expect);
+        assert_eq!(
+            std::fs::read(dir.path().join("rec").join(&key)).unwrap(),
+            expect,
+            "the kept tags, with duration and size patched to match"
+        );
+        assert_eq!(
+            flv::repair::repair(&expect).unwrap().keep_len,
+            expect.len() as u64
+        );
+        assert_eq!(sink.quota.used(), 0, "moved out of the spool");
+        sink.end(rec).await;
     }
 
     #[tokio::test]

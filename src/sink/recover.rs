@@ -354,7 +354,7 @@ impl ReadAt for SpoolFile<'_> {
 
 /// Cuts the file back to what is complete and applies the finalizing patches, as the
 /// format's scanner says.
-fn repair_path(path: &Path, ext: &str) -> std::io::Result<Repair> {
+pub(super) fn repair_path(path: &Path, ext: &str) -> std::io::Result<Repair> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -390,7 +390,7 @@ fn repair_path(path: &Path, ext: &str) -> std::io::Result<Repair> {
 
 /// A recovered file's duration and end. A corrupt file may state any duration; one
 /// past what a timestamp can hold is reported as 0 rather than overflow `start + it`.
-fn recovered_span(start: DateTime<Utc>, duration_ms: u64) -> (i64, DateTime<Utc>) {
+pub(super) fn recovered_span(start: DateTime<Utc>, duration_ms: u64) -> (i64, DateTime<Utc>) {
     let ms = i64::try_from(duration_ms).unwrap_or(i64::MAX);
     match chrono::Duration::try_milliseconds(ms).and_then(|d| start.checked_add_signed(d)) {
         Some(end) => (ms, end),

@@ -167,6 +167,23 @@ impl Daemon {
         storage: Option<&str>,
         extra: &str,
     ) -> Daemon {
+        Self::start_wrapped(None, rtmp_keys, api_keys, storage, extra)
+    }
+
+    /// Like [`Daemon::start_config`], with the daemon exec'd by `sh -c "{shell}; exec
+    /// liverec run …"`: `shell` sets up the process first (e.g. `ulimit -f` to make spool
+    /// writes fail). A restart runs without it.
+    pub fn start_under(shell: &str, extra: &str) -> Daemon {
+        Self::start_wrapped(Some(shell), "", "", None, extra)
+    }
+
+    fn start_wrapped(
+        shell: Option<&str>,
+        rtmp_keys: &str,
+        api_keys: &str,
+        storage: Option<&str>,
+        extra: &str,
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("recordings");
         let spool = dir.path().join("spool");
@@ -185,7 +202,7 @@ impl Daemon {
             "[rtmp]\nlisten = \"127.0.0.1:0\"\n{rtmp_keys}\n[api]\nlisten = \"127.0.0.1:0\"\n{api_keys}\n{storage}\n{spool_table}{extra}\n"
         );
         std::fs::write(dir.path().join("config.toml"), cfg).expect("write config");
-        let (child, rtmp, api) = spawn(dir.path());
+        let (child, rtmp, api) = spawn_under(dir.path(), shell);
         Daemon {
             child: Some(child),
             rtmp,
@@ -267,13 +284,29 @@ impl Daemon {
 /// Spawns `liverec run -c {dir}/config.toml`, logging (appended) to `{dir}/daemon.log`,
 /// and reads the bound addresses from its ready line.
 fn spawn(dir: &Path) -> (Child, SocketAddr, SocketAddr) {
+    spawn_under(dir, None)
+}
+
+fn spawn_under(dir: &Path, shell: Option<&str>) -> (Child, SocketAddr, SocketAddr) {
     let cfg_path = dir.join("config.toml");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("daemon.log"))
         .expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_liverec"))
+    let bin = env!("CARGO_BIN_EXE_liverec");
+    // `exec` keeps the PID the daemon's, so `kill`, `pid()` and `Drop` reach it.
+    let mut cmd = match shell {
+        Some(sh) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("{sh}; exec \"$0\" \"$@\""))
+                .arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = cmd
         .args(["run", "-c"])
         .arg(&cfg_path)
         .env("RUST_LOG", "info,liverec=debug")

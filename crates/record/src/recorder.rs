@@ -573,6 +573,20 @@ impl Recorder {
         (Writer::Flv(muxer), bufs)
     }
 
+    /// File `seq` is gone: the daemon could not write it (a spool write error) and ended
+    /// it itself at its last complete unit. It is dropped without a `Close` (its muxer's
+    /// finalizing patches and MP4 tail describe bytes that were never written), and the
+    /// next file starts at the next start point — never mid-GOP, even after a hard cut,
+    /// because the new file must be playable from its first frame. Outputs of `seq`
+    /// already queued stay queued; the daemon ignores them. No-op if `seq` is not the
+    /// open file (it was closed already, or another file opened since).
+    pub fn abandon(&mut self, seq: u64) {
+        if self.file.as_ref().is_some_and(|f| f.seq == seq) {
+            self.file = None;
+            self.last_hard = false;
+        }
+    }
+
     /// Ends the current file (push ended, task stopped, shutdown: R-SG-3).
     pub fn finish(&mut self) {
         self.close();
@@ -914,6 +928,56 @@ mod tests {
         }
         assert_eq!(all_v, (0..600).collect::<Vec<_>>());
         assert_eq!(all_a, (0..(20_000 / 21)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_abandoned_file_is_dropped_and_the_next_starts_at_a_keyframe() {
+        // A spool write error 3 s into file 0 (2 s GOPs): the daemon ends the file itself
+        // and tells the recorder, which must not close it (no Close, no patches for bytes
+        // that were never written) and must open file 1 at the next keyframe (4 s).
+        let mut r = Recorder::new(Format::Flv, POLICY);
+        let mut outs = Vec::new();
+        for e in stream(10, 60, true, true) {
+            let at = arrival(&e);
+            let dts = e.dts();
+            r.handle_event(e, at);
+            while let Some(o) = r.poll_output() {
+                outs.push(o);
+            }
+            if dts == Some(ms(3000)) && r.is_open() {
+                r.abandon(0);
+                r.abandon(0); // a second call (or a stale seq) changes nothing
+                assert!(!r.is_open());
+            }
+        }
+        r.finish();
+        while let Some(o) = r.poll_output() {
+            outs.push(o);
+        }
+        let opens: Vec<(u64, Millis)> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Open { seq, start_dts, .. } => Some((*seq, *start_dts)),
+                _ => None,
+            })
+            .collect();
+        let closes: Vec<u64> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Close { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        // File 1 opens at the 4 s keyframe and is cut at 8 s by the 4 s interval.
+        assert_eq!(opens, vec![(0, ms(0)), (1, ms(4000)), (2, ms(8000))]);
+        assert_eq!(closes, vec![1, 2], "the abandoned file is never closed");
+        // Nothing of file 0 after the abandon; nothing between 3 s and 4 s at all.
+        let data_after: usize = outs
+            .iter()
+            .skip_while(|o| !matches!(o, Output::Open { seq: 1, .. }))
+            .filter(|o| matches!(o, Output::Data { seq: 0, .. }))
+            .count();
+        assert_eq!(data_after, 0);
     }
 
     #[test]

@@ -1,0 +1,187 @@
+//! R-ST-4 / issue 11: a spool write error (ENOSPC, EIO, EFBIG) ends the file cleanly at
+//! its last complete unit instead of leaving a torn tag in its middle, and recording
+//! resumes in a new file at the next keyframe.
+//!
+//! The error is made with a file-size limit: the daemon runs under `ulimit -f` with
+//! SIGXFSZ ignored (SIG_IGN survives `exec`), so a write past the limit returns EFBIG
+//! instead of killing the process. No root or tmpfs needed.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use testkit::{ffprobe_errors, media_duration, probe_duration, probe_packets, PublishOptions};
+
+/// 800 blocks: dash's `ulimit -f` counts 512-byte blocks, so 400 KiB (the test reads the
+/// real limit back from /proc rather than trusting the unit). The stream below is 2.4 MB,
+/// so its recording crosses the limit several times; the daemon's own log (`daemon.log`, also written
+/// under the limit) stays far below it.
+const LIMIT: &str = "ulimit -f 800; trap '' XFSZ";
+
+const TEMPLATE: &str = "[record]\ndefault_template = 1\n[[template]]\nid = 1\nname = \"flv\"\nflv = { enable = true, record_interval = 600, file_name = \"{StreamID}-{Seq}\" }\n";
+
+/// Publishes the fixture `1 + loops` times over, timestamps continuing.
+fn push(d: &Daemon, stream: &str, fixture: &str, loops: u32) {
+    let url = d.url("live", stream);
+    let tags = Arc::new(testkit::fixture_tags(fixture));
+    let opts = PublishOptions {
+        loops,
+        ..PublishOptions::default()
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move { testkit::publish_flv(&url, &tags, &opts).await })
+        .expect("publish");
+}
+
+/// The soft "Max file size" of a process, in bytes.
+fn file_size_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max file size"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no file size limit in:\n{limits}"))
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[test]
+fn a_write_error_ends_the_file_at_its_last_tag_and_recording_resumes_in_a_new_file() {
+    let mut d = Daemon::start_under(LIMIT, TEMPLATE);
+    let limit = file_size_limit(d.pid());
+    assert_eq!(limit, 800 * 512, "the limit the test is built around");
+    let fixture_len = std::fs::metadata(testkit::fixture("avc_aac_2s.flv"))
+        .expect("fixture")
+        .len();
+    assert!(fixture_len > 2 * limit);
+
+    // 40 s of 2 s GOPs at ~60 kB/s.
+    push(&d, "full", "avc_aac_2s.flv", 1);
+    // One 600 s file without the limit; with it, every file reaches the limit, is cut
+    // back and the next starts at the next keyframe. The limit is per file, so each new
+    // file's writes work again until it too reaches 400 KiB: every file but the last is
+    // ended by a write error (each a failure episode of its own, since writing worked in
+    // between), except a last one the end of the push closes first. Each failed file
+    // loses the unwritten rest of its failed 256 KiB flush batch (~4 s here) and then
+    // the rest of that GOP: files start about every 10 s of media.
+    let files = common::ordered(d.wait_files(
+        "localhost",
+        "live",
+        "full",
+        "flv",
+        3,
+        Duration::from_secs(30),
+    ));
+    let log = d.log();
+    let warnings = log.matches("spool write failed: file ended").count();
+    assert!(
+        warnings >= files.len() - 1,
+        "one warning per failed file:\n{log}"
+    );
+    assert!(
+        log.contains("spool writes work again"),
+        "the recovery is logged:\n{log}"
+    );
+    // The warning names what an operator needs: stream, file, error and bytes kept.
+    let line = log
+        .lines()
+        .find(|l| l.contains("spool write failed: file ended"))
+        .unwrap_or_default();
+    for field in ["stream=", "file=", "bytes_kept=", "error=", "key="] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+    assert!(
+        line.contains("too large") || line.contains("EFBIG") || line.contains("27"),
+        "the error is EFBIG: {line}"
+    );
+
+    let mut total_video = 0;
+    for (i, f) in files.iter().enumerate() {
+        let bytes = std::fs::read(f).expect("stored file");
+        assert!(
+            bytes.len() as u64 <= limit,
+            "{}: over the limit",
+            f.display()
+        );
+        // Clean to ffprobe, and a fixed point of the crash-repair scanner: the file ends
+        // exactly at a complete tag (nothing torn to cut away).
+        let errors = ffprobe_errors(f);
+        assert!(errors.is_empty(), "{}: {errors}", f.display());
+        let r = flv::repair::repair(&bytes).expect("an FLV");
+        assert_eq!(
+            r.keep_len,
+            bytes.len() as u64,
+            "{} ends at a complete tag",
+            f.display()
+        );
+        let packets = probe_packets(f);
+        let first_video = packets
+            .iter()
+            .find(|p| p.kind == media::TrackKind::Video)
+            .expect("video");
+        assert!(first_video.key, "{} starts at a keyframe", f.display());
+        total_video += packets
+            .iter()
+            .filter(|p| p.kind == media::TrackKind::Video)
+            .count();
+        // The onMetaData duration was patched to what the file kept.
+        let stated = probe_duration(f);
+        let held = media_duration(&packets);
+        assert!(
+            (stated - held).abs() < 0.5,
+            "file {i} states {stated} s, holds {held} s"
+        );
+        if i + 1 < files.len() {
+            // Ended by the write error: close to the limit, less the torn tag and the
+            // media dropped until the next keyframe's new file.
+            assert!(
+                bytes.len() as u64 > limit / 2,
+                "{}: {} bytes",
+                f.display(),
+                bytes.len()
+            );
+        }
+    }
+    // Frames were dropped — of each failed file, what its failed write did not get on
+    // disk and the rest of that GOP — but not most of them.
+    assert!(
+        total_video < 1200 && total_video > 500,
+        "{total_video} of 600 video frames kept"
+    );
+
+    // The daemon is still up and serving: the API answers, the counter moved, and a
+    // stream that fits under the limit is recorded normally.
+    assert!(d.is_running(), "daemon exited:\n{}", d.log());
+    let (status, _) = d.api_get("/healthz");
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = d.api_get("/metrics");
+        let n = metric(&text, "liverec_spool_write_errors_total");
+        if n as usize >= warnings {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    push(&d, "small", "aac_only.flv", 0);
+    let small = d.wait_files(
+        "localhost",
+        "live",
+        "small",
+        "flv",
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(small.len(), 1);
+    let errors = ffprobe_errors(&small[0]);
+    assert!(errors.is_empty(), "{errors}");
+}
