@@ -185,3 +185,75 @@ fn a_write_error_ends_the_file_at_its_last_tag_and_recording_resumes_in_a_new_fi
     let errors = ffprobe_errors(&small[0]);
     assert!(errors.is_empty(), "{errors}");
 }
+
+/// The other formats' units: MP4 fragments, ADTS frames, TS packets. 80 s of the fixture:
+/// the MP4 files (~60 kB/s) and the 10 s HLS segments (~600 kB each) cross the 400 KiB
+/// limit again and again, the raw AAC file (64 kb/s, ~640 kB) once.
+#[test]
+fn write_errors_end_mp4_aac_and_hls_files_at_whole_units() {
+    let mut d = Daemon::start_under(
+        LIMIT,
+        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nname = \"rest\"\nmp4 = { enable = true, record_interval = 600, file_name = \"{StreamID}-{Seq}\" }\naac = { enable = true, record_interval = 600, file_name = \"{StreamID}-{Seq}\" }\nhls = { enable = true, record_interval = 600, segment_duration = 10, file_name = \"{StreamID}-{Seq}\" }\n",
+    );
+    let limit = file_size_limit(d.pid());
+    push(&d, "rest", "avc_aac_2s.flv", 3);
+    let wait = |ext: &str| {
+        common::ordered(d.wait_files("localhost", "live", "rest", ext, 1, Duration::from_secs(30)))
+    };
+    let (mp4, aac, m3u8) = (wait("mp4"), wait("aac"), wait("m3u8"));
+    let segments = common::list(&d.root().join("localhost/live/rest"), "ts");
+    assert!(mp4.len() >= 3, "{mp4:?}");
+    assert!(aac.len() >= 2, "{aac:?}");
+    assert!(!segments.is_empty());
+    for f in mp4.iter().chain(&aac).chain(&segments) {
+        let bytes = std::fs::read(f).expect("stored file");
+        assert!(
+            bytes.len() as u64 <= limit,
+            "{}: over the limit",
+            f.display()
+        );
+        let errors = ffprobe_errors(f);
+        assert!(errors.is_empty(), "{}: {errors}", f.display());
+        // A fixed point of its format's crash-repair scanner: it ends at a whole unit.
+        let ext = f.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        let keep = match ext {
+            "mp4" => fmp4::repair::repair(&bytes).expect("an MP4").keep_len,
+            "aac" => aac::repair::repair(&bytes).expect("ADTS").keep_len,
+            _ => mpegts::repair::repair(&bytes).expect("TS").keep_len,
+        };
+        assert_eq!(
+            keep,
+            bytes.len() as u64,
+            "{} ends at a whole unit",
+            f.display()
+        );
+        if ext == "mp4" {
+            // The stated duration (mehd) was patched to what the file kept.
+            let stated = probe_duration(f);
+            let held = media_duration(&probe_packets(f));
+            assert!(
+                (stated - held).abs() < 0.5,
+                "{}: states {stated} s, holds {held} s",
+                f.display()
+            );
+        }
+    }
+    // Every playlist ended, and lists only segments that are stored.
+    for pl in &m3u8 {
+        let text = std::fs::read_to_string(pl).expect("playlist");
+        let (playlist, ended) = hls::MediaPlaylist::parse(&text).expect("a playlist");
+        assert!(ended, "{}: no ENDLIST:\n{text}", pl.display());
+        for s in playlist.segments() {
+            let seg = pl.with_file_name(&s.uri);
+            assert!(seg.exists(), "{}: {} missing", pl.display(), s.uri);
+        }
+    }
+    let log = d.log();
+    assert!(log.contains("spool write failed"), "{log}");
+    assert!(d.is_running());
+    let (_, text) = d.api_get("/metrics");
+    assert!(
+        metric(&text, "liverec_spool_write_errors_total") >= 3,
+        "{text}"
+    );
+}
