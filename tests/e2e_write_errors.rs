@@ -257,3 +257,53 @@ fn write_errors_end_mp4_aac_and_hls_files_at_whole_units() {
         "{text}"
     );
 }
+
+/// With S3 the cut file is uploaded whole like any other (its streaming upload, if one
+/// had started, is abandoned: it has sent bytes the cut took back).
+#[test]
+fn s3_a_file_ended_by_a_write_error_is_uploaded_as_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = testkit::s3::S3Server::start(&dir.path().join("s3"));
+    let d = Daemon::start_under_with_storage(LIMIT, &s3.storage_toml(""), TEMPLATE);
+    let limit = file_size_limit(d.pid());
+    push(&d, "s3full", "avc_aac_2s.flv", 1);
+    // Stored = in the bucket, and nothing left in the spool (open or waiting).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let objects = loop {
+        let objects: Vec<std::path::PathBuf> = s3
+            .list()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("localhost/live/s3full/") && k.ends_with(".flv"))
+            .map(|(k, _)| s3.object_path(&k))
+            .collect();
+        let spool: Vec<_> = common::walk(&d.spool())
+            .into_iter()
+            .filter(|p| {
+                let s = p.to_string_lossy();
+                s.ends_with(".part") || s.ends_with(".up")
+            })
+            .collect();
+        if objects.len() >= 3 && spool.is_empty() {
+            break objects;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{objects:?} stored, {spool:?} in the spool; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for f in &objects {
+        let bytes = std::fs::read(f).expect("object");
+        assert!(bytes.len() as u64 <= limit);
+        let errors = ffprobe_errors(f);
+        assert!(errors.is_empty(), "{}: {errors}", f.display());
+        let r = flv::repair::repair(&bytes).expect("an FLV");
+        assert_eq!(r.keep_len, bytes.len() as u64, "{}", f.display());
+    }
+    assert!(
+        d.log().contains("spool write failed: file ended"),
+        "{}",
+        d.log()
+    );
+}

@@ -177,6 +177,11 @@ impl Daemon {
         Self::start_wrapped(Some(shell), "", "", None, extra)
     }
 
+    /// [`Daemon::start_under`] with the whole `[storage]` table given (S3).
+    pub fn start_under_with_storage(shell: &str, storage: &str, extra: &str) -> Daemon {
+        Self::start_wrapped(Some(shell), "", "", Some(storage), extra)
+    }
+
     fn start_wrapped(
         shell: Option<&str>,
         rtmp_keys: &str,
