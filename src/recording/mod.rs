@@ -518,6 +518,17 @@ impl Recording {
                 );
                 crate::metrics::file_opened();
             }
+            Err(e @ SinkError::Spool { .. }) => {
+                // The spool cannot be written (a full disk): as for a file that cannot
+                // be created, retried at the next keyframe, one warning per episode.
+                crate::metrics::file_failed();
+                self.rec.abandon(seq);
+                if self.write_failure_starts_episode() {
+                    warn!(stream = %self.id, format = "m3u8", error = %e, "cannot open a playlist in the spool: media is dropped until it can be, then recording resumes in a new playlist at the next keyframe");
+                } else {
+                    debug!(stream = %self.id, error = %e, "cannot open a playlist in the spool");
+                }
+            }
             Err(e) => {
                 crate::metrics::file_failed();
                 error!(stream = %self.id, "cannot open the playlist, this recording is lost: {e}")
