@@ -667,3 +667,145 @@ impl Recording {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The fixture's events in order, as ingest makes them (timestamps from 0, no wrap).
+    fn events(fixture: &str) -> Vec<media::MediaEvent> {
+        testkit::fixture_tags(fixture)
+            .into_iter()
+            .filter_map(|t| {
+                let dts = Millis::from_ms(i64::from(t.timestamp));
+                let parsed = match t.tag_type {
+                    flv::TagType::Video => flv::tag::parse_video(t.body, dts),
+                    flv::TagType::Audio => flv::tag::parse_audio(t.body, dts),
+                    _ => return None,
+                };
+                match parsed {
+                    Ok(flv::tag::Parsed::Event(ev)) => Some(ev),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// A disk that stays full: the file that hits it is ended at its last tag, every new
+    /// file meanwhile fails at its first write and keeps nothing (removed, not stored),
+    /// the episode stays one episode (one warning), and once writes work the recording
+    /// resumes in a new file.
+    #[tokio::test]
+    async fn a_full_disk_is_one_episode_and_recording_resumes_when_it_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.spool.dir = dir.path().join("spool");
+        config.storage.root = dir.path().join("rec");
+        let sink = Sink::start(&config).await.expect("sink").0;
+        let meta = RecMeta {
+            domain: "d".into(),
+            app: "a".into(),
+            stream: "s".into(),
+            ext: "flv".into(),
+            file_name: "{StreamID}-{Seq}".into(),
+            task_id: String::new(),
+            storage_time: 0,
+            utc_offset_s: 0,
+        };
+        let spool = sink.begin(meta).await.unwrap();
+        let policy = CutPolicy {
+            interval_ms: Millis::from_ms(600_000),
+            hard_cap_ms: Millis::from_ms(1_200_000),
+        };
+        let mut r = Recording {
+            sink: sink.clone(),
+            id: StreamId {
+                domain: "d".into(),
+                app: "a".into(),
+                stream: "s".into(),
+            },
+            format: Format::Flv,
+            hls: HashMap::new(),
+            spool,
+            rec: Recorder::new(Format::Flv, policy),
+            files: HashMap::new(),
+            flush_interval: std::time::Duration::from_secs(1),
+            held_since: None,
+            write_failing: false,
+        };
+        // 60 s of 2 s GOPs (~60 kB/s, a 256 KiB write every ~4 s of media): the disk
+        // fills at 5 s and clears at 40 s.
+        let mut evs = events("avc_aac_2s.flv");
+        let one = evs.clone();
+        for k in 1..3 {
+            evs.extend(one.iter().cloned().map(|e| match e {
+                media::MediaEvent::Packet(mut p) => {
+                    p.dts += Millis::from_ms(20_067 * k);
+                    media::MediaEvent::Packet(p)
+                }
+                other => other,
+            }));
+        }
+        let (mut failing_seen, mut cleared) = (false, false);
+        for (i, ev) in evs.into_iter().enumerate() {
+            let dts = ev.dts().unwrap_or_default().as_ms();
+            let full = (5_000..40_000).contains(&dts);
+            if full {
+                for (f, _) in r.files.values_mut() {
+                    f.fail_writes();
+                }
+            }
+            r.rec
+                .handle_event(ev, WallMillis::from_unix_ms(1_800_000_000_000 + i as i64));
+            r.drain().await;
+            if r.write_failing {
+                failing_seen = true;
+                assert!(dts < 55_000, "still failing at {dts} ms");
+            } else if failing_seen {
+                cleared = true;
+            }
+            if full {
+                for (f, _) in r.files.values_mut() {
+                    f.fail_writes();
+                }
+            }
+        }
+        r.rec.finish();
+        r.drain().await;
+        assert!(failing_seen && cleared, "one episode, then writing resumed");
+        let root = dir.path().join("rec/d/a/s");
+        let mut stored: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        stored.sort();
+        // File 0 (cut back at the full disk), the files tried while it was full kept
+        // nothing and are gone, and the file after it cleared has a later seq.
+        assert_eq!(stored.len(), 2, "{stored:?}");
+        assert_eq!(stored[0], "s-0.flv");
+        assert!(
+            stored[1] != "s-1.flv",
+            "{stored:?}: retries were made while full"
+        );
+        for name in &stored {
+            let bytes = std::fs::read(root.join(name)).unwrap();
+            assert_eq!(
+                flv::repair::repair(&bytes).unwrap().keep_len,
+                bytes.len() as u64,
+                "{name} ends at a complete tag"
+            );
+            let errors = testkit::ffprobe_errors(&root.join(name));
+            assert!(errors.is_empty(), "{name}: {errors}");
+        }
+        let spool_dir = dir.path().join("spool/d/a/s");
+        let parts: Vec<_> = std::fs::read_dir(&spool_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "part"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(parts.is_empty(), "nothing left in the spool: {parts:?}");
+    }
+}

@@ -224,6 +224,15 @@ impl SpoolFile {
         &self.path
     }
 
+    /// Makes every later write fail with ENOSPC (a full disk), for tests.
+    #[cfg(test)]
+    pub fn fail_writes(&mut self) {
+        self.file = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .ok();
+    }
+
     /// Bytes written to the file so far.
     pub fn written(&self) -> u64 {
         self.written
