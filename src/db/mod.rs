@@ -131,7 +131,7 @@ impl<T> Ctx<T> for rusqlite::Result<T> {
     }
 }
 
-/// The filter of the recordings API (R-QY-1), as `sink::retention::RecordingFilter`.
+/// The filter of the recordings API (R-QY-1).
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct RecordingFilter {
     pub domain: Option<String>,
@@ -153,7 +153,7 @@ pub struct PageRequest {
 }
 
 /// A change of the store's recordings catalog waiting in `catalog_outbox` (the
-/// `retention::Op` of the JSON-lines queue). An unreadable row comes back as
+/// queue of the old JSON-lines index). An unreadable row comes back as
 /// `Delete("")`, which the publisher passes over, as it did a torn queue line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "lowercase")]
@@ -244,7 +244,7 @@ pub struct OwedFile {
 pub(crate) struct Conn {
     db: Connection,
     /// While a rebuild lists the store: the catalog changes made meanwhile, applied on
-    /// top of the listing (as `retention::Index`'s journal).
+    /// top of the listing.
     journal: Option<Vec<Op>>,
     shared: Arc<Shared>,
     #[cfg(test)]
@@ -364,8 +364,8 @@ impl Db {
 
     /// A stored file with its recordings entry, in one transaction: `rec` (its `expires`
     /// set from `storage_time`), its retention entry and its segments' (when
-    /// `storage_time` > 0), and the catalog change. What `Index::add` for each key plus
-    /// `Index::record` did in three appends.
+    /// `storage_time` > 0), and the catalog change: what the old JSON-lines index did in
+    /// three separate appends.
     pub async fn record_stored(
         &self,
         rec: FileRecord,
@@ -399,13 +399,28 @@ impl Db {
         .await
     }
 
-    /// A stored file without a recordings entry: retention only (`Index::add`).
+    /// A stored file without a recordings entry: retention only.
     pub async fn add(&self, key: &str, storage_time: u64) -> Result<(), DbError> {
         let key = key.to_string();
         self.call("add", move |c| {
             let now = now_ms();
             c.write("add", &key.clone(), |tx, ops| {
                 index_in(tx, ops, &key, storage_time, None, &[], now)
+            })
+        })
+        .await
+    }
+
+    /// Stored files without a recordings entry (an HLS playlist whose record was lost
+    /// and its segments), retention only, in one transaction.
+    pub async fn add_all(&self, keys: Vec<String>, storage_time: u64) -> Result<(), DbError> {
+        self.call("add_all", move |c| {
+            let now = now_ms();
+            c.write("add_all", &keys.len(), |tx, ops| {
+                for k in &keys {
+                    index_in(tx, ops, k, storage_time, None, &[], now)?;
+                }
+                Ok(())
             })
         })
         .await
@@ -449,14 +464,14 @@ impl Db {
         .await
     }
 
-    /// Every stored recording matching `f`, oldest first (`Index::query`).
+    /// Every stored recording matching `f`, oldest first.
     pub async fn query_all(&self, f: RecordingFilter) -> Result<Vec<FileRecord>, DbError> {
         self.call("query", move |c| query_in(&c.db, &f, None, None))
             .await
     }
 
     /// Whether `key` is taken by this node: stored, scheduled or owed. Never forgets
-    /// (unlike the bounded memory of `Index::recently_stored`), for R-ST-3's collision
+    /// (unlike the bounded memory of the old index's recent keys), for R-ST-3's collision
     /// check.
     pub async fn recently_stored(&self, key: &str) -> Result<bool, DbError> {
         let key = key.to_string();
@@ -970,7 +985,7 @@ fn index_in(
 }
 
 /// When a file stored at `now_ms` with `storage_time` (> 0) expires: from the next whole
-/// second, so never before its full storage_time (as `retention::expiry`).
+/// second, so never before its full storage_time.
 fn expires_at_ms(now_ms: i64, storage_time: u64) -> i64 {
     let secs = now_ms.saturating_add(999).div_euclid(1000);
     secs.saturating_add(clamp_i64(storage_time))

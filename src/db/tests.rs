@@ -1132,3 +1132,28 @@ async fn bench_node_db() {
     );
     db.close().await;
 }
+
+#[tokio::test]
+async fn add_all_schedules_every_key_without_a_recording_or_catalog_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let keys = vec!["d/a/s/p_1.ts".to_string(), "d/a/s/p.m3u8".to_string()];
+    db.add_all(keys.clone(), 60).await.unwrap();
+    // Forever: nothing to schedule.
+    db.add_all(vec!["d/a/s/q.m3u8".into()], 0).await.unwrap();
+    let mut due: Vec<String> = db
+        .take_expired(i64::MAX, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    due.sort();
+    assert_eq!(due, ["d/a/s/p.m3u8", "d/a/s/p_1.ts"]);
+    assert_eq!(count(&db, "recordings").await, 0);
+    assert_eq!(db.unpublished(), 0);
+    // Scheduled keys are taken for R-ST-3's collision check.
+    for k in &keys {
+        assert!(db.recently_stored(k).await.unwrap(), "{k}");
+    }
+}

@@ -978,12 +978,11 @@ pub(crate) async fn index_stored(
             i.key = key.to_string();
             db.record_stored(i, storage_time, segments).await
         }
+        None if segments.is_empty() => db.add(key, storage_time).await,
         None => {
-            let mut res = Ok(());
-            for k in segments.iter().map(String::as_str).chain([key]) {
-                res = res.and(db.add(k, storage_time).await);
-            }
-            res
+            let mut keys = segments;
+            keys.push(key.to_string());
+            db.add_all(keys, storage_time).await
         }
     };
     match res {

@@ -53,15 +53,18 @@ pub async fn sweep_once(db: &Db, backend: &Backend) {
                 Err(err) => warn!(key = %e.key, "retention: delete failed, will retry: {err}"),
             }
         }
-        let progressed = !gone.is_empty();
+        if gone.is_empty() {
+            // Nothing due, or every delete failed: the next sweep retries.
+            return;
+        }
         if let Err(e) = db.deleted(gone).await {
             // Still scheduled: the next sweep deletes them again (no-ops) and retries this.
             warn!("retention: cannot record deleted files, the next sweep retries: {e}");
             return;
         }
-        // Another batch only when this one was full and moved: a batch of failed deletes
-        // waits for the next sweep instead of spinning.
-        if !(full && progressed) {
+        // Another batch only when this one was full (a batch of failed deletes returned
+        // above: it waits for the next sweep instead of spinning).
+        if !full {
             return;
         }
     }
