@@ -43,8 +43,9 @@ pub enum CatalogError {
 /// Publishes queued catalog changes to the store, in order, until `stop`.
 pub async fn publisher(db: Db, state: State, stop: CancellationToken) {
     loop {
-        // Registered before reading the outbox, so a commit between the read and the wait
-        // still wakes it (`Notify::notify_one` also keeps one permit for a late waiter).
+        // A commit between this read and the wait below still wakes it: `notify_one` keeps
+        // a permit when no one is waiting yet. (At worst a stale permit costs one extra,
+        // empty read.)
         let wake = db.outbox_wake().notified();
         let ops = match db.pending(PUBLISH_BATCH).await {
             Ok(ops) => ops,
@@ -62,6 +63,8 @@ pub async fn publisher(db: Db, state: State, stop: CancellationToken) {
                 _ = stop.cancelled() => return,
             }
         }
+        // Confirmed a batch at a time (one transaction); a crash mid-batch publishes the
+        // confirmed-but-unrecorded changes again, which the store takes as no-ops.
         let mut done = Vec::with_capacity(ops.len());
         for (id, op) in ops {
             if !publish_one(&state, &op, &stop).await {

@@ -14,6 +14,10 @@
 //!   the JSON holds the key.
 //! - `{rec}.{seq}.m3u8.json` — an open playlist's key; with S3 also `{rec}.{seq}.m3u8`,
 //!   the playlist as last written.
+//!
+//! And at the top, `.liverec.db` (with its `-wal`/`-shm` files): the node database
+//! (`crate::db`) — recordings index, retention schedule, catalog outbox. A stored file is
+//! indexed there before its spool copy goes (`index_stored`).
 
 pub mod catalog;
 mod flush;

@@ -192,7 +192,6 @@ impl Uploader {
             .is_ok()
     }
 
-    /// Retries until the store has the file, then deletes the spool copy.
     /// Uploads until the store confirms; returns the size. The spool copy is the caller's
     /// to remove, after it indexed the file.
     async fn upload_until_done(&self, job: &Job) -> u64 {
