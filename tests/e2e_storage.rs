@@ -813,3 +813,60 @@ fn lose_node_db(spool: &std::path::Path) {
         }
     }
 }
+
+/// Upgrade (issue 11): a spool with the JSON-lines index of earlier versions is imported
+/// into the node database on the first start: its recordings answer the API, its
+/// retention schedule still expires what is due, and the old directory is moved aside.
+#[test]
+fn an_old_json_lines_index_is_imported_on_the_first_start() {
+    let mut d = Daemon::start_full(
+        "",
+        Some("[storage]\nroot = \"{root}\"\nretention_sweep_interval = 1\n"),
+        "",
+    );
+    assert_eq!(d.stop(), Some(0));
+    lose_node_db(&d.spool());
+    // A stored file, due long ago, and a recording kept forever, as the old index wrote
+    // them (one file per stream, one per hour of expiry, and the catalog queue).
+    let due = d.root().join("localhost/live/old/due.flv");
+    std::fs::create_dir_all(due.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&due, b"FLV").expect("stored file");
+    let old = d.spool().join(".index");
+    std::fs::create_dir_all(old.join("recordings/localhost/live")).expect("mkdir");
+    let kept = serde_json::json!({
+        "key": "localhost/live/old/kept.flv", "format": "flv",
+        "domain": "localhost", "app": "live", "stream": "old", "task_id": "",
+        "start_ms": 1_700_000_000_000i64, "end_ms": 1_700_000_004_000i64,
+        "duration_ms": 4000, "size": 1234, "expires": 0,
+    });
+    std::fs::write(
+        old.join("recordings/localhost/live/old.jsonl"),
+        format!("{kept}\n"),
+    )
+    .expect("old recordings");
+    let expires = 1_700_000_100i64;
+    std::fs::write(
+        old.join(format!("{}.jsonl", expires / 3600)),
+        format!("{{\"key\":\"localhost/live/old/due.flv\",\"expires\":{expires}}}\n"),
+    )
+    .expect("old retention");
+    std::fs::write(old.join("publish.jsonl"), format!("{{\"put\":{kept}}}\n")).expect("old queue");
+    d.restart();
+    let recs = recordings(&d, "stream=old");
+    assert_eq!(recs.len(), 1, "{recs:?}; log:\n{}", d.log());
+    assert_eq!(recs[0]["key"], "localhost/live/old/kept.flv");
+    assert_eq!(recs[0]["size"], 1234);
+    assert!(!old.exists(), "the old index is moved aside");
+    assert!(d.spool().join(".index.imported").is_dir());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while due.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the imported schedule never expired the due file; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(d.stop(), Some(0));
+    assert!(d.spool().join(".liverec.db").is_file());
+}
