@@ -124,17 +124,17 @@ pub async fn run(
     // so what they indexed last is published (or stays queued for the next start).
     let catalog_stop = CancellationToken::new();
     let publisher = tokio::spawn(crate::sink::catalog::publisher(
-        sink.index().clone(),
+        sink.db().clone(),
         state.clone(),
         catalog_stop.clone(),
     ));
     tokio::spawn(crate::sink::catalog::rebuild_at_start(
-        sink.index().clone(),
+        sink.clone(),
         state.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(crate::sink::retention::sweeper(
-        sink.index().clone(),
+        sink.db().clone(),
         sink.backend().clone(),
         Duration::from_secs(config.snapshot().config.storage.retention_sweep_interval),
         shutdown.clone(),
@@ -206,18 +206,20 @@ pub async fn run(
         warn!("uploads still pending after {SHUTDOWN_GRACE:?}; they stay in the spool and resume on the next start");
     }
     let deadline = tokio::time::Instant::now() + CATALOG_GRACE;
-    while sink.index().unpublished() > 0 && tokio::time::Instant::now() < deadline {
+    while sink.db().unpublished() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if sink.index().unpublished() > 0 {
+    if sink.db().unpublished() > 0 {
         warn!(
-            changes = sink.index().unpublished(),
+            changes = sink.db().unpublished(),
             "recordings index changes not yet in the store; they are published on the next start"
         );
     }
     catalog_stop.cancel();
     let _ = publisher.await;
     let _ = api_task.await;
+    // Checkpoints the WAL into the database file, so a stopped node leaves one file.
+    sink.db().clone().close().await;
     info!("stopped");
     Ok(())
 }

@@ -4,9 +4,6 @@ mod api;
 mod clock;
 mod config;
 mod daemon;
-// Not wired yet (issue 11, first step): the sink, API and daemon still use the JSON-lines
-// index until the next step swaps them over.
-#[allow(dead_code)]
 mod db;
 mod ingest;
 mod metrics;

@@ -466,6 +466,32 @@ fn recordings(d: &Daemon, query: &str) -> Vec<serde_json::Value> {
     list
 }
 
+/// Every page of `GET /v1/recordings?{query}` with `page_size` = `size`, in order.
+fn walk_pages(d: &Daemon, query: &str, size: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..1000 {
+        let mut url = format!("/v1/recordings?{query}&page_size={size}");
+        if let Some(t) = &token {
+            url.push_str(&format!("&page_token={t}"));
+        }
+        let (status, body) = d.api_get(&url);
+        assert_eq!(status, 200, "{url}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let page = v["recordings"].as_array().cloned().unwrap_or_default();
+        assert!(page.len() <= size, "{body}");
+        out.extend(page);
+        match v["next_page_token"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => {
+                assert!(v["next_page_token"].is_null(), "{body}");
+                return out;
+            }
+        }
+    }
+    panic!("pages never ended: {out:?}");
+}
+
 /// R-QY-1: the index is rebuilt from the store's catalog: at start when the spool lost
 /// it, and on request (picking up what another node sharing the store recorded).
 fn index_rebuild(
@@ -490,6 +516,25 @@ fn index_rebuild(
         ["aac", "flv", "hls", "mp4"],
         "{before:?}"
     );
+    // Pages: one recording each, walked by token, give the whole list oldest first; the
+    // last page says there is no next one; a token it never handed out is a 400.
+    let pages = walk_pages(d, "stream=idx", 1);
+    assert_eq!(pages.len(), before.len(), "{pages:?}");
+    for w in pages.windows(2) {
+        let key = |r: &serde_json::Value| (r["start_time_ms"].as_i64(), r["key"].to_string());
+        assert!(key(&w[0]) < key(&w[1]), "not oldest first: {pages:?}");
+    }
+    let mut sorted = pages.clone();
+    sorted.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
+    assert_eq!(sorted, before);
+    let (status, body) = d.api_get("/v1/recordings?stream=idx&page_size=1000");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"next_page_token\":null"), "{body}");
+    for bad in ["zz", "31", "not-a-token"] {
+        let (status, body) = d.api_get(&format!("/v1/recordings?page_token={bad}"));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("\"code\":\"invalid_page_token\""), "{body}");
+    }
     // Each entry has its object in the store's catalog, with the same fields.
     for r in &before {
         let key = r["key"].as_str().expect("key");
@@ -500,7 +545,7 @@ fn index_rebuild(
         assert_eq!(v["end_ms"], r["end_time_ms"], "{v} vs {r}");
     }
     assert_eq!(d.stop(), Some(0));
-    std::fs::remove_dir_all(d.spool().join(".index")).expect("lose the local index");
+    lose_node_db(&d.spool());
     d.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
     while recordings(d, "stream=idx") != before {
@@ -732,7 +777,7 @@ fn retention_survives_a_lost_index() {
     assert_eq!(recs.len(), 2, "{recs:?}");
     let expiry = recs[0]["expire_time"].as_i64().expect("expire_time");
     assert_eq!(d.stop(), Some(0));
-    std::fs::remove_dir_all(d.spool().join(".index")).expect("lose the index");
+    lose_node_db(&d.spool());
     d.restart();
     let now = chrono::Utc::now().timestamp();
     assert!(
@@ -754,4 +799,74 @@ fn retention_survives_a_lost_index() {
         "deleted before its storage_time"
     );
     assert!(d.log().contains("retention restored"), "{}", d.log());
+}
+
+/// Loses the node database (recordings index, retention schedule, catalog outbox), as a
+/// lost or replaced spool would: the file and its WAL companions.
+fn lose_node_db(spool: &std::path::Path) {
+    std::fs::remove_file(spool.join(".liverec.db")).expect("lose the node database");
+    for side in [".liverec.db-wal", ".liverec.db-shm"] {
+        match std::fs::remove_file(spool.join(side)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("removing {side}: {e}"),
+        }
+    }
+}
+
+/// Upgrade (issue 11): a spool with the JSON-lines index of earlier versions is imported
+/// into the node database on the first start: its recordings answer the API, its
+/// retention schedule still expires what is due, and the old directory is moved aside.
+#[test]
+fn an_old_json_lines_index_is_imported_on_the_first_start() {
+    let mut d = Daemon::start_full(
+        "",
+        Some("[storage]\nroot = \"{root}\"\nretention_sweep_interval = 1\n"),
+        "",
+    );
+    assert_eq!(d.stop(), Some(0));
+    lose_node_db(&d.spool());
+    // A stored file, due long ago, and a recording kept forever, as the old index wrote
+    // them (one file per stream, one per hour of expiry, and the catalog queue).
+    let due = d.root().join("localhost/live/old/due.flv");
+    std::fs::create_dir_all(due.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&due, b"FLV").expect("stored file");
+    let old = d.spool().join(".index");
+    std::fs::create_dir_all(old.join("recordings/localhost/live")).expect("mkdir");
+    let kept = serde_json::json!({
+        "key": "localhost/live/old/kept.flv", "format": "flv",
+        "domain": "localhost", "app": "live", "stream": "old", "task_id": "",
+        "start_ms": 1_700_000_000_000i64, "end_ms": 1_700_000_004_000i64,
+        "duration_ms": 4000, "size": 1234, "expires": 0,
+    });
+    std::fs::write(
+        old.join("recordings/localhost/live/old.jsonl"),
+        format!("{kept}\n"),
+    )
+    .expect("old recordings");
+    let expires = 1_700_000_100i64;
+    std::fs::write(
+        old.join(format!("{}.jsonl", expires / 3600)),
+        format!("{{\"key\":\"localhost/live/old/due.flv\",\"expires\":{expires}}}\n"),
+    )
+    .expect("old retention");
+    std::fs::write(old.join("publish.jsonl"), format!("{{\"put\":{kept}}}\n")).expect("old queue");
+    d.restart();
+    let recs = recordings(&d, "stream=old");
+    assert_eq!(recs.len(), 1, "{recs:?}; log:\n{}", d.log());
+    assert_eq!(recs[0]["key"], "localhost/live/old/kept.flv");
+    assert_eq!(recs[0]["size"], 1234);
+    assert!(!old.exists(), "the old index is moved aside");
+    assert!(d.spool().join(".index.imported").is_dir());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while due.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the imported schedule never expired the due file; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(d.stop(), Some(0));
+    assert!(d.spool().join(".liverec.db").is_file());
 }

@@ -754,8 +754,14 @@ async fn malformed_input_is_refused_while_a_live_publisher_records_every_frame()
     for base in [d.root(), d.spool()] {
         for p in common::walk(&base) {
             let parts: Vec<_> = p.components().map(|c| c.as_os_str().to_owned()).collect();
-            // The daemon's own indexes (retention, recordings) live in `{spool}/.index`.
-            if base == d.spool() && parts.first().is_some_and(|c| c == ".index") {
+            // The daemon's own state (recordings index, retention) is the node database
+            // `{spool}/.liverec.db` and its WAL companions.
+            if base == d.spool()
+                && parts
+                    .first()
+                    .and_then(|c| c.to_str())
+                    .is_some_and(|c| c.starts_with(".liverec.db"))
+            {
                 continue;
             }
             // The store's recordings catalog mirrors the recordings' keys: same rule.

@@ -131,7 +131,7 @@ async fn healthz(State(ctx): Ctxt) -> Json<Value> {
         "status": status,
         "spool": {"bytes": q.used(), "max_bytes": q.max()},
         "uploads_pending": ctx.sink.pending_uploads(),
-        "index_unpublished": ctx.sink.index().unpublished(),
+        "index_unpublished": ctx.sink.db().unpublished(),
     }))
 }
 
@@ -141,7 +141,7 @@ async fn metrics(State(ctx): Ctxt) -> impl IntoResponse {
         spool_max_bytes: ctx.sink.quota.max(),
         upload_queue: ctx.sink.pending_uploads() as u64,
         streams: ctx.hub.len() as u64,
-        index_unpublished: ctx.sink.index().unpublished(),
+        index_unpublished: ctx.sink.db().unpublished(),
         tasks: ctx.tasks.count_by_status(),
     };
     (
@@ -297,27 +297,37 @@ async fn stop_task(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
     }
 }
 
-/// R-QY-1: stored files from the local index.
+/// R-QY-1: stored files from the local index, a page at a time (`page_size`, default
+/// 100, at most 1000; `page_token` from the previous page's `next_page_token`).
 async fn recordings(
     State(ctx): Ctxt,
-    q: Result<Query<crate::sink::retention::RecordingFilter>, QueryRejection>,
+    q: Result<Query<wire::RecordingQuery>, QueryRejection>,
 ) -> Reply {
-    let f = match query(q) {
-        Ok(f) => f,
+    let q = match query(q) {
+        Ok(q) => q,
         Err(e) => return e,
     };
+    let (f, page) = q.split();
     let cfg = ctx.config.snapshot();
     let base = cfg.config.storage.public_base_url.trim_end_matches('/');
-    // The index is on disk (one file per stream): read off the async workers.
-    let index = ctx.sink.index().clone();
-    let found = match tokio::task::spawn_blocking(move || index.query(&f)).await {
-        Ok(found) => found,
+    // The database thread does the reading; this task only awaits its answer.
+    let (found, next) = match ctx.sink.db().query(f, page).await {
+        Ok(r) => r,
+        // The same code and wording as a bad `/v1/tasks` token.
+        Err(crate::db::DbError::BadPageToken) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_page_token",
+                "page_token is not one this API handed out",
+            )
+        }
         Err(e) => {
+            tracing::warn!("recordings query failed: {e}");
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "index_read_failed",
                 &e.to_string(),
-            )
+            );
         }
     };
     let list: Vec<_> = found
@@ -337,15 +347,17 @@ async fn recordings(
             })
         })
         .collect();
-    (StatusCode::OK, Json(json!({ "recordings": list })))
+    (
+        StatusCode::OK,
+        Json(json!({ "recordings": list, "next_page_token": next })),
+    )
 }
 
 /// `POST /v1/recordings/rebuild` (R-QY-1): the local recordings index from the store's
 /// catalog, e.g. after a spool was lost or to see what other nodes sharing it stored.
 async fn rebuild_recordings(State(ctx): Ctxt) -> Reply {
     use crate::sink::catalog::{rebuild, CatalogError};
-    let index = ctx.sink.index().clone();
-    match rebuild(&index, &ctx.state, std::time::Duration::from_secs(10)).await {
+    match rebuild(&ctx.sink, &ctx.state, std::time::Duration::from_secs(10)).await {
         Ok(n) => {
             tracing::info!(recordings = n, "recordings index rebuilt from the store");
             (StatusCode::OK, Json(serde_json::json!({ "recordings": n })))
@@ -361,7 +373,7 @@ async fn rebuild_recordings(State(ctx): Ctxt) -> Reply {
                 &e.to_string(),
             )
         }
-        Err(e @ CatalogError::Io(_)) => {
+        Err(e @ CatalogError::Db(_)) => {
             tracing::warn!("recordings index rebuild failed: {e}");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -64,6 +64,42 @@ impl From<CreateTask> for NewTask {
     }
 }
 
+/// `GET /v1/recordings` query (R-QY-1): the filter and the page. Flat rather than two
+/// `#[serde(flatten)]`ed structs, since a flattened query string loses its numbers'
+/// types (serde_urlencoded hands them over as strings).
+#[derive(Debug, Default, Deserialize)]
+pub struct RecordingQuery {
+    pub domain: Option<String>,
+    pub app: Option<String>,
+    pub stream: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub format: Option<String>,
+    pub task_id: Option<String>,
+    pub page_token: Option<String>,
+    pub page_size: Option<usize>,
+}
+
+impl RecordingQuery {
+    pub fn split(self) -> (crate::db::RecordingFilter, crate::db::PageRequest) {
+        (
+            crate::db::RecordingFilter {
+                domain: self.domain,
+                app: self.app,
+                stream: self.stream,
+                from: self.from,
+                to: self.to,
+                format: self.format,
+                task_id: self.task_id,
+            },
+            crate::db::PageRequest {
+                page_size: self.page_size,
+                page_token: self.page_token,
+            },
+        )
+    }
+}
+
 /// `GET /v1/tasks` query (R-TK-4).
 #[derive(Debug, Default, Deserialize)]
 pub struct TaskQuery {

@@ -68,6 +68,7 @@ pub enum DbError {
         source: rusqlite::Error,
     },
     #[error("node database: {op} `{key}`: {what}")]
+    #[allow(dead_code)] // the file life-cycle (R-ST-4), wired by the next step
     Corrupt {
         op: &'static str,
         key: String,
@@ -80,6 +81,7 @@ pub enum DbError {
         source: serde_json::Error,
     },
     #[error("file {id} is `{found}`, not `{from}`: refusing the step {from} -> {to}")]
+    #[allow(dead_code)] // the file life-cycle (R-ST-4), wired by the next step
     WrongState {
         id: i64,
         from: FileState,
@@ -87,12 +89,14 @@ pub enum DbError {
         to: FileState,
     },
     #[error("file {id}: {from} -> {to} is not a step forward")]
+    #[allow(dead_code)] // the file life-cycle (R-ST-4), wired by the next step
     Backwards {
         id: i64,
         from: FileState,
         to: FileState,
     },
     #[error("file {id} is not in the node database")]
+    #[allow(dead_code)] // the file life-cycle (R-ST-4), wired by the next step
     NoSuchFile { id: i64 },
     #[error("the page token is not one this server gave out")]
     BadPageToken,
@@ -127,7 +131,7 @@ impl<T> Ctx<T> for rusqlite::Result<T> {
     }
 }
 
-/// The filter of the recordings API (R-QY-1), as `sink::retention::RecordingFilter`.
+/// The filter of the recordings API (R-QY-1).
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct RecordingFilter {
     pub domain: Option<String>,
@@ -149,7 +153,7 @@ pub struct PageRequest {
 }
 
 /// A change of the store's recordings catalog waiting in `catalog_outbox` (the
-/// `retention::Op` of the JSON-lines queue). An unreadable row comes back as
+/// queue of the old JSON-lines index). An unreadable row comes back as
 /// `Delete("")`, which the publisher passes over, as it did a torn queue line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "lowercase")]
@@ -169,6 +173,9 @@ pub struct Expired {
 }
 
 /// Where a file the node owes is (R-ST-4); only ever forward.
+// The file life-cycle (R-ST-4: `files`, `owe`/`advance`/`owed`) is wired by the next step
+// of issue 11; until then only `db::tests` use it.
+#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FileState {
     /// Finalized in the spool.
@@ -181,6 +188,7 @@ pub enum FileState {
     Indexed,
 }
 
+#[allow(dead_code)] // see `FileState`
 impl FileState {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -209,6 +217,7 @@ impl std::fmt::Display for FileState {
 }
 
 /// A closed file the node now owes a store and an index entry.
+#[allow(dead_code)] // see `FileState`
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewFile {
     pub spool_path: PathBuf,
@@ -223,6 +232,7 @@ pub struct NewFile {
 }
 
 /// A row of `files`.
+#[allow(dead_code)] // see `FileState`
 #[derive(Debug, Clone, PartialEq)]
 pub struct OwedFile {
     pub id: i64,
@@ -234,7 +244,7 @@ pub struct OwedFile {
 pub(crate) struct Conn {
     db: Connection,
     /// While a rebuild lists the store: the catalog changes made meanwhile, applied on
-    /// top of the listing (as `retention::Index`'s journal).
+    /// top of the listing.
     journal: Option<Vec<Op>>,
     shared: Arc<Shared>,
     #[cfg(test)]
@@ -354,8 +364,8 @@ impl Db {
 
     /// A stored file with its recordings entry, in one transaction: `rec` (its `expires`
     /// set from `storage_time`), its retention entry and its segments' (when
-    /// `storage_time` > 0), and the catalog change. What `Index::add` for each key plus
-    /// `Index::record` did in three appends.
+    /// `storage_time` > 0), and the catalog change: what the old JSON-lines index did in
+    /// three separate appends.
     pub async fn record_stored(
         &self,
         rec: FileRecord,
@@ -372,6 +382,7 @@ impl Db {
         .await
     }
 
+    #[allow(dead_code)] // for recovery's backlog, with the file life-cycle (next step)
     /// Many [`Db::record_stored`]s in one transaction (one commit, one sync): for
     /// backlogs such as a recovery's uploads.
     pub async fn record_many(&self, recs: Vec<(FileRecord, u64)>) -> Result<(), DbError> {
@@ -388,13 +399,28 @@ impl Db {
         .await
     }
 
-    /// A stored file without a recordings entry: retention only (`Index::add`).
+    /// A stored file without a recordings entry: retention only.
     pub async fn add(&self, key: &str, storage_time: u64) -> Result<(), DbError> {
         let key = key.to_string();
         self.call("add", move |c| {
             let now = now_ms();
             c.write("add", &key.clone(), |tx, ops| {
                 index_in(tx, ops, &key, storage_time, None, &[], now)
+            })
+        })
+        .await
+    }
+
+    /// Stored files without a recordings entry (an HLS playlist whose record was lost
+    /// and its segments), retention only, in one transaction.
+    pub async fn add_all(&self, keys: Vec<String>, storage_time: u64) -> Result<(), DbError> {
+        self.call("add_all", move |c| {
+            let now = now_ms();
+            c.write("add_all", &keys.len(), |tx, ops| {
+                for k in &keys {
+                    index_in(tx, ops, k, storage_time, None, &[], now)?;
+                }
+                Ok(())
             })
         })
         .await
@@ -438,14 +464,14 @@ impl Db {
         .await
     }
 
-    /// Every stored recording matching `f`, oldest first (`Index::query`).
+    /// Every stored recording matching `f`, oldest first.
     pub async fn query_all(&self, f: RecordingFilter) -> Result<Vec<FileRecord>, DbError> {
         self.call("query", move |c| query_in(&c.db, &f, None, None))
             .await
     }
 
     /// Whether `key` is taken by this node: stored, scheduled or owed. Never forgets
-    /// (unlike the bounded memory of `Index::recently_stored`), for R-ST-3's collision
+    /// (unlike the bounded memory of the old index's recent keys), for R-ST-3's collision
     /// check.
     pub async fn recently_stored(&self, key: &str) -> Result<bool, DbError> {
         let key = key.to_string();
@@ -646,9 +672,11 @@ impl Db {
         })
         .await
     }
+}
 
-    // --- Files the node owes (R-ST-4) ---
-
+// --- Files the node owes (R-ST-4) ---
+#[allow(dead_code)] // see `FileState`
+impl Db {
     /// A file closed in the spool: owed from now on; returns its id.
     pub async fn owe(&self, f: NewFile) -> Result<i64, DbError> {
         self.call("owe", move |c| {
@@ -738,9 +766,11 @@ impl Db {
     }
 }
 
+#[allow(dead_code)] // see `FileState`
 const FILE_COLUMNS: &str =
     "SELECT id, state, spool_path, key, format, storage_time, record, segments";
 
+#[allow(dead_code)] // see `FileState`
 type FileRow = (
     i64,
     String,
@@ -752,6 +782,7 @@ type FileRow = (
     Option<String>,
 );
 
+#[allow(dead_code)] // see `FileState`
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRow> {
     Ok((
         r.get(0)?,
@@ -765,6 +796,7 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRow> {
     ))
 }
 
+#[allow(dead_code)] // see `FileState`
 fn parse_file(row: FileRow) -> Result<OwedFile, DbError> {
     let (id, state, spool_path, key, format, storage_time, record, segments) = row;
     let corrupt = |what: String| DbError::Corrupt {
@@ -880,6 +912,7 @@ impl Conn {
         Ok(r)
     }
 
+    #[allow(dead_code)] // see `FileState`
     fn advance(
         &mut self,
         id: i64,
@@ -952,7 +985,7 @@ fn index_in(
 }
 
 /// When a file stored at `now_ms` with `storage_time` (> 0) expires: from the next whole
-/// second, so never before its full storage_time (as `retention::expiry`).
+/// second, so never before its full storage_time.
 fn expires_at_ms(now_ms: i64, storage_time: u64) -> i64 {
     let secs = now_ms.saturating_add(999).div_euclid(1000);
     secs.saturating_add(clamp_i64(storage_time))

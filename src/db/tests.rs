@@ -1,7 +1,6 @@
 use std::collections::HashSet;
 
 use super::*;
-use crate::sink::retention;
 
 fn rec(key: &str, start_ms: i64, end_ms: i64) -> FileRecord {
     let p: Vec<&str> = key.split('/').collect();
@@ -763,77 +762,117 @@ async fn a_step_from_the_wrong_state_or_backwards_is_refused() {
     assert!(matches!(r, Err(DbError::Corrupt { .. })), "{r:?}");
 }
 
-/// A spool written by the JSON-lines index of `sink::retention`.
-fn old_spool(spool: &Path) -> retention::Index {
-    let idx = retention::Index::new(spool.join(LEGACY_INDEX_DIR));
+/// Seconds the old spool's expiries count from (fixed: the old index wrote absolute ones).
+const T0: i64 = 1_800_000_000;
+
+/// A spool as the JSON-lines index of earlier versions (`sink::retention::Index`, removed
+/// when this database was wired in) left it, written line by line in its formats: per
+/// stream `recordings/{domain}/{app}/{stream}.jsonl` (records and `{"deleted": key}`
+/// tombstones; keys not of that shape in `_other.jsonl`), retention entries in
+/// `{hour of expiry}.jsonl`, and the catalog queue `publish.jsonl`. The same operations as
+/// the old test drove through `Index`: a (task t1, 3600 s), b (forever), c (60 s, then
+/// swept), the playlist p with 2 segments (120 s), odd.flv, and an expiry restored by a
+/// rebuild. Returns what the old index answered to [`filters`], in order.
+fn old_spool(spool: &Path) -> Vec<Vec<FileRecord>> {
+    let dir = spool.join(LEGACY_INDEX_DIR);
+    let line = |rel: &str, v: &serde_json::Value| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap();
+        std::io::Write::write_all(&mut f, format!("{v}\n").as_bytes()).unwrap();
+    };
+    let json = |r: &FileRecord| serde_json::to_value(r).unwrap();
+    let expire = |key: &str, at: i64| {
+        line(
+            &format!("{}.jsonl", at.div_euclid(3600)),
+            &serde_json::json!({ "key": key, "expires": at }),
+        )
+    };
     let mut a = rec("d/live/s/a.flv", 1000, 2000);
     a.task_id = "t1".into();
-    idx.record(a, 3600);
-    idx.add("d/live/s/a.flv", 3600);
-    idx.record(rec("d/live/s/b.flv", 2000, 3000), 0);
-    idx.add("d/live/s/b.flv", 0);
-    idx.record(rec("d/live/t/c.mp4", 3000, 4000), 60);
-    idx.add("d/live/t/c.mp4", 60);
-    idx.expire_now_for_test("d/live/t/c.mp4");
-    idx.record(rec("e/vod/u/p.m3u8", 500, 9000), 120);
+    a.expires = T0 + 3600;
+    line("recordings/d/live/s.jsonl", &json(&a));
+    line("publish.jsonl", &serde_json::json!({ "put": json(&a) }));
+    expire(&a.key, T0 + 3600);
+    let b = rec("d/live/s/b.flv", 2000, 3000);
+    line("recordings/d/live/s.jsonl", &json(&b));
+    line("publish.jsonl", &serde_json::json!({ "put": json(&b) }));
+    let mut c = rec("d/live/t/c.mp4", 3000, 4000);
+    c.expires = T0 + 60;
+    line("recordings/d/live/t.jsonl", &json(&c));
+    line("publish.jsonl", &serde_json::json!({ "put": json(&c) }));
+    expire(&c.key, T0 + 60);
+    // Swept: a tombstone and a queued delete (its retention line stays, as the old
+    // sweep's `forget` left it).
+    line(
+        "recordings/d/live/t.jsonl",
+        &serde_json::json!({ "deleted": c.key }),
+    );
+    line("publish.jsonl", &serde_json::json!({ "delete": c.key }));
+    let mut p = rec("e/vod/u/p.m3u8", 500, 9000);
+    p.expires = T0 + 120;
+    line("recordings/e/vod/u.jsonl", &json(&p));
+    line("publish.jsonl", &serde_json::json!({ "put": json(&p) }));
     for k in ["e/vod/u/p_1.ts", "e/vod/u/p_2.ts", "e/vod/u/p.m3u8"] {
-        idx.add(k, 120);
+        expire(k, T0 + 120);
     }
-    idx.record(rec("odd.flv", 4000, 5000), 0);
-    idx.expire_at("x/y/z/rebuilt.flv", 12_345);
-    idx
+    let odd = rec("odd.flv", 4000, 5000);
+    line("recordings/_other.jsonl", &json(&odd));
+    line("publish.jsonl", &serde_json::json!({ "put": json(&odd) }));
+    expire("x/y/z/rebuilt.flv", 12_345);
+    vec![
+        vec![p.clone(), a.clone(), b.clone(), odd.clone()],
+        vec![a.clone(), b.clone()],
+        vec![p.clone(), b, odd],
+        vec![p],
+        vec![a],
+    ]
 }
 
-fn filters() -> Vec<(retention::RecordingFilter, RecordingFilter)> {
+/// The retention entries of [`old_spool`] (key, unix ms).
+fn old_due() -> Vec<(String, i64)> {
+    let mut v: Vec<(String, i64)> = [
+        ("d/live/s/a.flv", T0 + 3600),
+        ("d/live/t/c.mp4", T0 + 60),
+        ("e/vod/u/p_1.ts", T0 + 120),
+        ("e/vod/u/p_2.ts", T0 + 120),
+        ("e/vod/u/p.m3u8", T0 + 120),
+        ("x/y/z/rebuilt.flv", 12_345),
+    ]
+    .into_iter()
+    .map(|(k, at)| (k.to_string(), at * 1000))
+    .collect();
+    v.sort();
+    v
+}
+
+fn filters() -> Vec<RecordingFilter> {
     let s = |v: &str| Some(v.to_string());
     vec![
-        (Default::default(), Default::default()),
-        (
-            retention::RecordingFilter {
-                domain: s("d"),
-                app: s("live"),
-                stream: s("s"),
-                ..Default::default()
-            },
-            RecordingFilter {
-                domain: s("d"),
-                app: s("live"),
-                stream: s("s"),
-                ..Default::default()
-            },
-        ),
-        (
-            retention::RecordingFilter {
-                from: Some(2),
-                to: Some(5),
-                ..Default::default()
-            },
-            RecordingFilter {
-                from: Some(2),
-                to: Some(5),
-                ..Default::default()
-            },
-        ),
-        (
-            retention::RecordingFilter {
-                format: s("m3u8"),
-                ..Default::default()
-            },
-            RecordingFilter {
-                format: s("m3u8"),
-                ..Default::default()
-            },
-        ),
-        (
-            retention::RecordingFilter {
-                task_id: s("t1"),
-                ..Default::default()
-            },
-            RecordingFilter {
-                task_id: s("t1"),
-                ..Default::default()
-            },
-        ),
+        Default::default(),
+        RecordingFilter {
+            domain: s("d"),
+            app: s("live"),
+            stream: s("s"),
+            ..Default::default()
+        },
+        RecordingFilter {
+            from: Some(2),
+            to: Some(5),
+            ..Default::default()
+        },
+        RecordingFilter {
+            format: s("m3u8"),
+            ..Default::default()
+        },
+        RecordingFilter {
+            task_id: s("t1"),
+            ..Default::default()
+        },
     ]
 }
 
@@ -842,30 +881,14 @@ async fn the_json_lines_index_is_imported_once_and_answers_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path();
     let old_dir = spool.join(LEGACY_INDEX_DIR);
-    let idx = old_spool(spool);
-    // What the current code answers.
-    let answers: Vec<Vec<FileRecord>> = filters().iter().map(|(f, _)| idx.query(f)).collect();
+    // What the old index answered.
+    let answers = old_spool(spool);
     assert_eq!(answers[0].len(), 4, "c.mp4 was deleted");
-    assert_eq!(
-        idx.unpublished(),
-        6,
-        "5 puts, the tombstone, nothing confirmed"
-    );
-    drop(idx);
-    // The store confirmed the first change (as `Index::published` writes it).
+    // The store confirmed the first change (as `Index::published` wrote it).
     let queue = std::fs::read(old_dir.join("publish.jsonl")).unwrap();
     let first = queue.iter().position(|&b| b == b'\n').unwrap() + 1;
     std::fs::write(old_dir.join("publish.offset"), first.to_string()).unwrap();
-    // Its retention, read on a copy (a sweep empties the hour files).
-    let copy = dir.path().join("copy");
-    copy_dir(&old_dir, &copy);
-    let mut old_due: Vec<(String, i64)> = retention::Index::new(copy)
-        .take_expired(i64::MAX / 4)
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.key, e.expires * 1000))
-        .collect();
-    old_due.sort();
+    let old_due = old_due();
     // Torn last lines everywhere a crash could leave one.
     let tear = |p: PathBuf, bytes: &[u8]| {
         let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
@@ -893,7 +916,7 @@ async fn the_json_lines_index_is_imported_once_and_answers_the_same() {
     assert!(!old_dir.exists(), "moved aside");
     assert!(spool.join(".index.imported").is_dir());
     assert!(!db.needs_rebuild(), "the old spool had a catalog");
-    for ((_, f), want) in filters().into_iter().zip(&answers) {
+    for (f, want) in filters().into_iter().zip(&answers) {
         assert_eq!(&db.query_all(f.clone()).await.unwrap(), want, "{f:?}");
     }
     let mut due: Vec<(String, i64)> = db
@@ -1108,4 +1131,29 @@ async fn bench_node_db() {
         size as f64 / 1e6
     );
     db.close().await;
+}
+
+#[tokio::test]
+async fn add_all_schedules_every_key_without_a_recording_or_catalog_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let keys = vec!["d/a/s/p_1.ts".to_string(), "d/a/s/p.m3u8".to_string()];
+    db.add_all(keys.clone(), 60).await.unwrap();
+    // Forever: nothing to schedule.
+    db.add_all(vec!["d/a/s/q.m3u8".into()], 0).await.unwrap();
+    let mut due: Vec<String> = db
+        .take_expired(i64::MAX, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    due.sort();
+    assert_eq!(due, ["d/a/s/p.m3u8", "d/a/s/p_1.ts"]);
+    assert_eq!(count(&db, "recordings").await, 0);
+    assert_eq!(db.unpublished(), 0);
+    // Scheduled keys are taken for R-ST-3's collision check.
+    for k in &keys {
+        assert!(db.recently_stored(k).await.unwrap(), "{k}");
+    }
 }

@@ -1,12 +1,13 @@
 //! The recordings catalog in the store (R-QY-1, DESIGN "State in the store"): every
 //! indexed recording is also a small JSON object under `.liverec/state/recordings/{key}.json`
-//! of the storage backend, so the local index (`{spool}/.index/recordings/`) can be
-//! rebuilt from a listing — on a new node, after the spool was lost, or to see what other
-//! nodes sharing the bucket stored.
+//! of the storage backend, so the local index (table `recordings` of the node database,
+//! `crate::db`) can be rebuilt from a listing — on a new node, after the spool was lost, or
+//! to see what other nodes sharing the bucket stored.
 //!
-//! Changes reach the store through an append-only queue in the spool (`publish.jsonl` plus
-//! a confirmed offset), in order and retried like uploads, so a crash or an outage delays
-//! the store's copy but never loses an entry.
+//! Changes reach the store through the database's outbox (`catalog_outbox`), queued in the
+//! same transaction as the local change and removed only once the store has it, in order
+//! and retried like uploads, so a crash or an outage delays the store's copy but never
+//! loses an entry.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,8 +16,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::retention::{FileRecord, Index, Op};
+use super::Sink;
+use crate::db::{Db, DbError, FileRecord, Op};
 use crate::state::{State, StateError};
+
+/// Outbox rows read per round trip.
+const PUBLISH_BATCH: usize = 256;
 
 /// The state kind (directory) of catalog objects.
 pub const KIND: &str = "recordings";
@@ -32,13 +37,17 @@ pub enum CatalogError {
     #[error("listing the store: {0}")]
     State(#[from] StateError),
     #[error("writing the local index: {0}")]
-    Io(#[from] std::io::Error),
+    Db(#[from] DbError),
 }
 
 /// Publishes queued catalog changes to the store, in order, until `stop`.
-pub async fn publisher(index: Arc<Index>, state: State, stop: CancellationToken) {
+pub async fn publisher(db: Db, state: State, stop: CancellationToken) {
     loop {
-        let ops = match index.queued_ops() {
+        // A commit between this read and the wait below still wakes it: `notify_one` keeps
+        // a permit when no one is waiting yet. (At worst a stale permit costs one extra,
+        // empty read.)
+        let wake = db.outbox_wake().notified();
+        let ops = match db.pending(PUBLISH_BATCH).await {
             Ok(ops) => ops,
             Err(e) => {
                 warn!("cannot read the recordings publish queue: {e}");
@@ -50,16 +59,31 @@ pub async fn publisher(index: Arc<Index>, state: State, stop: CancellationToken)
         };
         if ops.is_empty() {
             tokio::select! {
-                _ = index.wake.notified() => continue,
+                _ = wake => continue,
                 _ = stop.cancelled() => return,
             }
         }
-        for (op, end) in ops {
+        // Confirmed a batch at a time (one transaction); a crash mid-batch publishes the
+        // confirmed-but-unrecorded changes again, which the store takes as no-ops.
+        let mut done = Vec::with_capacity(ops.len());
+        for (id, op) in ops {
             if !publish_one(&state, &op, &stop).await {
+                // Stopped: confirm what the store already has, so the next start does not
+                // publish it again.
+                if let Err(e) = db.published(done).await {
+                    warn!("cannot advance the recordings publish queue: {e}");
+                }
                 return;
             }
-            if let Err(e) = index.published(end) {
-                warn!("cannot advance the recordings publish queue: {e}");
+            done.push(id);
+        }
+        // A failure here leaves the rows queued: they are published again (idempotent puts
+        // and deletes), never lost.
+        if let Err(e) = db.published(done).await {
+            warn!("cannot advance the recordings publish queue: {e}");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = stop.cancelled() => return,
             }
         }
     }
@@ -110,45 +134,49 @@ async fn publish_one(state: &State, op: &Op, stop: &CancellationToken) -> bool {
 /// Rebuilds the local index from the store's catalog objects. Changes made while the
 /// store is listed are kept; changes still queued are waited for (up to `drain`), since
 /// the listing could not show them.
-pub async fn rebuild(index: &Index, state: &State, drain: Duration) -> Result<usize, CatalogError> {
-    if index.rebuilding.swap(true, Ordering::SeqCst) {
+pub async fn rebuild(sink: &Sink, state: &State, drain: Duration) -> Result<usize, CatalogError> {
+    if sink.rebuilding.swap(true, Ordering::SeqCst) {
         return Err(CatalogError::Running);
     }
-    index.journal_start();
+    let db = sink.db();
     let res = async {
+        db.rebuild_start().await?;
         let deadline = tokio::time::Instant::now() + drain;
-        while index.unpublished() > 0 {
+        while db.unpublished() > 0 {
             if tokio::time::Instant::now() >= deadline {
-                return Err(CatalogError::NotDrained(index.unpublished()));
+                return Err(CatalogError::NotDrained(db.unpublished()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let listed: Vec<FileRecord> = state.list(KIND).await?;
-        Ok(index.replace(listed)?)
+        // `replace` ends the journal itself.
+        Ok(db.replace(listed).await?)
     }
     .await;
     if res.is_err() {
-        index.journal_stop();
+        if let Err(e) = db.rebuild_stop().await {
+            warn!("cannot stop the rebuild journal: {e}");
+        }
     }
-    index.rebuilding.store(false, Ordering::SeqCst);
+    sink.rebuilding.store(false, Ordering::SeqCst);
     res
 }
 
-/// At start, when there was no local index: rebuilds it from the store, retrying with
-/// backoff while the store is unreachable.
-pub async fn rebuild_at_start(index: Arc<Index>, state: State, stop: CancellationToken) {
-    if !index.needs_rebuild {
+/// At start, when there was no complete local index: rebuilds it from the store, retrying
+/// with backoff while the store is unreachable.
+pub async fn rebuild_at_start(sink: Arc<Sink>, state: State, stop: CancellationToken) {
+    if !sink.db().needs_rebuild() {
         return;
     }
     let mut attempt = 0u32;
     loop {
-        match rebuild(&index, &state, Duration::from_secs(60)).await {
+        match rebuild(&sink, &state, Duration::from_secs(60)).await {
             Ok(n) => {
                 info!(
                     recordings = n,
                     "no local recordings index: rebuilt it from the store"
                 );
-                restore_retention(&index, &state).await;
+                restore_retention(sink.db(), &state).await;
                 return;
             }
             Err(CatalogError::Running) => return,
@@ -168,15 +196,32 @@ pub async fn rebuild_at_start(index: Arc<Index>, state: State, stop: Cancellatio
 
 /// The spool's retention entries went with its index: the rebuilt entries' expiries are
 /// put back (an HLS recording's segments from its stored playlist), so files stored before
-/// still expire. Entries this run stored itself already have theirs.
-async fn restore_retention(index: &Index, state: &State) {
-    let due: Vec<FileRecord> = index
-        .query(&Default::default())
-        .into_iter()
-        .filter(|r| r.expires > 0 && !index.recently_stored(&r.key))
-        .collect();
+/// still expire. Entries this run stored itself are not filtered out (the JSON-lines index
+/// skipped its recently stored keys): `expire_at` keeps an existing later expiry, so
+/// scheduling them again changes nothing — and `recently_stored` now also answers true
+/// for every rebuilt recording, so it cannot tell them apart anyway.
+async fn restore_retention(db: &Db, state: &State) {
+    let all = match db.query_all(Default::default()).await {
+        Ok(all) => all,
+        Err(e) => {
+            warn!("cannot read the rebuilt recordings index, retention not restored: {e}");
+            return;
+        }
+    };
     let mut n = 0usize;
-    for r in due {
+    let mut expire = |key: String, at: i64| {
+        let db = db.clone();
+        n += 1;
+        async move {
+            if let Err(e) = db.expire_at(&key, at).await {
+                warn!(
+                    key,
+                    "cannot schedule the file's expiry, it will not expire: {e}"
+                );
+            }
+        }
+    };
+    for r in all.into_iter().filter(|r| r.expires > 0) {
         if r.format == "hls" {
             match state.get_recording(&r.key).await {
                 Ok(text) => {
@@ -184,8 +229,7 @@ async fn restore_retention(index: &Index, state: &State) {
                     match hls::MediaPlaylist::parse(&text) {
                         Ok((pl, _)) => {
                             for k in hls::PlaylistKey::new(&r.key).segment_keys(&pl) {
-                                index.expire_at(&k, r.expires);
-                                n += 1;
+                                expire(k, r.expires).await;
                             }
                         }
                         Err(e) => {
@@ -198,8 +242,7 @@ async fn restore_retention(index: &Index, state: &State) {
                 }
             }
         }
-        index.expire_at(&r.key, r.expires);
-        n += 1;
+        expire(r.key.clone(), r.expires).await;
     }
     if n > 0 {
         info!(

@@ -14,10 +14,13 @@
 //!   the JSON holds the key.
 //! - `{rec}.{seq}.m3u8.json` — an open playlist's key; with S3 also `{rec}.{seq}.m3u8`,
 //!   the playlist as last written.
+//!
+//! And at the top, `.liverec.db` (with its `-wal`/`-shm` files): the node database
+//! (`crate::db`) — recordings index, retention schedule, catalog outbox. A stored file is
+//! indexed there before its spool copy goes (`index_stored`).
 
 pub mod catalog;
 mod flush;
-mod recfiles;
 mod recover;
 pub mod retention;
 pub mod store;
@@ -26,7 +29,7 @@ mod upload;
 use std::collections::HashSet;
 use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +41,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::db::{Db, DbError};
 use crate::ingest::identity::StreamId;
+use crate::model::FileRecord;
 use store::Backend;
 use upload::{HlsLane, Uploader};
 
@@ -64,6 +69,12 @@ pub enum SinkError {
     Backend(#[from] store::StoreError),
     #[error("background write task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("opening the node database in the spool {spool}: {source}")]
+    Db {
+        spool: PathBuf,
+        // Boxed: the database's errors are large and this one is rare (start only).
+        source: Box<DbError>,
+    },
 }
 
 fn spool_err(path: &Path) -> impl FnOnce(std::io::Error) -> SinkError + '_ {
@@ -94,9 +105,9 @@ pub struct RecMeta {
 
 impl RecMeta {
     /// The index record of a file of this recording (key and size come when stored).
-    pub fn record(&self, start: DateTime<Utc>, duration_ms: i64) -> retention::FileRecord {
+    pub fn record(&self, start: DateTime<Utc>, duration_ms: i64) -> FileRecord {
         let start_ms = start.timestamp_millis();
-        retention::FileRecord {
+        FileRecord {
             key: String::new(),
             format: self.ext.clone(),
             domain: self.domain.clone(),
@@ -184,7 +195,10 @@ pub struct Sink {
     backend: Arc<Backend>,
     uploader: Option<Arc<Uploader>>,
     pub quota: Arc<Quota>,
-    index: Arc<retention::Index>,
+    /// The node database: recordings index, retention schedule, catalog outbox.
+    db: Db,
+    /// A rebuild of the recordings index from the store is running (`catalog::rebuild`).
+    pub(crate) rebuilding: AtomicBool,
     next_id: AtomicU64,
     /// Distinguishes this run's spool names from a previous run's.
     boot: u64,
@@ -397,14 +411,14 @@ struct UpMeta {
     storage_time: u64,
     /// What the recordings index gets once the store has the file.
     #[serde(default)]
-    info: Option<retention::FileRecord>,
+    info: Option<FileRecord>,
 }
 
 /// An open HLS playlist: its key, fixed when it opens, and (S3) the lane that uploads its
 /// segments and then the playlist, in order.
 pub struct PlaylistHandle {
     pub key: String,
-    info: retention::FileRecord,
+    info: FileRecord,
     marker: PathBuf,
     copy: PathBuf,
     lane: Option<HlsLane>,
@@ -438,9 +452,13 @@ impl Sink {
             used: AtomicU64::new(0),
             max: config.spool.max_bytes,
         });
-        let index = Arc::new(retention::Index::new(spool.join(".index")));
+        let db = Db::open(&spool).await.map_err(|source| SinkError::Db {
+            spool: spool.clone(),
+            source: Box::new(source),
+        })?;
+        info!(path = %db.path().display(), "node database open");
         let uploader = match &*backend {
-            Backend::S3(_) => Some(Uploader::new(backend.clone(), quota.clone(), index.clone())),
+            Backend::S3(_) => Some(Uploader::new(backend.clone(), quota.clone(), db.clone())),
             Backend::Local { .. } => None,
         };
         let boot = Utc::now().timestamp_millis().max(0) as u64;
@@ -449,7 +467,8 @@ impl Sink {
             backend,
             uploader,
             quota,
-            index,
+            db,
+            rebuilding: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             boot,
             taken: Mutex::new(HashSet::new()),
@@ -464,8 +483,8 @@ impl Sink {
         self.uploader.as_ref().map_or(0, |u| u.queued_len())
     }
 
-    pub fn index(&self) -> &Arc<retention::Index> {
-        &self.index
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     pub fn backend(&self) -> &Arc<Backend> {
@@ -663,7 +682,7 @@ impl Sink {
         ext: &str,
         storage_time: u64,
         stream: Option<upload::StreamHandle>,
-        info: Option<retention::FileRecord>,
+        info: Option<FileRecord>,
     ) -> Result<String, SinkError> {
         let now = Instant::now();
         self.store_finished_since(now, path, id, name, ext, storage_time, stream, info)
@@ -680,7 +699,7 @@ impl Sink {
         ext: &str,
         storage_time: u64,
         stream: Option<upload::StreamHandle>,
-        info: Option<retention::FileRecord>,
+        info: Option<FileRecord>,
     ) -> Result<String, SinkError> {
         let key = self.claim_key(id, name, ext).await?;
         let size = tokio::fs::metadata(path).await.map_or(0, |m| m.len());
@@ -691,12 +710,15 @@ impl Sink {
         });
         let res = match &*self.backend {
             Backend::Local { root } => {
+                // The rename is the store and the spool copy's removal in one step, so
+                // there is no window to index in between: a crash right after it leaves a
+                // stored file without an index entry (it never expires). Indexing first
+                // would be worse: a failed rename would leave an entry for a file the
+                // store does not have.
                 let r = self.move_into_root(path, root, &key).await;
                 if r.is_ok() {
                     crate::metrics::upload_latency("local", closed);
-                }
-                if let (Ok(()), Some(i)) = (&r, info) {
-                    self.index.record(i, storage_time);
+                    index_stored(&self.db, &key, storage_time, info, Vec::new()).await;
                 }
                 r
             }
@@ -713,9 +735,6 @@ impl Sink {
                     _ => {}
                 }),
         };
-        if let (Ok(()), Backend::Local { .. }) = (&res, &*self.backend) {
-            self.index.add(&key, storage_time);
-        }
         self.release_key(&key);
         res.map(|()| key)
     }
@@ -727,7 +746,7 @@ impl Sink {
         path: &Path,
         key: &str,
         storage_time: u64,
-        info: Option<retention::FileRecord>,
+        info: Option<FileRecord>,
     ) -> Result<upload::Job, SinkError> {
         let up = path.with_extension("up");
         let meta = upload::meta_path(&up);
@@ -921,11 +940,20 @@ impl Sink {
                 let r = self.put_local(root, &pl.key, text.into_bytes()).await;
                 if r.is_ok() {
                     crate::metrics::upload_latency("local", closed);
-                    for k in pl.segment_keys.iter().chain(std::iter::once(&pl.key)) {
-                        self.index.add(k, pl.storage_time);
+                    // Indexed (playlist and segments, one transaction) before the marker
+                    // goes: a crash before the commit leaves the marker, and recovery
+                    // indexes the playlist it ends. A failed commit keeps it too.
+                    let ok = index_stored(
+                        &self.db,
+                        &pl.key,
+                        pl.storage_time,
+                        Some(info),
+                        pl.segment_keys,
+                    )
+                    .await;
+                    if ok {
+                        let _ = tokio::fs::remove_file(&pl.marker).await;
                     }
-                    self.index.record(info, pl.storage_time);
-                    let _ = tokio::fs::remove_file(&pl.marker).await;
                 }
                 r
             }
@@ -996,9 +1024,12 @@ impl Sink {
         match &*self.backend {
             Backend::Local { root } => tokio::fs::try_exists(root.join(key)).await.unwrap_or(true),
             Backend::S3(s3) => {
-                if self.index.recently_stored(key)
-                    || self.uploader.as_ref().is_some_and(|u| u.is_queued(key))
-                {
+                let stored = self.db.recently_stored(key).await.unwrap_or_else(|e| {
+                    // Taken rather than risk overwriting: the next name is used.
+                    warn!(key, "cannot check the node database for the key: {e}");
+                    true
+                });
+                if stored || self.uploader.as_ref().is_some_and(|u| u.is_queued(key)) {
                     return true;
                 }
                 let Ok(path) = s3.path(key) else {
@@ -1032,6 +1063,44 @@ fn patch_file(mut file: std::fs::File, patches: &[Patch]) -> std::io::Result<()>
 /// The last segment of a key: what a playlist names its segments by.
 pub fn file_of(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
+}
+
+/// Indexes a file the store has confirmed, in one transaction: its recordings entry
+/// (`info`), its retention entry and its segments' (an HLS playlist's). The callers run it
+/// after the store confirmed the file and before they remove its spool copy or marker, so
+/// a crash in between leaves the spool copy, and recovery stores and indexes it again,
+/// instead of a stored file that never expires and is not queryable. Returns false (and
+/// logs) when the database refused: the caller then keeps the spool copy for the next
+/// start.
+pub(crate) async fn index_stored(
+    db: &Db,
+    key: &str,
+    storage_time: u64,
+    info: Option<FileRecord>,
+    segments: Vec<String>,
+) -> bool {
+    let res = match info {
+        Some(mut i) => {
+            i.key = key.to_string();
+            db.record_stored(i, storage_time, segments).await
+        }
+        None if segments.is_empty() => db.add(key, storage_time).await,
+        None => {
+            let mut keys = segments;
+            keys.push(key.to_string());
+            db.add_all(keys, storage_time).await
+        }
+    };
+    match res {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(
+                key,
+                "cannot index the stored file; its spool copy stays for the next start: {e}"
+            );
+            false
+        }
+    }
 }
 
 #[cfg(test)]

@@ -283,9 +283,16 @@ async fn requeue(sink: &Arc<Sink>, path: &Path) -> bool {
             true
         }
         (Backend::Local { root }, _) => {
-            // Recorded for S3, now configured for a local directory: it goes there.
+            // Recorded for S3, now configured for a local directory: it goes there, and
+            // is indexed before its key record goes (it was not indexed at all before
+            // the node database: a crash-order gap of its own).
             let r = sink.move_into_root(path, root, &up.key).await;
-            let _ = std::fs::remove_file(&meta);
+            if r.is_ok()
+                && super::index_stored(&sink.db, &up.key, up.storage_time, up.info, Vec::new())
+                    .await
+            {
+                let _ = std::fs::remove_file(&meta);
+            }
             r.is_ok()
         }
         _ => false,
@@ -459,7 +466,7 @@ async fn end_playlist(
             .first()
             .and_then(|s| s.program_date_time)
             .unwrap_or_else(Utc::now);
-        Some(super::retention::FileRecord {
+        Some(crate::model::FileRecord {
             domain: id.domain,
             app: id.app,
             stream: id.stream,
@@ -486,16 +493,18 @@ async fn end_playlist(
                 return false;
             }
             let mut size = 0;
-            for seg_key in names.segment_keys(&playlist) {
-                size += std::fs::metadata(root.join(&seg_key)).map_or(0, |m| m.len());
-                sink.index.add(&seg_key, up.storage_time);
+            let segment_keys = names.segment_keys(&playlist);
+            for seg_key in &segment_keys {
+                size += std::fs::metadata(root.join(seg_key)).map_or(0, |m| m.len());
             }
-            sink.index.add(&key, up.storage_time);
-            if let Some(mut i) = info {
+            let info = info.map(|mut i| {
                 i.size = size;
-                sink.index.record(i, up.storage_time);
+                i
+            });
+            // Indexed before the marker goes: a crash in between recovers it again.
+            if super::index_stored(&sink.db, &key, up.storage_time, info, segment_keys).await {
+                let _ = std::fs::remove_file(marker);
             }
-            let _ = std::fs::remove_file(marker);
             true
         }
         (Backend::S3(_), Some(u)) => {

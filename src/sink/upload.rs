@@ -20,9 +20,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::retention::Index;
+use super::index_stored;
 use super::store::{Backend, S3Backend};
 use super::Quota;
+use crate::db::Db;
 
 pub struct Job {
     /// The finished spool file (`….up`).
@@ -34,7 +35,7 @@ pub struct Job {
     /// When the file closed, for the close → stored latency (log and `/metrics`).
     pub closed: Instant,
     /// The recordings index entry, added once the store has the file.
-    pub info: Option<super::retention::FileRecord>,
+    pub info: Option<crate::model::FileRecord>,
 }
 
 pub fn meta_path(up: &Path) -> PathBuf {
@@ -59,7 +60,7 @@ pub struct Uploader {
     s3: Arc<Backend>,
     sem: Arc<Semaphore>,
     quota: Arc<Quota>,
-    index: Arc<Index>,
+    db: Db,
     tracker: TaskTracker,
     /// Keys whose upload is pending, so no second file gets one of them.
     queued: Mutex<HashMap<String, ()>>,
@@ -69,7 +70,7 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    pub fn new(backend: Arc<Backend>, quota: Arc<Quota>, index: Arc<Index>) -> Arc<Self> {
+    pub fn new(backend: Arc<Backend>, quota: Arc<Quota>, db: Db) -> Arc<Self> {
         let n = match &*backend {
             Backend::S3(s3) => s3.concurrency,
             Backend::Local { .. } => 1,
@@ -78,7 +79,7 @@ impl Uploader {
             s3: backend,
             sem: Arc::new(Semaphore::new(n)),
             quota,
-            index,
+            db,
             tracker: TaskTracker::new(),
             queued: Mutex::new(HashMap::new()),
             outage: Mutex::new(None),
@@ -122,11 +123,29 @@ impl Uploader {
         }
     }
 
-    fn record(&self, job: &Job) {
-        if let Some(mut i) = job.info.clone() {
-            i.key = job.key.clone();
-            self.index.record(i, job.storage_time);
+    /// The store confirmed `job` (`size` bytes): indexes it, then drops the spool copy —
+    /// in that order, so a crash in between leaves the `.up` file and the next start
+    /// uploads and indexes it again (R-ST-4/5). When the database refused, the copy stays
+    /// for the next start too.
+    async fn stored(&self, job: &Job, size: u64) {
+        if index_stored(
+            &self.db,
+            &job.key,
+            job.storage_time,
+            job.info.clone(),
+            Vec::new(),
+        )
+        .await
+        {
+            self.remove_spool(job, size).await;
         }
+    }
+
+    /// Drops the spool copy of an uploaded file.
+    async fn remove_spool(&self, job: &Job, size: u64) {
+        let _ = tokio::fs::remove_file(&job.path).await;
+        let _ = tokio::fs::remove_file(&job.meta).await;
+        self.quota.sub(size);
     }
 
     pub fn mark_queued(&self, key: &str) {
@@ -158,9 +177,8 @@ impl Uploader {
         self.mark(&job.key, true);
         let me = self.clone();
         self.tracker.spawn(async move {
-            me.upload_until_done(&job).await;
-            me.index.add(&job.key, job.storage_time);
-            me.record(&job);
+            let size = me.upload_until_done(&job).await;
+            me.stored(&job, size).await;
             me.mark(&job.key, false);
         });
     }
@@ -174,8 +192,9 @@ impl Uploader {
             .is_ok()
     }
 
-    /// Retries until the store has the file, then deletes the spool copy.
-    async fn upload_until_done(&self, job: &Job) {
+    /// Uploads until the store confirms; returns the size. The spool copy is the caller's
+    /// to remove, after it indexed the file.
+    async fn upload_until_done(&self, job: &Job) -> u64 {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -193,10 +212,7 @@ impl Uploader {
                     } else {
                         debug!(key = %job.key, bytes = size, delay_ms = ms as u64, "uploaded");
                     }
-                    let _ = tokio::fs::remove_file(&job.path).await;
-                    let _ = tokio::fs::remove_file(&job.meta).await;
-                    self.quota.sub(size);
-                    return;
+                    return size;
                 }
                 Err(e) => {
                     let wait = backoff(attempt);
@@ -310,7 +326,10 @@ impl Uploader {
         while let Some(msg) = rx.recv().await {
             match msg {
                 LaneMsg::Segment(job, seg) => {
-                    self.upload_until_done(&job).await;
+                    // A segment is indexed with its playlist; until then the marker and
+                    // the playlist copy (which lists it) are what recovery goes by.
+                    let size = self.upload_until_done(&job).await;
+                    self.remove_spool(&job, size).await;
                     playlist.push_segment(seg);
                     dirty = true;
                     // With a backlog (after an outage) only the newest playlist is put.
@@ -324,12 +343,12 @@ impl Uploader {
                     self.put_small_until_done(&key, playlist.render(true).as_bytes())
                         .await;
                     crate::metrics::upload_latency("s3", closed);
-                    for k in segment_keys.iter().chain(std::iter::once(&key)) {
-                        self.index.add(k, storage_time);
+                    // Indexed before the marker goes: a crash in between leaves the
+                    // marker, and the next start ends and indexes the playlist again.
+                    if index_stored(&self.db, &key, storage_time, Some(info), segment_keys).await {
+                        let _ = tokio::fs::remove_file(&copy).await;
+                        let _ = tokio::fs::remove_file(&marker).await;
                     }
-                    self.index.record(info, storage_time);
-                    let _ = tokio::fs::remove_file(&copy).await;
-                    let _ = tokio::fs::remove_file(&marker).await;
                     self.mark(&key, false);
                     return;
                 }
@@ -358,7 +377,7 @@ impl Uploader {
         storage_time: u64,
         copy: PathBuf,
         marker: PathBuf,
-        info: Option<super::retention::FileRecord>,
+        info: Option<crate::model::FileRecord>,
     ) {
         let me = self.clone();
         self.mark(&key, true);
@@ -367,23 +386,29 @@ impl Uploader {
         }
         self.tracker.spawn(async move {
             for j in &jobs {
-                me.upload_until_done(j).await;
+                let size = me.upload_until_done(j).await;
+                me.remove_spool(j, size).await;
                 me.mark(&j.key, false);
             }
             me.put_small_until_done(&key, text.as_bytes()).await;
-            for k in segment_keys.iter().chain(std::iter::once(&key)) {
-                me.index.add(k, storage_time);
+            let info = match info {
+                Some(mut i) => {
+                    // Segments stored before the crash left the spool: their sizes come
+                    // from the store (one HEAD each, on this rare path; one that fails
+                    // counts 0).
+                    i.size = me.stored_size(&segment_keys).await;
+                    Some(i)
+                }
+                None => None,
+            };
+            let n = segment_keys.len();
+            // Indexed before the marker goes (a crash in between recovers it again).
+            if index_stored(&me.db, &key, storage_time, info, segment_keys).await {
+                let _ = tokio::fs::remove_file(&copy).await;
+                let _ = tokio::fs::remove_file(&marker).await;
             }
-            if let Some(mut i) = info {
-                // Segments stored before the crash left the spool: their sizes come from
-                // the store (one HEAD each, on this rare path; one that fails counts 0).
-                i.size = me.stored_size(&segment_keys).await;
-                me.index.record(i, storage_time);
-            }
-            let _ = tokio::fs::remove_file(&copy).await;
-            let _ = tokio::fs::remove_file(&marker).await;
             me.mark(&key, false);
-            info!(key = %key, segments = segment_keys.len(), "recovered playlist stored");
+            info!(key = %key, segments = n, "recovered playlist stored");
         });
     }
 
@@ -527,19 +552,18 @@ impl Uploader {
                 let _ = s3.store.abort_multipart(&temp, id).await;
             }
         }
-        if done {
+        let size = if done {
             crate::metrics::upload_latency("s3", job.closed);
-            let size = tokio::fs::metadata(&job.path).await.map_or(0, |m| m.len());
-            let _ = tokio::fs::remove_file(&job.path).await;
-            let _ = tokio::fs::remove_file(&job.meta).await;
-            self.quota.sub(size);
+            tokio::fs::metadata(&job.path).await.map_or(0, |m| m.len())
         } else {
             // Small file, or the multipart path failed for good: whole upload.
-            self.upload_until_done(&job).await;
-        }
+            self.upload_until_done(&job).await
+        };
+        // Indexed, then the spool copy goes (`stored`), then the multipart record: a crash
+        // before the index commit leaves `.up` and the record, and the next start stores
+        // and indexes it again.
+        self.stored(&job, size).await;
         let _ = tokio::fs::remove_file(&mpu).await;
-        self.index.add(&job.key, job.storage_time);
-        self.record(&job);
         self.mark(&job.key, false);
     }
 
@@ -754,7 +778,7 @@ async fn pread(file: Arc<std::fs::File>, off: u64, len: usize) -> Result<Vec<u8>
 pub enum LaneMsg {
     Segment(Job, hls::Segment),
     /// The playlist's segment keys, its index record, and when it closed.
-    Finish(Vec<String>, super::retention::FileRecord, Instant),
+    Finish(Vec<String>, crate::model::FileRecord, Instant),
 }
 
 pub struct HlsLane {
@@ -769,7 +793,7 @@ impl HlsLane {
     pub fn finish(
         self,
         segment_keys: Vec<String>,
-        info: super::retention::FileRecord,
+        info: crate::model::FileRecord,
         closed: Instant,
     ) {
         let _ = self.tx.send(LaneMsg::Finish(segment_keys, info, closed));
