@@ -250,6 +250,33 @@ fn write_errors_end_mp4_aac_and_hls_files_at_whole_units() {
     }
     let log = d.log();
     assert!(log.contains("spool write failed"), "{log}");
+    // A segment cut short is followed by #EXT-X-DISCONTINUITY: the media timeline jumps
+    // there. The log names each cut segment's number; segments are `{stem}_{n}.ts`.
+    let cut: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("segment ended at its last complete TS packet"))
+        .filter_map(|l| l.split("segment=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(|n| format!("_{n}.ts"))
+        .collect();
+    assert!(!cut.is_empty(), "no HLS segment was cut:\n{log}");
+    let mut followed = 0;
+    for pl in &m3u8 {
+        let text = std::fs::read_to_string(pl).expect("playlist");
+        let (playlist, _) = hls::MediaPlaylist::parse(&text).expect("a playlist");
+        for pair in playlist.segments().windows(2) {
+            if cut.iter().any(|c| pair[0].uri.ends_with(c.as_str())) {
+                assert!(
+                    pair[1].discontinuity,
+                    "{}: {} follows a cut segment without a discontinuity:\n{text}",
+                    pl.display(),
+                    pair[1].uri
+                );
+                followed += 1;
+            }
+        }
+    }
+    assert!(followed > 0, "no cut segment was followed by another");
     assert!(d.is_running());
     let (_, text) = d.api_get("/metrics");
     assert!(

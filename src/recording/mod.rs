@@ -151,6 +151,8 @@ struct HlsFile {
     key: hls::PlaylistKey,
     live: hls::LivePlaylist,
     segments: HashMap<u64, SpoolFile>,
+    /// The last segment was cut short or lost: the next one starts after a gap.
+    gap_before_next: bool,
 }
 
 struct Recording {
@@ -514,6 +516,7 @@ impl Recording {
                         handle,
                         live: hls::LivePlaylist::new(started, start_dts),
                         segments: HashMap::new(),
+                        gap_before_next: false,
                     },
                 );
                 crate::metrics::file_opened();
@@ -544,6 +547,10 @@ impl Recording {
             return;
         };
         let mut duration_ms = duration_ms;
+        // A segment cut short or lost leaves a jump in the media timeline: the next listed
+        // segment says so with #EXT-X-DISCONTINUITY (RFC 8216 4.3.2.3), so players re-sync
+        // instead of stalling on the missing timestamps.
+        let mut cut = false;
         if let Err(e) = f.flush().await {
             self.segment_write_failed(e);
         }
@@ -555,14 +562,21 @@ impl Recording {
                     if kept_ms > 0 {
                         duration_ms = duration_ms.min(Millis::from_ms(kept_ms));
                     }
+                    cut = true;
                     info!(stream = %self.id, segment = n, bytes_kept = kept.keep_len, duration_ms = duration_ms.as_ms(), "segment ended at its last complete TS packet after a failed write");
                 }
                 Ok(_) => {
                     let _ = tokio::fs::remove_file(f.path()).await;
+                    if let Some(h) = self.hls.get_mut(&seq) {
+                        h.gap_before_next = true;
+                    }
                     return;
                 }
                 Err(e) => {
                     error!(stream = %self.id, segment = n, "cannot end the segment after a failed write ({e}); it stays in the spool");
+                    if let Some(h) = self.hls.get_mut(&seq) {
+                        h.gap_before_next = true;
+                    }
                     return;
                 }
             }
@@ -572,6 +586,7 @@ impl Recording {
         };
         let name = h.key.segment_name(n);
         let mut seg = h.live.segment(format!("{name}.ts"), start_dts, duration_ms);
+        seg.discontinuity = h.gap_before_next;
         // The segment's key may differ from its name (`_N` on collision); the sink stores
         // under the key and the playlist lists the key's file.
         let text = h.live.render_with(&seg);
@@ -583,8 +598,12 @@ impl Recording {
             Ok(key) => {
                 seg.uri = crate::sink::file_of(&key).to_string();
                 h.live.push(seg);
+                h.gap_before_next = cut;
             }
-            Err(e) => error!(stream = %self.id, "finishing segment {n} failed: {e}"),
+            Err(e) => {
+                h.gap_before_next = true;
+                error!(stream = %self.id, "finishing segment {n} failed: {e}")
+            }
         }
     }
 
