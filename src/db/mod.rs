@@ -132,7 +132,7 @@ impl<T> Ctx<T> for rusqlite::Result<T> {
 }
 
 /// The filter of the recordings API (R-QY-1).
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone)]
 pub struct RecordingFilter {
     pub domain: Option<String>,
     pub app: Option<String>,
@@ -146,7 +146,7 @@ pub struct RecordingFilter {
 
 /// Which page of a query: the first one without a token; `page_size` is clamped to
 /// 1..=[`PAGE_MAX`].
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone)]
 pub struct PageRequest {
     pub page_size: Option<usize>,
     pub page_token: Option<String>,
