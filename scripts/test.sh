@@ -26,4 +26,6 @@ for tool in ffmpeg ffprobe gst-launch-1.0 systemd-analyze; do
   command -v "$tool" >/dev/null 2>&1 || { echo "$tool still not found after install" >&2; exit 1; }
 done
 
-cargo test --workspace --all-targets "$@"
+# `failpoints`: the crash-step tests (tests/e2e_crash_steps.rs) abort the daemon at named
+# steps; a release build has no such hook.
+cargo test --workspace --all-targets --features liverec/failpoints "$@"

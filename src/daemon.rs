@@ -57,6 +57,7 @@ pub async fn run(
     config_path: Option<std::path::PathBuf>,
 ) -> Result<(), DaemonError> {
     let cfg = &loaded.config;
+    crate::failpoint::log_at_start();
     // Before recovery: the files it stores already count.
     let metrics = crate::metrics::install()?;
     // Recovery of what a previous run left in the spool happens here, before the

@@ -5,6 +5,7 @@ mod clock;
 mod config;
 mod daemon;
 mod db;
+mod failpoint;
 mod ingest;
 mod metrics;
 mod model;

@@ -68,7 +68,6 @@ pub enum DbError {
         source: rusqlite::Error,
     },
     #[error("node database: {op} `{key}`: {what}")]
-    #[allow(dead_code)] // the file life-cycle (R-ST-4), wired by the next step
     Corrupt {
         op: &'static str,
         key: String,
@@ -81,7 +80,6 @@ pub enum DbError {
         source: serde_json::Error,
     },
     #[error("file {id} is `{found}`, not `{from}`: refusing the step {from} -> {to}")]
-    #[allow(dead_code)] // the file life-cycle (R-ST-4), wired by the next step
     WrongState {
         id: i64,
         from: FileState,
@@ -89,14 +87,12 @@ pub enum DbError {
         to: FileState,
     },
     #[error("file {id}: {from} -> {to} is not a step forward")]
-    #[allow(dead_code)] // the file life-cycle (R-ST-4), wired by the next step
     Backwards {
         id: i64,
         from: FileState,
         to: FileState,
     },
     #[error("file {id} is not in the node database")]
-    #[allow(dead_code)] // the file life-cycle (R-ST-4), wired by the next step
     NoSuchFile { id: i64 },
     #[error("the page token is not one this server gave out")]
     BadPageToken,
@@ -173,9 +169,6 @@ pub struct Expired {
 }
 
 /// Where a file the node owes is (R-ST-4); only ever forward.
-// The file life-cycle (R-ST-4: `files`, `owe`/`advance`/`owed`) is wired by the next step
-// of issue 11; until then only `db::tests` use it.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FileState {
     /// Finalized in the spool.
@@ -188,7 +181,6 @@ pub enum FileState {
     Indexed,
 }
 
-#[allow(dead_code)] // see `FileState`
 impl FileState {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -217,7 +209,6 @@ impl std::fmt::Display for FileState {
 }
 
 /// A closed file the node now owes a store and an index entry.
-#[allow(dead_code)] // see `FileState`
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewFile {
     pub spool_path: PathBuf,
@@ -232,7 +223,6 @@ pub struct NewFile {
 }
 
 /// A row of `files`.
-#[allow(dead_code)] // see `FileState`
 #[derive(Debug, Clone, PartialEq)]
 pub struct OwedFile {
     pub id: i64,
@@ -382,7 +372,7 @@ impl Db {
         .await
     }
 
-    #[allow(dead_code)] // for recovery's backlog, with the file life-cycle (next step)
+    #[cfg(test)] // fixtures and the scale test: many recordings in one commit
     /// Many [`Db::record_stored`]s in one transaction (one commit, one sync): for
     /// backlogs such as a recovery's uploads.
     pub async fn record_many(&self, recs: Vec<(FileRecord, u64)>) -> Result<(), DbError> {
@@ -675,7 +665,6 @@ impl Db {
 }
 
 // --- Files the node owes (R-ST-4) ---
-#[allow(dead_code)] // see `FileState`
 impl Db {
     /// A file closed in the spool: owed from now on; returns its id.
     pub async fn owe(&self, f: NewFile) -> Result<i64, DbError> {
@@ -749,7 +738,18 @@ impl Db {
         .await
     }
 
+    /// Drops a `files` row: a file this node no longer owes (it went elsewhere).
+    pub async fn forget(&self, id: i64) -> Result<(), DbError> {
+        self.call("forget", move |c| {
+            c.db.execute("DELETE FROM files WHERE id = ?1", [id])
+                .ctx("forget", id)?;
+            Ok(())
+        })
+        .await
+    }
+
     /// One `files` row.
+    #[cfg(test)]
     pub async fn file(&self, id: i64) -> Result<Option<OwedFile>, DbError> {
         self.call("file", move |c| {
             c.db.query_row(
@@ -766,11 +766,9 @@ impl Db {
     }
 }
 
-#[allow(dead_code)] // see `FileState`
 const FILE_COLUMNS: &str =
     "SELECT id, state, spool_path, key, format, storage_time, record, segments";
 
-#[allow(dead_code)] // see `FileState`
 type FileRow = (
     i64,
     String,
@@ -782,7 +780,6 @@ type FileRow = (
     Option<String>,
 );
 
-#[allow(dead_code)] // see `FileState`
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRow> {
     Ok((
         r.get(0)?,
@@ -796,7 +793,6 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRow> {
     ))
 }
 
-#[allow(dead_code)] // see `FileState`
 fn parse_file(row: FileRow) -> Result<OwedFile, DbError> {
     let (id, state, spool_path, key, format, storage_time, record, segments) = row;
     let corrupt = |what: String| DbError::Corrupt {
@@ -912,7 +908,6 @@ impl Conn {
         Ok(r)
     }
 
-    #[allow(dead_code)] // see `FileState`
     fn advance(
         &mut self,
         id: i64,

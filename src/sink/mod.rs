@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, FileState, NewFile};
 use crate::ingest::identity::StreamId;
 use crate::model::FileRecord;
 use store::Backend;
@@ -613,6 +613,7 @@ impl Sink {
         tokio::task::spawn_blocking(move || patch_file(file, &patches))
             .await?
             .map_err(spool_err(&path))?;
+        crate::failpoint::hit("file.closed");
         let stream = f.stream.take();
         let mut info = rec.record(span.0, span.2);
         info.end_ms = span.1.timestamp_millis().max(info.start_ms);
@@ -710,17 +711,8 @@ impl Sink {
         });
         let res = match &*self.backend {
             Backend::Local { root } => {
-                // The rename is the store and the spool copy's removal in one step, so
-                // there is no window to index in between: a crash right after it leaves a
-                // stored file without an index entry (it never expires). Indexing first
-                // would be worse: a failed rename would leave an entry for a file the
-                // store does not have.
-                let r = self.move_into_root(path, root, &key).await;
-                if r.is_ok() {
-                    crate::metrics::upload_latency("local", closed);
-                    index_stored(&self.db, &key, storage_time, info, Vec::new()).await;
-                }
-                r
+                self.store_local(closed, path, root, &key, ext, storage_time, info)
+                    .await
             }
             Backend::S3(_) => self
                 .queue_upload(path, &key, storage_time, info)
@@ -737,6 +729,73 @@ impl Sink {
         };
         self.release_key(&key);
         res.map(|()| key)
+    }
+
+    /// The local store of a finished file, crash-ordered (R-ST-4, `crate::failpoint`):
+    /// the rename into the root is the store and the spool copy's removal in one step,
+    /// so the spool alone cannot tell a crash right after it from a file never closed.
+    /// A `files` row, committed before the rename, can: a restart finds it `closed` and
+    /// finishes it (`recover::resume_owed`) whichever side of the rename the crash fell.
+    /// The step to `indexed` after the rename writes the recordings and retention rows
+    /// in the same transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn store_local(
+        &self,
+        closed: Instant,
+        path: &Path,
+        root: &Path,
+        key: &str,
+        ext: &str,
+        storage_time: u64,
+        info: Option<FileRecord>,
+    ) -> Result<(), SinkError> {
+        let owed = self
+            .db
+            .owe(NewFile {
+                spool_path: path.to_path_buf(),
+                key: key.to_string(),
+                format: ext.to_string(),
+                storage_time,
+                record: info.clone(),
+                segments: Vec::new(),
+            })
+            .await;
+        let id = match owed {
+            Ok(id) => Some(id),
+            Err(e) => {
+                // Stored rather than stuck in the spool: the file is what the encoder
+                // sent; only a crash in the next few milliseconds would leave it
+                // unindexed.
+                warn!(
+                    key,
+                    "cannot record the file as owed; storing it anyway: {e}"
+                );
+                None
+            }
+        };
+        crate::failpoint::hit("local.owed");
+        self.move_into_root(path, root, key).await?;
+        crate::metrics::upload_latency("local", closed);
+        crate::failpoint::hit("local.stored");
+        match id {
+            Some(id) => {
+                if let Err(e) = self
+                    .db
+                    .advance(id, FileState::Closed, FileState::Indexed)
+                    .await
+                {
+                    // Still owed: the next start indexes it.
+                    warn!(
+                        key,
+                        "cannot index the stored file; the next start does: {e}"
+                    );
+                }
+            }
+            None => {
+                index_stored(&self.db, key, storage_time, info, Vec::new()).await;
+            }
+        }
+        Ok(())
     }
 
     /// Renames `{file}.part` to `{file}.up` and writes the key beside it, so the upload
@@ -767,6 +826,7 @@ impl Sink {
         })
         .await?
         .map_err(spool_err(path))?;
+        crate::failpoint::hit("s3.queued");
         Ok(upload::Job {
             path: up,
             meta,
@@ -940,6 +1000,7 @@ impl Sink {
                 let r = self.put_local(root, &pl.key, text.into_bytes()).await;
                 if r.is_ok() {
                     crate::metrics::upload_latency("local", closed);
+                    crate::failpoint::hit("hls.stored");
                     // Indexed (playlist and segments, one transaction) before the marker
                     // goes: a crash before the commit leaves the marker, and recovery
                     // indexes the playlist it ends. A failed commit keeps it too.

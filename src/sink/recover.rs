@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use super::store::Backend;
 use super::upload::{meta_path, Job};
 use super::{RecMeta, Sink, UpMeta};
+use crate::db::FileState;
 use crate::ingest::identity::StreamId;
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -88,19 +89,24 @@ struct Dir {
 }
 
 pub async fn run(sink: &Arc<Sink>) -> RecoveryReport {
+    let mut report = RecoveryReport::default();
+    // First the files the database says are owed: a finished file between its `files`
+    // row and its indexing may already have left the spool, so the scan below cannot
+    // see it; one still in the spool is finished here under the key it was given, and the
+    // scan then finds nothing left of it.
+    resume_owed(sink, &mut report).await;
     let spool = sink.spool.clone();
     let dirs = match tokio::task::spawn_blocking(move || scan(&spool)).await {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
             warn!("cannot scan the spool for unfinished files: {e}");
-            return RecoveryReport::default();
+            return report;
         }
         Err(e) => {
             warn!("spool scan failed: {e}");
-            return RecoveryReport::default();
+            return report;
         }
     };
-    let mut report = RecoveryReport::default();
     for (dir, d) in dirs {
         recover_dir(sink, &dir, d, &mut report).await;
     }
@@ -115,6 +121,80 @@ pub async fn run(sink: &Arc<Sink>) -> RecoveryReport {
         );
     }
     report
+}
+
+/// Finishes the files of `files` not yet indexed (R-ST-4): the local store writes the
+/// row before its rename into the root and indexes after it, so a crash left each one
+/// on one side of that rename. Where the file is — still in the spool, in the root, or
+/// (after an interrupted copy across filesystems) both — says which.
+async fn resume_owed(sink: &Arc<Sink>, report: &mut RecoveryReport) {
+    let owed = match sink.db.owed().await {
+        Ok(o) => o,
+        Err(e) => {
+            warn!("cannot read the files owed from the node database: {e}");
+            return;
+        }
+    };
+    for f in owed {
+        let (id, key, src) = (f.id, f.file.key.clone(), f.file.spool_path.clone());
+        let Backend::Local { root } = &**sink.backend() else {
+            // Recorded by a local store, now configured for S3: a file still in the
+            // spool is found by the scan and uploaded; the row has nothing left to say.
+            forget(sink, id, &key, src.exists()).await;
+            continue;
+        };
+        if f.state != FileState::Closed {
+            warn!(id, key, state = %f.state, "owed file in a state a local store never writes; left for an operator");
+            continue;
+        }
+        let dest = root.join(&key);
+        match (src.exists(), dest.exists()) {
+            // Renamed (or copied) before the crash: only the index is owed — and the
+            // removal of the spool copy after a copy across filesystems.
+            (in_spool, true) => {
+                if in_spool {
+                    let _ = std::fs::remove_file(&src);
+                }
+            }
+            (true, false) => {
+                if let Err(e) = sink.move_into_root(&src, root, &key).await {
+                    warn!(key, file = %src.display(), "cannot store an owed file, left for the next start: {e}");
+                    continue;
+                }
+            }
+            (false, false) => {
+                forget(sink, id, &key, false).await;
+                continue;
+            }
+        }
+        match sink
+            .db
+            .advance(id, FileState::Closed, FileState::Indexed)
+            .await
+        {
+            Ok(()) => {
+                info!(key, "stored and indexed a file the last run left owed");
+                report.finalized += 1;
+            }
+            Err(e) => warn!(
+                key,
+                "cannot index an owed file, left for the next start: {e}"
+            ),
+        }
+    }
+}
+
+/// Drops the row of a file no longer this node's to finish.
+async fn forget(sink: &Sink, id: i64, key: &str, in_spool: bool) {
+    if !in_spool {
+        warn!(
+            key,
+            "an owed file is neither in the spool nor in the store; forgetting it"
+        );
+    }
+    if let Err(e) = sink.db.forget(id).await {
+        warn!(key, "cannot drop the row of an owed file: {e}");
+    }
 }
 
 fn scan(spool: &Path) -> std::io::Result<BTreeMap<PathBuf, Dir>> {

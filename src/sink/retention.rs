@@ -57,6 +57,7 @@ pub async fn sweep_once(db: &Db, backend: &Backend) {
             // Nothing due, or every delete failed: the next sweep retries.
             return;
         }
+        crate::failpoint::hit("retention.deleted");
         if let Err(e) = db.deleted(gone).await {
             // Still scheduled: the next sweep deletes them again (no-ops) and retries this.
             warn!("retention: cannot record deleted files, the next sweep retries: {e}");

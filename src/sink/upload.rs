@@ -128,6 +128,7 @@ impl Uploader {
     /// uploads and indexes it again (R-ST-4/5). When the database refused, the copy stays
     /// for the next start too.
     async fn stored(&self, job: &Job, size: u64) {
+        crate::failpoint::hit("s3.stored");
         if index_stored(
             &self.db,
             &job.key,
@@ -137,6 +138,7 @@ impl Uploader {
         )
         .await
         {
+            crate::failpoint::hit("s3.indexed");
             self.remove_spool(job, size).await;
         }
     }
@@ -343,6 +345,7 @@ impl Uploader {
                     self.put_small_until_done(&key, playlist.render(true).as_bytes())
                         .await;
                     crate::metrics::upload_latency("s3", closed);
+                    crate::failpoint::hit("hls.stored");
                     // Indexed before the marker goes: a crash in between leaves the
                     // marker, and the next start ends and indexes the playlist again.
                     if index_stored(&self.db, &key, storage_time, Some(info), segment_keys).await {

@@ -1,0 +1,56 @@
+//! Named crash points (issue 11): the steps a closed file goes through on its way to
+//! being stored, indexed and, once expired, deleted. Built with `--features failpoints`
+//! (what `scripts/test.sh` does), the daemon aborts — like `kill -9`: no destructor, no
+//! flush of anything buffered in the process — when it reaches the step named by the
+//! `LIVEREC_FAILPOINT` environment variable, so `tests/e2e_crash_steps.rs` can crash it
+//! between any two steps and check that the restart finishes the file. Without the
+//! feature `hit` is an empty inline function: a release build has no way to be told to
+//! abort.
+//!
+//! The steps, in order (README "Durability"):
+//! - `file.closed`: finalized and patched in the spool (`{file}.part`), nothing else.
+//! - `local.owed`: its `files` row is committed (`closed`), not yet moved into the root.
+//! - `local.stored`: renamed into the recordings directory, not yet indexed.
+//! - `s3.queued`: renamed to `{file}.up` with its key record, not yet uploaded.
+//! - `s3.stored`: the store confirmed the upload, not yet indexed.
+//! - `s3.indexed`: indexed, the spool copy not yet removed.
+//! - `hls.stored`: an ended playlist is in the store, not yet indexed.
+//! - `retention.deleted`: an expired file is deleted from the store, its schedule row
+//!   and recordings entry not yet removed.
+
+/// The environment variable naming the step to abort at.
+#[cfg(feature = "failpoints")]
+pub const ENV: &str = "LIVEREC_FAILPOINT";
+
+#[cfg(feature = "failpoints")]
+pub fn hit(step: &'static str) {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var(ENV).ok().filter(|s| !s.is_empty()));
+    if armed.as_deref() == Some(step) {
+        eprintln!("failpoint {step}: aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hit(_step: &'static str) {}
+
+/// Logged at start: the armed step, or that `LIVEREC_FAILPOINT` is set in a build that
+/// cannot honour it (a crash-step test then says why nothing crashed).
+pub fn log_at_start() {
+    let Some(step) = std::env::var("LIVEREC_FAILPOINT")
+        .ok()
+        .filter(|s| !s.is_empty())
+    else {
+        return;
+    };
+    if cfg!(feature = "failpoints") {
+        tracing::warn!(step, "failpoint armed: the daemon aborts at this step");
+    } else {
+        tracing::warn!(
+            step,
+            "LIVEREC_FAILPOINT is set but this build has no failpoints (build with --features failpoints)"
+        );
+    }
+}
