@@ -11,7 +11,8 @@
 //! - `file.closed`: finalized and patched in the spool (`{file}.part`), nothing else.
 //! - `local.owed`: its `files` row is committed (`closed`), not yet moved into the root.
 //! - `local.stored`: renamed into the recordings directory, not yet indexed.
-//! - `s3.queued`: renamed to `{file}.up` with its key record, not yet uploaded.
+//! - `s3.renamed`: renamed to `{file}.up`, its `files` row (`queued`) not yet written.
+//! - `s3.queued`: its `files` row is committed, not yet uploaded.
 //! - `s3.stored`: the store confirmed the upload, not yet indexed.
 //! - `s3.indexed`: indexed, the spool copy not yet removed.
 //! - `hls.stored`: an ended playlist is in the store, not yet indexed.

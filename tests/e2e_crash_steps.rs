@@ -306,6 +306,11 @@ fn s3_crash_after_close() {
 }
 
 #[test]
+fn s3_crash_after_renamed() {
+    crash_then_finish("s3.renamed", Store::S3, Format::Flv);
+}
+
+#[test]
 fn s3_crash_after_queued() {
     crash_then_finish("s3.queued", Store::S3, Format::Flv);
 }
@@ -328,4 +333,62 @@ fn s3_hls_crash_after_stored() {
 #[test]
 fn s3_crash_after_delete() {
     crash_after_delete(Store::S3);
+}
+
+/// A spool written by the previous release queued each upload as `{file}.up` with its key
+/// record `{file}.up.json` beside it; this release keeps that queue in the node database
+/// and must still upload and index what an upgrade finds.
+#[test]
+fn an_earlier_versions_upload_queue_is_still_uploaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let mut d = Daemon::start_full("", Some(&s3.storage_toml("")), "");
+    assert_eq!(d.stop(), Some(0));
+    let stream = d.spool().join("localhost/live/old");
+    std::fs::create_dir_all(&stream).expect("spool dir");
+    let up = stream.join("r1-1.0.1764000000000.flv.up");
+    let bytes = std::fs::read(testkit::fixture("avc_aac_2s.flv")).expect("fixture");
+    std::fs::write(&up, &bytes).expect("write .up");
+    let key = "localhost/live/old/old_2025.flv";
+    // The previous release's `UpMeta`, as it wrote it.
+    let record = serde_json::json!({
+        "key": key,
+        "storage_time": 0,
+        "info": {
+            "key": key, "format": "flv", "domain": "localhost", "app": "live",
+            "stream": "old", "task_id": "", "start_ms": 1_764_000_000_000i64,
+            "end_ms": 1_764_000_002_000i64, "duration_ms": 2000, "size": bytes.len(),
+            "expires": 0
+        }
+    });
+    std::fs::write(
+        stream.join("r1-1.0.1764000000000.flv.up.json"),
+        record.to_string(),
+    )
+    .expect("write .up.json");
+    d.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = d.api_get("/v1/recordings?stream=old");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let recs = v["recordings"].as_array().cloned().unwrap_or_default();
+        let stored = std::fs::read(s3.object_path(key)).ok();
+        if recs.len() == 1 && stored.is_some() && !up.exists() {
+            assert_eq!(recs[0]["key"], key, "{body}");
+            assert_eq!(stored.as_deref(), Some(&bytes[..]), "uploaded as it was");
+            assert!(
+                !stream.join("r1-1.0.1764000000000.flv.up.json").exists(),
+                "its key record goes with it"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old queue was not uploaded: {recs:?}; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(d.stop(), Some(0));
 }

@@ -668,6 +668,11 @@ impl Db {
 impl Db {
     /// A file closed in the spool: owed from now on; returns its id.
     pub async fn owe(&self, f: NewFile) -> Result<i64, DbError> {
+        self.owe_at(f, FileState::Closed).await
+    }
+
+    /// A file owed from `state` on (`Queued`: renamed to `{file}.up` for its upload).
+    pub async fn owe_at(&self, f: NewFile, state: FileState) -> Result<i64, DbError> {
         self.call("owe", move |c| {
             let record = f
                 .record
@@ -690,7 +695,7 @@ impl Db {
             c.db.execute(
                 "INSERT INTO files (spool_path, key, format, state, storage_time, record,
                                     segments, updated_ms)
-                 VALUES (?1, ?2, ?3, 'closed', ?4, ?5, ?6, ?7)",
+                 VALUES (?1, ?2, ?3, ?8, ?4, ?5, ?6, ?7)",
                 params![
                     f.spool_path.to_string_lossy(),
                     f.key,
@@ -698,7 +703,8 @@ impl Db {
                     clamp_i64(f.storage_time),
                     record,
                     segments,
-                    now_ms()
+                    now_ms(),
+                    state.as_str()
                 ],
             )
             .ctx("owe", &f.key)?;
@@ -731,6 +737,34 @@ impl Db {
                 match row.ctx("owed", "").and_then(parse_file) {
                     Ok(f) => out.push(f),
                     Err(e) => warn!("skipping an owed file: {e}"),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The rows of these spool files (any state, the newest row per path): how recovery
+    /// tells a finished spool file still owed from one indexed just before a crash.
+    pub async fn files_at(&self, paths: Vec<PathBuf>) -> Result<Vec<OwedFile>, DbError> {
+        self.call("files_at", move |c| {
+            let mut st =
+                c.db.prepare_cached(&format!(
+                    "{FILE_COLUMNS} FROM files WHERE spool_path = ?1 ORDER BY id DESC LIMIT 1"
+                ))
+                .ctx("files_at", "")?;
+            let mut out = Vec::new();
+            for p in &paths {
+                let path = p.to_string_lossy();
+                let row = st
+                    .query_row([path.as_ref()], file_row)
+                    .optional()
+                    .ctx("files_at", &path)?;
+                if let Some(row) = row {
+                    match parse_file(row) {
+                        Ok(f) => out.push(f),
+                        Err(e) => warn!("skipping a file row: {e}"),
+                    }
                 }
             }
             Ok(out)

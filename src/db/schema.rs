@@ -81,6 +81,12 @@ const MIGRATIONS: &[&str] = &[
     -- transaction that indexes the file, so a stored file's callback is never lost nor
     -- announced before the file is indexed.
     "#,
+    // Version 2: recovery asks which finished spool files (`{file}.up`) the database
+    // knows, by path — the S3 upload queue lives in `files` now (state `queued`), no
+    // longer in a `{file}.up.json` beside each file.
+    r#"
+    CREATE INDEX files_by_spool_path ON files (spool_path);
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -113,4 +119,40 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<i64, DbError> {
         res.map_err(|source| DbError::Migrate { version, source })?;
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_gets_the_spool_path_index() {
+        let mut db = Connection::open_in_memory().unwrap();
+        db.execute_batch(MIGRATIONS[0]).unwrap();
+        db.execute_batch("PRAGMA user_version = 1").unwrap();
+        db.execute(
+            "INSERT INTO files (spool_path, key, format, state, updated_ms)
+             VALUES ('/s/a.flv.up', 'd/a/s/a.flv', 'flv', 'queued', 0)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut db, Path::new(":memory:")).unwrap(), 1);
+        let v: i64 = db
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, VERSION);
+        // The row survived, and recovery's lookup by path uses the new index.
+        let plan: String = db
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM files WHERE spool_path = '/s/a.flv.up'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("files_by_spool_path"), "{plan}");
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM files", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
 }

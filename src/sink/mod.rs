@@ -10,8 +10,9 @@
 //! - `{rec}.{seq}.{start_ms}.{ext}.part` — a file being written (`seq` = file number in
 //!   the recording, `start_ms` = its wall-clock start).
 //! - `{rec}.{seq}.{start_ms}.s{n}.ts.part` — HLS segment `n` of playlist `seq`.
-//! - `{file}.up` + `{file}.up.json` (S3) — finished and patched, waiting for its upload;
-//!   the JSON holds the key.
+//! - `{file}.up` (S3) — finished and patched, waiting for its upload; its key and
+//!   recordings entry are its `files` row in the node database (an earlier version's
+//!   `{file}.up.json` beside it is still read).
 //! - `{rec}.{seq}.m3u8.json` — an open playlist's key; with S3 also `{rec}.{seq}.m3u8`,
 //!   the playlist as last written.
 //!
@@ -715,7 +716,7 @@ impl Sink {
                     .await
             }
             Backend::S3(_) => self
-                .queue_upload(path, &key, storage_time, info)
+                .queue_upload(path, &key, storage_time, info, false)
                 .await
                 .map(|up| upload::Job { closed, ..up })
                 .map(|up| match (stream, &self.uploader) {
@@ -798,38 +799,63 @@ impl Sink {
         Ok(())
     }
 
-    /// Renames `{file}.part` to `{file}.up` and writes the key beside it, so the upload
-    /// survives a restart (R-ST-4).
+    /// Queues a finished file for its upload so that the queue survives a restart
+    /// (R-ST-4): renamed `{file}.part` → `{file}.up` (finished: recovery no longer cuts
+    /// it back), then — except for an HLS segment, which its playlist's marker and copy
+    /// account for — a `files` row at `queued` with its key and recordings entry. A crash
+    /// between the two leaves a `.up` the database does not know, which recovery stores
+    /// like an unfinished file.
     async fn queue_upload(
         &self,
         path: &Path,
         key: &str,
         storage_time: u64,
         info: Option<FileRecord>,
+        segment: bool,
     ) -> Result<upload::Job, SinkError> {
         let up = path.with_extension("up");
-        let meta = upload::meta_path(&up);
-        let json = serde_json::to_vec(&UpMeta {
-            key: key.into(),
-            storage_time,
-            info: info.clone(),
-        })
-        .map_err(|e| SinkError::Spool {
-            path: meta.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (src, up2, meta2) = (path.to_path_buf(), up.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            write_atomic(&meta2, &json, n)?;
-            std::fs::rename(&src, &up2)
-        })
-        .await?
-        .map_err(spool_err(path))?;
+        let (src, up2) = (path.to_path_buf(), up.clone());
+        tokio::task::spawn_blocking(move || std::fs::rename(&src, &up2))
+            .await?
+            .map_err(spool_err(path))?;
+        crate::failpoint::hit("s3.renamed");
+        let owed = if segment {
+            upload::Owed::Segment
+        } else {
+            let format = info.as_ref().map_or_else(
+                || key.rsplit('.').next().unwrap_or("").to_string(),
+                |i| i.format.clone(),
+            );
+            let row = self
+                .db
+                .owe_at(
+                    NewFile {
+                        spool_path: up.clone(),
+                        key: key.to_string(),
+                        format,
+                        storage_time,
+                        record: info.clone(),
+                        segments: Vec::new(),
+                    },
+                    FileState::Queued,
+                )
+                .await;
+            match row {
+                Ok(id) => upload::Owed::Row(id),
+                Err(e) => {
+                    // Uploaded (and indexed after it) rather than stuck in the spool.
+                    warn!(
+                        key,
+                        "cannot record the queued upload; uploading it anyway: {e}"
+                    );
+                    upload::Owed::Unrecorded
+                }
+            }
+        };
         crate::failpoint::hit("s3.queued");
         Ok(upload::Job {
             path: up,
-            meta,
+            owed,
             key: key.into(),
             storage_time,
             closed: std::time::Instant::now(),
@@ -948,7 +974,9 @@ impl Sink {
         let key = self.claim_key(id, name, "ts").await?;
         let res = match (&*self.backend, &pl.lane) {
             (Backend::S3(_), Some(lane)) => {
-                let job = self.queue_upload(&path, &key, pl.storage_time, None).await;
+                let job = self
+                    .queue_upload(&path, &key, pl.storage_time, None, true)
+                    .await;
                 match job {
                     Ok(job) => {
                         let job = upload::Job { closed, ..job };

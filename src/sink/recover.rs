@@ -19,7 +19,7 @@ use media::repair::{ReadAt, Repair};
 use tracing::{info, warn};
 
 use super::store::Backend;
-use super::upload::{meta_path, Job};
+use super::upload::{meta_path, Job, Owed};
 use super::{RecMeta, Sink, UpMeta};
 use crate::db::FileState;
 use crate::ingest::identity::StreamId;
@@ -94,23 +94,32 @@ pub async fn run(sink: &Arc<Sink>) -> RecoveryReport {
     // row and its indexing may already have left the spool, so the scan below cannot
     // see it; one still in the spool is finished here under the key it was given, and the
     // scan then finds nothing left of it.
-    resume_owed(sink, &mut report).await;
+    let uploads = resume_owed(sink, &mut report).await;
     let spool = sink.spool.clone();
     let dirs = match tokio::task::spawn_blocking(move || scan(&spool)).await {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
             warn!("cannot scan the spool for unfinished files: {e}");
+            start_uploads(sink, uploads);
             return report;
         }
         Err(e) => {
             warn!("spool scan failed: {e}");
+            start_uploads(sink, uploads);
             return report;
         }
     };
+    // Counted before any upload starts: an upload that completes removes its bytes.
+    for d in dirs.values() {
+        for (p, _) in d.parts.iter().chain(d.ups.iter()) {
+            report.bytes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    sink.quota.add(report.bytes);
     for (dir, d) in dirs {
         recover_dir(sink, &dir, d, &mut report).await;
     }
-    sink.quota.add(report.bytes);
+    start_uploads(sink, uploads);
     if report != RecoveryReport::default() {
         info!(
             finalized = report.finalized,
@@ -123,63 +132,90 @@ pub async fn run(sink: &Arc<Sink>) -> RecoveryReport {
     report
 }
 
-/// Finishes the files of `files` not yet indexed (R-ST-4): the local store writes the
-/// row before its rename into the root and indexes after it, so a crash left each one
-/// on one side of that rename. Where the file is — still in the spool, in the root, or
-/// (after an interrupted copy across filesystems) both — says which.
-async fn resume_owed(sink: &Arc<Sink>, report: &mut RecoveryReport) {
+/// Finishes the files of `files` not yet indexed (R-ST-4). A local store writes the row
+/// (`closed`) before its rename into the root and indexes after it, so a crash left each
+/// one on one side of that rename: where the file is — still in the spool, in the root,
+/// or (after an interrupted copy across filesystems) both — says which. An S3 upload's
+/// row (`queued`) names its `{file}.up`: returned, to be uploaded again once the spool's
+/// bytes are counted (an upload that completes takes its bytes off the quota).
+async fn resume_owed(sink: &Arc<Sink>, report: &mut RecoveryReport) -> Vec<Job> {
+    let mut uploads = Vec::new();
     let owed = match sink.db.owed().await {
         Ok(o) => o,
         Err(e) => {
             warn!("cannot read the files owed from the node database: {e}");
-            return;
+            return uploads;
         }
     };
     for f in owed {
         let (id, key, src) = (f.id, f.file.key.clone(), f.file.spool_path.clone());
-        let Backend::Local { root } = &**sink.backend() else {
-            // Recorded by a local store, now configured for S3: a file still in the
-            // spool is found by the scan and uploaded; the row has nothing left to say.
-            forget(sink, id, &key, src.exists()).await;
-            continue;
-        };
-        if f.state != FileState::Closed {
-            warn!(id, key, state = %f.state, "owed file in a state a local store never writes; left for an operator");
+        if !matches!(f.state, FileState::Closed | FileState::Queued) {
+            warn!(id, key, state = %f.state, "owed file in a state no store writes; left for an operator");
             continue;
         }
-        let dest = root.join(&key);
-        match (src.exists(), dest.exists()) {
-            // Renamed (or copied) before the crash: only the index is owed — and the
-            // removal of the spool copy after a copy across filesystems.
-            (in_spool, true) => {
-                if in_spool {
-                    let _ = std::fs::remove_file(&src);
-                }
-            }
-            (true, false) => {
-                if let Err(e) = sink.move_into_root(&src, root, &key).await {
-                    warn!(key, file = %src.display(), "cannot store an owed file, left for the next start: {e}");
+        match &**sink.backend() {
+            Backend::S3(_) if f.state == FileState::Queued => {
+                if !src.exists() {
+                    forget(sink, id, &key, false).await;
                     continue;
                 }
+                uploads.push(Job {
+                    path: src,
+                    owed: Owed::Row(id),
+                    key,
+                    storage_time: f.file.storage_time,
+                    closed: Instant::now(),
+                    info: f.file.record,
+                });
+                report.requeued += 1;
             }
-            (false, false) => {
-                forget(sink, id, &key, false).await;
-                continue;
+            // Recorded by a local store, now configured for S3: a file still in the
+            // spool is found by the scan and uploaded; the row has nothing left to say.
+            Backend::S3(_) => forget(sink, id, &key, src.exists()).await,
+            Backend::Local { root } => {
+                let dest = root.join(&key);
+                match (src.exists(), dest.exists()) {
+                    // Renamed (or copied) before the crash: only the index is owed — and
+                    // the removal of the spool copy after a copy across filesystems.
+                    (in_spool, true) => {
+                        if in_spool {
+                            let _ = std::fs::remove_file(&src);
+                        }
+                    }
+                    // (A `queued` row here: recorded for S3, now stored locally.)
+                    (true, false) => {
+                        if let Err(e) = sink.move_into_root(&src, root, &key).await {
+                            warn!(key, file = %src.display(), "cannot store an owed file, left for the next start: {e}");
+                            continue;
+                        }
+                    }
+                    (false, false) => {
+                        forget(sink, id, &key, false).await;
+                        continue;
+                    }
+                }
+                match sink.db.advance(id, f.state, FileState::Indexed).await {
+                    Ok(()) => {
+                        info!(key, "stored and indexed a file the last run left owed");
+                        report.finalized += 1;
+                    }
+                    Err(e) => {
+                        warn!(
+                            key,
+                            "cannot index an owed file, left for the next start: {e}"
+                        )
+                    }
+                }
             }
         }
-        match sink
-            .db
-            .advance(id, FileState::Closed, FileState::Indexed)
-            .await
-        {
-            Ok(()) => {
-                info!(key, "stored and indexed a file the last run left owed");
-                report.finalized += 1;
-            }
-            Err(e) => warn!(
-                key,
-                "cannot index an owed file, left for the next start: {e}"
-            ),
+    }
+    uploads
+}
+
+fn start_uploads(sink: &Sink, jobs: Vec<Job>) {
+    if let Some(u) = &sink.uploader {
+        for j in jobs {
+            u.upload_file(j);
         }
     }
 }
@@ -278,17 +314,41 @@ async fn recover_dir(sink: &Arc<Sink>, dir: &Path, mut d: Dir, report: &mut Reco
             }
         }
     }
-    for (p, _) in d.parts.iter().chain(d.ups.iter()) {
-        report.bytes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    }
     // Finished files waiting for their upload (S3), except HLS segments: those go with
     // their playlist, in order.
     let ups = std::mem::take(&mut d.ups);
     let (seg_ups, file_ups): (Vec<_>, Vec<_>) =
         ups.into_iter().partition(|(_, n)| n.segment.is_some());
-    for (path, _) in file_ups {
-        if requeue(sink, &path).await {
-            report.requeued += 1;
+    let paths = file_ups.iter().map(|(p, _)| p.clone()).collect();
+    let known: HashMap<PathBuf, FileState> = match sink.db.files_at(paths).await {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|f| (f.file.spool_path, f.state))
+            .collect(),
+        Err(e) => {
+            // Unknown is not "never queued": storing them again could duplicate them.
+            warn!(
+                "cannot read the upload queue; finished spool files wait for the next start: {e}"
+            );
+            return;
+        }
+    };
+    for (path, n) in file_ups {
+        match known.get(&path) {
+            // Indexed just before the crash; only the removal of the copy was left.
+            Some(FileState::Indexed) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            // Owed: `resume_owed` queued it.
+            Some(_) => {}
+            None if meta_path(&path).exists() => {
+                if requeue_sidecar(sink, &path).await {
+                    report.requeued += 1;
+                }
+            }
+            // Renamed for its upload, the crash came before its row: finished, so the
+            // repair below keeps it whole, and it is stored like an open file.
+            None => d.parts.push((path, n)),
         }
     }
     // Open files: finalize and store.
@@ -341,7 +401,9 @@ async fn recover_dir(sink: &Arc<Sink>, dir: &Path, mut d: Dir, report: &mut Reco
     }
 }
 
-async fn requeue(sink: &Arc<Sink>, path: &Path) -> bool {
+/// A finished file of an earlier version's spool: `{file}.up` with its key record
+/// `{file}.up.json` beside it.
+async fn requeue_sidecar(sink: &Arc<Sink>, path: &Path) -> bool {
     let meta = meta_path(path);
     let Some(up) = std::fs::read(&meta)
         .ok()
@@ -354,7 +416,7 @@ async fn requeue(sink: &Arc<Sink>, path: &Path) -> bool {
         (Backend::S3(_), Some(u)) => {
             u.upload_file(Job {
                 path: path.to_path_buf(),
-                meta,
+                owed: Owed::Sidecar(meta),
                 key: up.key,
                 storage_time: up.storage_time,
                 closed: Instant::now(),
@@ -593,17 +655,20 @@ async fn end_playlist(
             let mut jobs = Vec::new();
             for (path, n) in pending {
                 let meta = meta_path(&path);
-                let Some(m) = std::fs::read(&meta)
+                let sidecar = std::fs::read(&meta)
                     .ok()
-                    .and_then(|b| serde_json::from_slice::<UpMeta>(&b).ok())
-                else {
-                    continue;
+                    .and_then(|b| serde_json::from_slice::<UpMeta>(&b).ok());
+                let (key, owed) = match sidecar {
+                    Some(m) => (m.key, Owed::Sidecar(meta)),
+                    None => (
+                        pending_segment_key(&names, &playlist, n.segment.unwrap_or(0)),
+                        Owed::Segment,
+                    ),
                 };
-                let _ = n;
                 jobs.push(Job {
                     path,
-                    meta,
-                    key: m.key,
+                    owed,
+                    key,
                     storage_time: up.storage_time,
                     closed: Instant::now(),
                     info: None,
@@ -611,7 +676,7 @@ async fn end_playlist(
             }
             for (path, seg_key) in extra {
                 let Ok(job) = sink
-                    .queue_upload(&path, &seg_key, up.storage_time, None)
+                    .queue_upload(&path, &seg_key, up.storage_time, None, true)
                     .await
                 else {
                     continue;
@@ -633,6 +698,26 @@ async fn end_playlist(
         }
         _ => false,
     }
+}
+
+/// The key of segment `n` waiting for its upload: as the playlist copy names it (a key
+/// taken by another file got a `_k` suffix when it was claimed), else as it is derived.
+fn pending_segment_key(names: &hls::PlaylistKey, playlist: &hls::MediaPlaylist, n: u64) -> String {
+    let exact = names.segment_key(n);
+    let stem = names.segment_name(n);
+    playlist
+        .segments()
+        .iter()
+        .map(|s| names.key_of(&s.uri))
+        .find(|k| {
+            let file = super::file_of(k);
+            file == super::file_of(&exact)
+                || file
+                    .strip_prefix(&format!("{stem}_"))
+                    .and_then(|rest| rest.strip_suffix(".ts"))
+                    .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .unwrap_or(exact)
 }
 
 #[cfg(test)]

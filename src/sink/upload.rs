@@ -23,13 +23,13 @@ use tracing::{debug, info, warn};
 use super::index_stored;
 use super::store::{Backend, S3Backend};
 use super::Quota;
-use crate::db::Db;
+use crate::db::{Db, FileState};
 
 pub struct Job {
     /// The finished spool file (`….up`).
     pub path: PathBuf,
-    /// Its key record (`….up.json`).
-    pub meta: PathBuf,
+    /// Where the node recorded that it owes this upload.
+    pub owed: Owed,
     pub key: String,
     pub storage_time: u64,
     /// When the file closed, for the close → stored latency (log and `/metrics`).
@@ -38,6 +38,23 @@ pub struct Job {
     pub info: Option<crate::model::FileRecord>,
 }
 
+/// The record of an upload the node owes, which says what happens once the store has
+/// the file.
+#[derive(Debug, Clone)]
+pub enum Owed {
+    /// A `files` row at `queued`: the step to `indexed` indexes it (R-ST-4).
+    Row(i64),
+    /// An HLS segment: indexed with its playlist; the playlist's spool copy and marker
+    /// are its record.
+    Segment,
+    /// A `{file}.up.json` key record of an earlier version's spool, removed with it.
+    Sidecar(PathBuf),
+    /// Nothing durable (the database refused the row): indexed after the upload, as a
+    /// sidecar was.
+    Unrecorded,
+}
+
+/// The key record an earlier version wrote beside each `{file}.up`.
 pub fn meta_path(up: &Path) -> PathBuf {
     let mut s = up.as_os_str().to_owned();
     s.push(".json");
@@ -129,15 +146,30 @@ impl Uploader {
     /// for the next start too.
     async fn stored(&self, job: &Job, size: u64) {
         crate::failpoint::hit("s3.stored");
-        if index_stored(
-            &self.db,
-            &job.key,
-            job.storage_time,
-            job.info.clone(),
-            Vec::new(),
-        )
-        .await
-        {
+        let indexed = match &job.owed {
+            Owed::Row(id) => match self
+                .db
+                .advance(*id, FileState::Queued, FileState::Indexed)
+                .await
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(key = %job.key, "cannot index the stored file; its spool copy stays for the next start: {e}");
+                    false
+                }
+            },
+            Owed::Sidecar(_) | Owed::Unrecorded | Owed::Segment => {
+                index_stored(
+                    &self.db,
+                    &job.key,
+                    job.storage_time,
+                    job.info.clone(),
+                    Vec::new(),
+                )
+                .await
+            }
+        };
+        if indexed {
             crate::failpoint::hit("s3.indexed");
             self.remove_spool(job, size).await;
         }
@@ -146,7 +178,9 @@ impl Uploader {
     /// Drops the spool copy of an uploaded file.
     async fn remove_spool(&self, job: &Job, size: u64) {
         let _ = tokio::fs::remove_file(&job.path).await;
-        let _ = tokio::fs::remove_file(&job.meta).await;
+        if let Owed::Sidecar(meta) = &job.owed {
+            let _ = tokio::fs::remove_file(meta).await;
+        }
         self.quota.sub(size);
     }
 
