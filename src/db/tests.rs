@@ -298,6 +298,8 @@ async fn the_filters_use_indexes_and_never_sort() {
                     "domain = 'd' AND app = 'a' AND stream = 's'",
                     "recordings_by_stream",
                 ),
+                ("stream = 's'", "recordings_by_stream"),
+                ("app = 'a' AND stream = 's'", "recordings_by_stream"),
                 (
                     "end_ms > 5 AND start_ms >= 0 AND start_ms < 10",
                     "recordings_by_start",
