@@ -252,6 +252,7 @@ fn event_bytes(ev: &MediaEvent) -> u64 {
         MediaEvent::Config(c) => c.flv.len(),
         MediaEvent::Packet(p) => p.flv.len(),
         MediaEvent::Metadata(m) => m.len(),
+        MediaEvent::Discontinuity => 0,
     }) as u64
 }
 

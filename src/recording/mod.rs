@@ -432,7 +432,13 @@ impl Recording {
                     n,
                     start_dts,
                     duration_ms,
+                    discontinuity,
                 } => {
+                    if discontinuity {
+                        if let Some(h) = self.hls.get_mut(&seq) {
+                            h.gap_before_next = true;
+                        }
+                    }
                     self.close_segment(seq, n, start_dts, duration_ms).await;
                 }
                 Output::Open { seq, arrival, .. } => {

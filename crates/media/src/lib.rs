@@ -120,6 +120,12 @@ pub enum MediaEvent {
     Packet(Packet),
     /// The AMF0 body of `onMetaData` (without the `@setDataFrame` prefix).
     Metadata(Bytes),
+    /// The encoder's timeline jumped here (a clock reset, a step back, a jump forward
+    /// past `[ingest] max_timestamp_jump`, R-IN-6); the events after it were rebased by
+    /// ingest to continue the timeline monotonically, so a file stays playable. Formats
+    /// that can say so mark it (HLS: the next segment starts after
+    /// `#EXT-X-DISCONTINUITY`).
+    Discontinuity,
 }
 
 impl MediaEvent {
@@ -127,7 +133,7 @@ impl MediaEvent {
         match self {
             MediaEvent::Config(c) => Some(c.dts),
             MediaEvent::Packet(p) => Some(p.dts),
-            MediaEvent::Metadata(_) => None,
+            MediaEvent::Metadata(_) | MediaEvent::Discontinuity => None,
         }
     }
 }

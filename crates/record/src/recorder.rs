@@ -70,11 +70,14 @@ pub enum Output {
     SegmentData { seq: u64, n: u64, bufs: Vec<Bytes> },
     /// HLS: segment `n` is complete; it starts at `start_dts` and lasts `duration_ms`
     /// (up to the next segment's start, so the durations add up to the playlist's span).
+    /// `discontinuity`: it is the first segment after the stream's timeline jumped
+    /// (`MediaEvent::Discontinuity`): listed after `#EXT-X-DISCONTINUITY`.
     SegmentClose {
         seq: u64,
         n: u64,
         start_dts: Millis,
         duration_ms: Millis,
+        discontinuity: bool,
     },
     /// File `seq` is complete: overwrite `patches` in place, then publish it.
     Close {
@@ -109,8 +112,8 @@ enum Writer {
 
 struct HlsWriter {
     ts: mpegts::TsMuxer,
-    /// The open segment: number and start DTS.
-    segment: Option<(u64, Millis)>,
+    /// The open segment: number, start DTS, and whether it began after a discontinuity.
+    segment: Option<(u64, Millis, bool)>,
     next_n: u64,
     written: u64,
 }
@@ -229,6 +232,13 @@ pub struct Recorder {
     audio_codec_id: Option<f64>,
     /// MP4: longest fragment (None = the muxer's ~2 s, R-FM-3).
     mp4_fragment_ms: Option<Millis>,
+    /// The timeline jumped (R-IN-6) and the open HLS playlist has not yet started a
+    /// segment after it.
+    discontinuity_pending: bool,
+    /// The timeline jumped and no packet followed yet: a codec configuration that
+    /// changes now is a new encoder session, and FLV ends its file rather than carry a
+    /// second sequence header across the jump.
+    at_discontinuity: bool,
     out: std::collections::VecDeque<Output>,
 }
 
@@ -247,6 +257,8 @@ impl Recorder {
             metadata: None,
             audio_codec_id: None,
             mp4_fragment_ms: None,
+            discontinuity_pending: false,
+            at_discontinuity: false,
             out: Default::default(),
         }
     }
@@ -302,6 +314,7 @@ impl Recorder {
     pub fn handle_event(&mut self, ev: MediaEvent, arrival: WallMillis) {
         match ev {
             MediaEvent::Metadata(m) => self.metadata = Some(m),
+            MediaEvent::Discontinuity => self.discontinuity(),
             MediaEvent::Config(c) => {
                 let slot = match c.kind() {
                     TrackKind::Video => &mut self.video_config,
@@ -318,6 +331,7 @@ impl Recorder {
                 match &mut f.writer {
                     // A new sequence header mid-file goes into the file in place, as FLV
                     // players expect; the next file repeats it in its header.
+                    Writer::Flv(_) if self.at_discontinuity => self.close(),
                     Writer::Flv(m) => {
                         let mut bufs = Vec::with_capacity(3);
                         m.write_tag(c.kind(), c.dts.max(f.start), &c.flv, &mut bufs);
@@ -347,11 +361,22 @@ impl Recorder {
         }
     }
 
+    /// The stream's timeline jumped here; what follows was rebased by ingest to continue
+    /// it (R-IN-6). FLV, MP4 and AAC go on (their timestamps stay monotonic); HLS marks
+    /// the next segment; a codec change right after it ends the file.
+    fn discontinuity(&mut self) {
+        self.at_discontinuity = true;
+        if matches!(self.file.as_ref().map(|f| &f.writer), Some(Writer::Hls(_))) {
+            self.discontinuity_pending = true;
+        }
+    }
+
     fn has_video(&self) -> bool {
         self.video_config.is_some()
     }
 
     fn packet(&mut self, p: Packet, arrival: WallMillis) {
+        self.at_discontinuity = false;
         if p.kind() == TrackKind::Audio && self.audio_codec_id.is_none() {
             self.audio_codec_id = Some(flv::mux::flv_codec_id(p.codec, &p.flv));
         }
@@ -386,25 +411,33 @@ impl Recorder {
             // (same rule as files, one level down), and each starts with PAT/PMT.
             let mut segment = None;
             if let Writer::Hls(h) = &mut f.writer {
+                // After a discontinuity the next start point begins a new segment
+                // whatever the length of the current one, so the tag sits where the
+                // timeline jumped (to within a GOP).
                 let cut = match h.segment {
                     None => true,
-                    Some((_, start)) => {
+                    Some((_, start, _)) => {
                         CutPolicy::is_start_point(&p, has_video)
-                            && p.dts.saturating_sub(start) >= self.segment_ms
+                            && (self.discontinuity_pending
+                                || p.dts.saturating_sub(start) >= self.segment_ms)
                     }
                 };
                 if cut {
-                    if let Some((n, start)) = h.segment.take() {
+                    // The first segment of a playlist needs no tag.
+                    let after_jump = h.segment.is_some() && self.discontinuity_pending;
+                    self.discontinuity_pending = false;
+                    if let Some((n, start, disc)) = h.segment.take() {
                         self.out.push_back(Output::SegmentClose {
                             seq: f.seq,
                             n,
                             start_dts: start,
                             duration_ms: (p.dts - start).max(Millis::ZERO),
+                            discontinuity: disc,
                         });
                     }
                     let n = h.next_n;
                     h.next_n += 1;
-                    h.segment = Some((n, p.dts));
+                    h.segment = Some((n, p.dts, after_jump));
                     self.out.push_back(Output::SegmentOpen {
                         seq: f.seq,
                         n,
@@ -414,7 +447,7 @@ impl Recorder {
                     h.ts.segment_header(&mut bufs);
                     h.written += bufs[before..].iter().map(|b| b.len() as u64).sum::<u64>();
                 }
-                segment = h.segment.map(|(n, _)| n);
+                segment = h.segment.map(|(n, _, _)| n);
             }
             if !f.writer.packet(&p, &mut bufs) {
                 if let (Some(n), false) = (segment, bufs.is_empty()) {
@@ -609,7 +642,7 @@ impl Recorder {
             Writer::Flv(m) => patches = m.finalize(duration_ms.as_secs_f64()),
             Writer::Aac { .. } => {}
             Writer::Hls(h) => {
-                if let Some((n, start)) = h.segment.take() {
+                if let Some((n, start, discontinuity)) = h.segment.take() {
                     // The last segment ends where the file's media ends.
                     let end = track.last_dts.map_or(start, |d| d + track.last_delta);
                     self.out.push_back(Output::SegmentClose {
@@ -617,6 +650,7 @@ impl Recorder {
                         n,
                         start_dts: start,
                         duration_ms: (end - start).max(Millis::ZERO),
+                        discontinuity,
                     });
                 }
             }
@@ -816,6 +850,7 @@ mod tests {
                         n,
                         start_dts,
                         duration_ms,
+                        ..
                     } => {
                         let s = files.segments.get_mut(&(seq, n)).expect("open segment");
                         assert!(s.1.replace((start_dts, duration_ms)).is_none());

@@ -201,6 +201,7 @@ fn event_bytes(ev: &MediaEvent) -> usize {
         MediaEvent::Packet(p) => p.flv.len(),
         MediaEvent::Config(c) => c.flv.len(),
         MediaEvent::Metadata(m) => m.len(),
+        MediaEvent::Discontinuity => 0,
     }
 }
 
@@ -250,7 +251,7 @@ impl Inner {
                 }
                 (false, false)
             }
-            MediaEvent::Metadata(_) => (false, false),
+            MediaEvent::Metadata(_) | MediaEvent::Discontinuity => (false, false),
         };
 
         if is_join {
@@ -276,7 +277,7 @@ impl Inner {
             MediaEvent::Metadata(m) => {
                 Arc::make_mut(&mut self.current).metadata = Some((m.clone(), arrival))
             }
-            MediaEvent::Packet(_) => {}
+            MediaEvent::Packet(_) | MediaEvent::Discontinuity => {}
         }
 
         let dts = ev.dts();
