@@ -28,6 +28,7 @@ const RECORDINGS_OPEN: &str = "liverec_recordings_open";
 const FILES_FINALIZED: &str = "liverec_files_finalized_total";
 const FILES_FAILED: &str = "liverec_files_failed_total";
 const SPOOL_WRITE_ERRORS: &str = "liverec_spool_write_errors_total";
+const TIMESTAMP_JUMPS: &str = "liverec_timestamp_discontinuities_total";
 const INDEX_UNPUBLISHED: &str = "liverec_recordings_index_unpublished";
 const RECORD_TASKS: &str = "liverec_record_tasks";
 const UPLOAD_LATENCY: &str = "liverec_upload_latency_seconds";
@@ -90,6 +91,10 @@ pub fn describe() {
         (
             SPOOL_WRITE_ERRORS,
             "Spool writes that failed (ENOSPC, EIO, EFBIG): each ended its file early.",
+        ),
+        (
+            TIMESTAMP_JUMPS,
+            "Encoder timestamp jumps (back, or forward past ingest.max_timestamp_jump) rebased by ingest.",
         ),
     ] {
         describe_counter!(name, help);
@@ -165,6 +170,10 @@ pub fn file_finalized() {
 
 pub fn file_failed() {
     counter!(FILES_FAILED).increment(1);
+}
+
+pub fn timestamp_discontinuity() {
+    counter!(TIMESTAMP_JUMPS).increment(1);
 }
 
 pub fn spool_write_error() {

@@ -287,6 +287,9 @@ pub struct IngestConfig {
     pub ring_seconds: f64,
     /// Byte bound of the per-stream ring.
     pub ring_max_bytes: usize,
+    /// Seconds a track's timestamps may step forward before it counts as a new timeline
+    /// (R-IN-6): ingest then rebases what follows so every file stays monotonic.
+    pub max_timestamp_jump: f64,
 }
 
 impl Default for IngestConfig {
@@ -294,6 +297,7 @@ impl Default for IngestConfig {
         Self {
             ring_seconds: 2.0,
             ring_max_bytes: 16 << 20,
+            max_timestamp_jump: 10.0,
         }
     }
 }

@@ -231,6 +231,13 @@ fn check_record(config: &Config, err: &mut Err<'_>) {
             format!("ingest.ring_seconds = {r} must be 0..=600"),
         );
     }
+    let j = config.ingest.max_timestamp_jump;
+    if !(j.is_finite() && (1.0..=86_400.0).contains(&j)) {
+        err(
+            Key::at("ingest.max_timestamp_jump"),
+            format!("ingest.max_timestamp_jump = {j} must be 1..=86400 (seconds)"),
+        );
+    }
 }
 
 /// Checks every template; returns the ids declared.
