@@ -14,8 +14,8 @@ use common::Daemon;
 use flv::{FileTag, TagType};
 use media::TrackKind;
 use testkit::{
-    ffprobe_errors, media_duration, probe_packet_hashes, probe_packets, require_tool, HashedPacket,
-    PublishOptions,
+    ffprobe_errors, media_duration, probe_codecs, probe_packet_hashes, probe_packets, require_tool,
+    HashedPacket, PublishOptions,
 };
 
 const FIXTURE: &str = "avc_aac_2s.flv";
@@ -250,5 +250,84 @@ fn clock_resets_shorter_than_the_interval_still_cut_files_by_media_time() {
         d.log().contains("encoder timestamps jumped"),
         "log:\n{}",
         d.log()
+    );
+}
+
+/// Tags as nginx-rtmp relays a push (`push rtmp://…`): the audio of the first ~0.9 s
+/// arrives before the video's sequence header, then the video catches up.
+fn relayed_order(base: &[FileTag]) -> Vec<FileTag> {
+    const LEAD_MS: u32 = 900;
+    let media: Vec<&FileTag> = base
+        .iter()
+        .filter(|t| t.tag_type != TagType::Script)
+        .collect();
+    let early_audio: Vec<FileTag> = media
+        .iter()
+        .filter(|t| t.tag_type == TagType::Audio && t.timestamp < LEAD_MS)
+        .map(|t| (*t).clone())
+        .collect();
+    let mut out = early_audio.clone();
+    for t in media {
+        if t.tag_type == TagType::Audio && t.timestamp < LEAD_MS {
+            continue;
+        }
+        out.push(t.clone());
+    }
+    out
+}
+
+#[test]
+fn audio_relayed_ahead_of_the_video_header_does_not_split_or_hide_the_video() {
+    require_tool("ffprobe");
+    let d = Daemon::start(ALL_FORMATS);
+    let base = testkit::fixture_tags(FIXTURE);
+    let tags = relayed_order(&base);
+    assert_eq!(
+        tags.iter().position(|t| t.tag_type == TagType::Video),
+        Some(
+            tags.iter()
+                .filter(|t| t.tag_type == TagType::Audio && t.timestamp < 900)
+                .count()
+        ),
+        "the test's own order: audio first"
+    );
+    // The publisher sends the fixture's onMetaData first, as the relay passes it on: it
+    // announces both tracks.
+    let mut with_meta: Vec<FileTag> = base
+        .iter()
+        .filter(|t| t.tag_type == TagType::Script)
+        .cloned()
+        .collect();
+    with_meta.extend(tags);
+    push(&d, "relayed", with_meta);
+    let want = continuous(1);
+    for ext in ["flv", "mp4"] {
+        // One file: no audio-only file before the A/V one.
+        let f = one(&d, "relayed", ext);
+        let codecs = probe_codecs(&f);
+        assert!(
+            codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
+            "{ext}: {codecs:?}"
+        );
+        assert_monotonic(&f);
+        // Every video frame, and the audio from the first keyframe's time on (here:
+        // all of it, the fixture's audio starts after its first keyframe).
+        common::assert_follows_packets(std::slice::from_ref(&f), &want, true, 1.0);
+    }
+    let playlist = one(&d, "relayed", "m3u8");
+    let codecs = probe_codecs(&playlist);
+    assert!(
+        codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
+        "the playlist (its first segment's PMT) shows both tracks: {codecs:?}"
+    );
+    let first_segment = {
+        let text = std::fs::read_to_string(&playlist).expect("playlist");
+        let (pl, _) = hls::MediaPlaylist::parse(&text).expect("parses");
+        playlist.with_file_name(&pl.segments()[0].uri)
+    };
+    let codecs = probe_codecs(&first_segment);
+    assert!(
+        codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
+        "first segment: {codecs:?}"
     );
 }

@@ -290,6 +290,9 @@ pub struct IngestConfig {
     /// Seconds a track's timestamps may step forward before it counts as a new timeline
     /// (R-IN-6): ingest then rebases what follows so every file stays monotonic.
     pub max_timestamp_jump: f64,
+    /// Seconds a recording's first file waits for a track that is announced (or may
+    /// still come) before it starts without it (issue 12).
+    pub track_wait: f64,
 }
 
 impl Default for IngestConfig {
@@ -298,6 +301,7 @@ impl Default for IngestConfig {
             ring_seconds: 2.0,
             ring_max_bytes: 16 << 20,
             max_timestamp_jump: 10.0,
+            track_wait: 2.0,
         }
     }
 }

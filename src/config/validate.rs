@@ -238,6 +238,13 @@ fn check_record(config: &Config, err: &mut Err<'_>) {
             format!("ingest.max_timestamp_jump = {j} must be 1..=86400 (seconds)"),
         );
     }
+    let w = config.ingest.track_wait;
+    if !(w.is_finite() && (0.0..=10.0).contains(&w)) {
+        err(
+            Key::at("ingest.track_wait"),
+            format!("ingest.track_wait = {w} must be 0..=10 (seconds)"),
+        );
+    }
 }
 
 /// Checks every template; returns the ids declared.

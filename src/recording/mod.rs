@@ -48,6 +48,8 @@ pub struct RecordStart {
     pub template: String,
     /// `[record] time_zone` of the config the recording started with.
     pub utc_offset_s: i32,
+    /// `[ingest] track_wait`: how long the first file waits for a missing track.
+    pub track_wait: Millis,
     pub at: StartAt,
     pub task: Option<TaskRun>,
 }
@@ -75,6 +77,7 @@ impl Launch for Recorders {
             plans,
             template,
             utc_offset_s,
+            track_wait,
             at,
             task,
         } = start;
@@ -123,7 +126,8 @@ impl Launch for Recorders {
                     spool,
                     rec: Recorder::new(plan.format, policy)
                         .with_segment_duration(plan.segment_ms)
-                        .with_mp4_fragment(fragment),
+                        .with_mp4_fragment(fragment)
+                        .with_track_wait(track_wait),
                     files: HashMap::new(),
                     hls: HashMap::new(),
                     flush_interval,

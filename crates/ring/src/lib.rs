@@ -184,6 +184,13 @@ struct Inner {
     /// Sequence number of the first join point since the mode (audio-only or video) was
     /// set; lets a reader that was waiting for it find out it has been evicted since.
     first_join_in_mode: Option<u64>,
+    /// The audio join points held when the stream turned out to have video, and the
+    /// sequence number where it did. Only a reader that was already waiting before then
+    /// may start at one: it subscribed to an audio stream, and the recorder behind it
+    /// waits for the video itself (`[ingest] track_wait`) — a relay sends audio ~1 s
+    /// before the video's sequence header, sometimes in one burst before the reader ran.
+    pre_video_joins: VecDeque<Join>,
+    video_since: Option<u64>,
     closed: bool,
     readers: usize,
     /// Per reader slot: the oldest sequence number the reader may still read (None =
@@ -218,6 +225,8 @@ impl Inner {
             current: Arc::new(Preamble::default()),
             has_video: false,
             first_join_in_mode: None,
+            pre_video_joins: VecDeque::new(),
+            video_since: None,
             closed: false,
             readers: 0,
             cursors: Vec::new(),
@@ -309,8 +318,9 @@ impl Inner {
     fn enter_video_mode(&mut self) {
         if !self.has_video {
             self.has_video = true;
-            // Audio join points are no longer places a reader may start at.
-            self.joins.clear();
+            // Audio join points are no longer places a new reader may start at.
+            self.pre_video_joins = std::mem::take(&mut self.joins);
+            self.video_since = Some(self.next_seq);
             self.first_join_in_mode = None;
         }
     }
@@ -348,6 +358,13 @@ impl Inner {
             self.base_seq = new_base;
             while self.joins.front().is_some_and(|j| j.seq < new_base) {
                 self.joins.pop_front();
+            }
+            while self
+                .pre_video_joins
+                .front()
+                .is_some_and(|j| j.seq < new_base)
+            {
+                self.pre_video_joins.pop_front();
             }
         }
     }
@@ -753,6 +770,16 @@ impl Position {
                     }
                     return;
                 }
+            }
+        }
+        // Waiting since before the stream showed video: its audio join points still count.
+        if inner.video_since.is_some_and(|v| from < v) {
+            let idx = inner.pre_video_joins.partition_point(|j| j.seq < from);
+            if let Some(j) = inner.pre_video_joins.get(idx) {
+                let (state, pending) = inner.reader_state(Some(j));
+                self.state = state;
+                self.pending = pending;
+                return;
             }
         }
         // Joins are sorted by seq.
