@@ -683,8 +683,14 @@ mod tests {
             formats,
             vec![(record::Format::Flv, 5000), (record::Format::Aac, 7000)]
         );
+        // Splicing windows up to 30 minutes (R-SP-1).
+        parse(
+            "[[template]]\nid = 4\nhls = { enable = true, continue_timeout = 30 }\nflv = { enable = true, continue_timeout = 1800 }\n",
+            None,
+        )
+        .unwrap();
         let e = parse(
-            "[[template]]\nid = 4\nhls = { enable = true, continue_timeout = 30 }\n",
+            "[[template]]\nid = 4\nhls = { enable = true, continue_timeout = 1801 }\n",
             None,
         )
         .unwrap_err();

@@ -276,9 +276,6 @@ fn check_templates(config: &Config, err: &mut Err<'_>) -> HashSet<i64> {
                     );
                 }
             }
-            if h.continue_timeout.is_some_and(|t| t > 0) {
-                err(key(Some("hls")), format!("template {id}: hls continue_timeout (splicing, R-SP-1) is not available in this build yet; use 0"));
-            }
         }
         for (name, f) in [
             ("flv", &t.flv),
@@ -293,6 +290,14 @@ fn check_templates(config: &Config, err: &mut Err<'_>) -> HashSet<i64> {
                     format!(
                         "template {id}: record_interval = {} must be 1..=86400 seconds (R-TP-1)",
                         fc.record_interval
+                    ),
+                );
+            }
+            if let Some(t) = fc.continue_timeout.filter(|t| *t > 1800) {
+                err(
+                    key(Some(name)),
+                    format!(
+                        "template {id}: continue_timeout = {t} must be 0..=1800 seconds (R-SP-1)"
                     ),
                 );
             }

@@ -31,6 +31,8 @@ const DEFAULT_FRAME: [i64; 2] = [33, 23];
 struct Track {
     /// Last input and output decode time.
     last: Option<(i64, i64)>,
+    /// The next frame starts a new epoch whatever its step (a spliced push, R-SP-1).
+    force: bool,
     /// Added to this track's input times.
     offset: i64,
     /// Last positive step, for placing the first frame after a jump.
@@ -69,6 +71,19 @@ impl Rebaser {
         }
     }
 
+    /// A new push continues the timeline (splicing, R-SP-1/3): each track's next frame
+    /// starts a new epoch one frame after the stream's last, whatever its timestamp —
+    /// an encoder that kept its clock across the reconnect would otherwise leave the
+    /// interruption in the file as a gap. The tracks share the new offset when they
+    /// can, as for a jump.
+    pub fn splice(&mut self) {
+        for t in &mut self.tracks {
+            if t.last.is_some() {
+                t.force = true;
+            }
+        }
+    }
+
     /// Maps the decode time of a frame of track `kind`.
     pub fn map(&mut self, kind: TrackKind, dts: Millis) -> Mapped {
         let i = slot(kind);
@@ -82,6 +97,7 @@ impl Rebaser {
                 last: Some((d, d.saturating_add(offset))),
                 offset,
                 frame: None,
+                force: false,
             };
             return Mapped {
                 dts: Millis::from_ms(d.saturating_add(offset)),
@@ -89,7 +105,7 @@ impl Rebaser {
             };
         };
         let step = d.saturating_sub(last_in);
-        let jump = step < -BACKWARD_TOLERANCE.as_ms() || step > self.max_jump;
+        let jump = t.force || step < -BACKWARD_TOLERANCE.as_ms() || step > self.max_jump;
         let (out, offset, jumped) = if jump {
             // The new timeline starts one frame after the later of the two tracks, as a
             // continuous encoder would have gone on: neither track is moved back under
@@ -106,9 +122,12 @@ impl Rebaser {
                 .unwrap_or(last_out);
             let other = self.tracks[1 - i].offset;
             let joined = d.saturating_add(other);
+            // (A track still due for a splice has not chosen its new offset yet.)
+            let other_chosen = !self.tracks[1 - i].force;
             // Joining the other track's epoch keeps A/V sync exact when it lands this
             // track just after its last frame.
-            if other != t.offset
+            if other_chosen
+                && other != t.offset
                 && joined > last_out
                 && joined.saturating_sub(want) <= BACKWARD_TOLERANCE.as_ms()
             {
@@ -131,6 +150,7 @@ impl Rebaser {
             last: Some((d, out)),
             offset,
             frame,
+            force: false,
         };
         Mapped {
             dts: Millis::from_ms(out),
@@ -291,6 +311,18 @@ mod tests {
         assert_eq!(r.map_config(Video, Millis::from_ms(0)).as_ms(), 20_080);
         // One stamped in the old epoch.
         assert_eq!(r.map_config(Video, Millis::from_ms(5)).as_ms(), 20_085);
+    }
+
+    #[test]
+    fn a_splice_continues_one_frame_later_even_when_the_clock_kept_running() {
+        let mut r = Rebaser::new(Millis::MAX);
+        run(&mut r, &[(Video, 0), (Audio, 5), (Video, 40), (Audio, 28)]);
+        r.splice();
+        // The encoder reconnected 3 s later with its clock still running.
+        let out = run(&mut r, &[(Video, 3040), (Audio, 3045), (Video, 3080)]);
+        assert_eq!(out, vec![(80, true), (85, false), (120, false)]);
+        // Nothing more is forced.
+        assert_eq!(run(&mut r, &[(Video, 3120)]), vec![(160, false)]);
     }
 
     #[test]

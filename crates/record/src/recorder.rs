@@ -380,6 +380,9 @@ impl Recorder {
                     // ADTS describes every frame in its own header, so a new audio
                     // config just changes the headers from here on; one ADTS cannot
                     // describe ends the file.
+                    // A new encoder session (a splice or a clock jump) with another
+                    // configuration is a new file, as for every format (R-SP-3).
+                    Writer::Aac { .. } if self.at_discontinuity => self.close(),
                     Writer::Aac { adts, .. } if c.kind() == TrackKind::Audio => {
                         match AdtsParams::from_asc(&c.record) {
                             Ok(p) => *adts = p,
