@@ -255,6 +255,19 @@ pub struct FileRecord {
     /// catalog so a node that lost its spool can expire it again after a rebuild.
     #[serde(default)]
     pub expires: i64,
+    /// The interruptions a spliced file spans (R-SP-4); empty for an unspliced one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<Gap>,
+}
+
+/// One interruption inside a spliced file (R-SP-4): the push ended at `start_time_ms`
+/// and the next began at `end_time_ms` (wall clock, unix ms, the arrivals of the last
+/// and first packets around it); `offset_ms` is where it sits in the file's media.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Gap {
+    pub start_time_ms: i64,
+    pub end_time_ms: i64,
+    pub offset_ms: i64,
 }
 
 #[cfg(test)]

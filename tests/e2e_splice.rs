@@ -164,6 +164,26 @@ fn a_push_returning_inside_the_window_continues_every_file() {
         "log:\n{}",
         d.log()
     );
+    // R-SP-4: each spliced file lists its interruption: ~1.5 s of wall clock, at the end
+    // of the first push's media.
+    let (status, body) = d.api_get("/v1/recordings?stream=cam");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let recs = v["recordings"].as_array().expect("recordings");
+    assert_eq!(recs.len(), 4, "{body}");
+    let first_push_ms = want_s * 1000.0 / 2.0;
+    for r in recs {
+        let gaps = r["gaps"].as_array().expect("gaps");
+        assert_eq!(gaps.len(), 1, "{r}");
+        let g = &gaps[0];
+        let (start, end) = (
+            g["start_time_ms"].as_i64().expect("start"),
+            g["end_time_ms"].as_i64().expect("end"),
+        );
+        assert!(end - start >= 1000 && end - start < 10_000, "{r}");
+        let offset = g["offset_ms"].as_i64().expect("offset") as f64;
+        assert!((offset - first_push_ms).abs() < 200.0, "{r}");
+    }
 }
 
 #[test]

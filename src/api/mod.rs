@@ -343,6 +343,7 @@ async fn recordings(
                 "start_time_ms": r.start_ms, "end_time_ms": r.end_ms,
                 "duration": r.duration_ms as f64 / 1000.0,
                 "expire_time": (r.expires > 0).then_some(r.expires),
+                "gaps": r.gaps,
                 "url": url,
             })
         })

@@ -1046,10 +1046,15 @@ fn put_recording(tx: &Transaction<'_>, r: &FileRecord) -> Result<(), DbError> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO recordings
              (key, format, domain, app, stream, task_id, start_ms, end_ms, duration_ms, size,
-              expires)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+              expires, gaps)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )
     .and_then(|mut st| {
+        // Plain data: serializing it cannot fail, and a gap list is never worth
+        // failing the file's indexing over.
+        let gaps = (!r.gaps.is_empty())
+            .then(|| serde_json::to_string(&r.gaps).ok())
+            .flatten();
         st.execute(params![
             r.key,
             r.format,
@@ -1061,7 +1066,8 @@ fn put_recording(tx: &Transaction<'_>, r: &FileRecord) -> Result<(), DbError> {
             r.end_ms,
             r.duration_ms,
             clamp_i64(r.size),
-            r.expires
+            r.expires,
+            gaps
         ])
     })
     .ctx("put recording", &r.key)?;
@@ -1105,7 +1111,7 @@ fn set_meta(tx: &Transaction<'_>, name: &str, value: &str) -> Result<(), DbError
 }
 
 const RECORD_COLUMNS: &str = "SELECT key, format, domain, app, stream, task_id, start_ms, \
-                              end_ms, duration_ms, size, expires FROM recordings";
+                              end_ms, duration_ms, size, expires, gaps FROM recordings";
 
 /// The recordings matching `f` after `(start_ms, key)`, in that order, at most `limit`.
 fn query_in(
@@ -1172,6 +1178,11 @@ fn query_in(
                 duration_ms: r.get(8)?,
                 size: r.get::<_, i64>(9)?.max(0) as u64,
                 expires: r.get(10)?,
+                // An unreadable list is dropped rather than the whole row.
+                gaps: r
+                    .get::<_, Option<String>>(11)?
+                    .and_then(|j| serde_json::from_str(&j).ok())
+                    .unwrap_or_default(),
             })
         })
         .ctx("query", "")?;

@@ -95,6 +95,10 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX recordings_by_stream;
     CREATE INDEX recordings_by_stream ON recordings (stream, start_ms, key);
     "#,
+    // Version 3: the gaps of a spliced file (R-SP-4), as JSON; NULL when it has none.
+    r#"
+    ALTER TABLE recordings ADD COLUMN gaps TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

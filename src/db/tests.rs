@@ -16,6 +16,7 @@ fn rec(key: &str, start_ms: i64, end_ms: i64) -> FileRecord {
         duration_ms: end_ms - start_ms,
         size: 1000,
         expires: 0,
+        gaps: Vec::new(),
     }
 }
 

@@ -211,6 +211,9 @@ impl Launch for Recorders {
                     held_since: None,
                     write_failing: false,
                     timeline: Rebaser::new(Millis::MAX),
+                    gaps: HashMap::new(),
+                    last_arrival: None,
+                    gap_since: None,
                 };
                 let stop = stop.unwrap_or_default();
                 let mut reader = reader;
@@ -275,6 +278,13 @@ struct Recording {
     /// Continues the timeline across spliced pushes (R-SP-1/3); within one push ingest
     /// has already made it monotonic, so it changes nothing until a splice.
     timeline: Rebaser,
+    /// Per open file: its first decode time and the interruptions it spans (R-SP-4).
+    gaps: HashMap<u64, (Millis, Vec<crate::model::Gap>)>,
+    /// The arrival of the newest event read.
+    last_arrival: Option<WallMillis>,
+    /// A splice happened and no packet of the new push was read yet: when the last push
+    /// ended (its last packet's arrival).
+    gap_since: Option<WallMillis>,
 }
 
 impl Recording {
@@ -330,6 +340,19 @@ impl Recording {
             match item {
                 ring::Item::Event(ev, arrival) => {
                     let ev = self.continue_timeline(ev);
+                    if let (MediaEvent::Packet(p), Some(since)) = (&ev, self.gap_since) {
+                        // The new push's first packet: every file still open spans the
+                        // interruption (one whose codec changed has just ended).
+                        self.gap_since = None;
+                        for (start, gaps) in self.gaps.values_mut() {
+                            gaps.push(crate::model::Gap {
+                                start_time_ms: since.as_unix_ms(),
+                                end_time_ms: arrival.as_unix_ms(),
+                                offset_ms: (p.dts - *start).as_ms().max(0),
+                            });
+                        }
+                    }
+                    self.last_arrival = Some(arrival);
                     self.rec.handle_event(ev, arrival)
                 }
                 ring::Item::Lagged { skipped } => {
@@ -406,6 +429,7 @@ impl Recording {
     /// with `#EXT-X-DISCONTINUITY`, FLV/MP4/AAC continue unless the codec configuration
     /// changed, which starts a new file).
     fn splice(&mut self) {
+        self.gap_since = self.last_arrival;
         self.timeline.splice();
         self.rec
             .handle_event(MediaEvent::Discontinuity, WallMillis::from_unix_ms(0));
@@ -478,6 +502,7 @@ impl Recording {
     /// of that new file works, media is dropped.
     async fn file_write_failed(&mut self, seq: u64, err: SinkError) {
         self.rec.abandon(seq);
+        self.gaps.remove(&seq);
         let Some((f, started)) = self.files.remove(&seq) else {
             return;
         };
@@ -565,6 +590,7 @@ impl Recording {
                     start_dts,
                     arrival,
                 } if self.format == Format::Hls => {
+                    self.gaps.insert(seq, (start_dts, Vec::new()));
                     self.open_hls(seq, start_dts, wall(arrival)).await;
                     if let Some((seq, summary, patches)) = closing.take() {
                         self.close(seq, summary, patches).await;
@@ -616,7 +642,12 @@ impl Recording {
                     }
                     self.close_segment(seq, n, start_dts, duration_ms).await;
                 }
-                Output::Open { seq, arrival, .. } => {
+                Output::Open {
+                    seq,
+                    arrival,
+                    start_dts,
+                } => {
+                    self.gaps.insert(seq, (start_dts, Vec::new()));
                     let started = wall(arrival);
                     match self.sink.create(&self.spool, seq, started, None).await {
                         Ok(f) => {
@@ -789,6 +820,7 @@ impl Recording {
     }
 
     async fn close_hls(&mut self, seq: u64, summary: FileSummary) {
+        let gaps = self.gaps.remove(&seq).map(|(_, g)| g).unwrap_or_default();
         let Some(h) = self.hls.remove(&seq) else {
             return;
         };
@@ -803,6 +835,7 @@ impl Recording {
                 text,
                 wall(summary.last_arrival),
                 summary.duration_ms.as_ms(),
+                gaps,
             )
             .await
         {
@@ -826,6 +859,7 @@ impl Recording {
             self.close_hls(seq, summary).await;
             return;
         }
+        let gaps = self.gaps.remove(&seq).map(|(_, g)| g).unwrap_or_default();
         let Some((mut f, started)) = self.files.remove(&seq) else {
             return;
         };
@@ -849,6 +883,7 @@ impl Recording {
                 &self.spool.meta,
                 &name,
                 (started, end, summary.duration_ms.as_ms()),
+                gaps,
             )
             .await
         {
@@ -934,6 +969,9 @@ mod tests {
             held_since: None,
             write_failing: false,
             timeline: Rebaser::new(Millis::MAX),
+            gaps: HashMap::new(),
+            last_arrival: None,
+            gap_since: None,
         };
         // 60 s of 2 s GOPs (~60 kB/s, a 256 KiB write every ~4 s of media): the disk
         // fills at 5 s and clears at 40 s.

@@ -120,6 +120,7 @@ impl RecMeta {
             duration_ms,
             size: 0,
             expires: 0,
+            gaps: Vec::new(),
         }
     }
 
@@ -600,6 +601,7 @@ impl Sink {
         rec: &RecMeta,
         name: &str,
         span: (DateTime<Utc>, DateTime<Utc>, i64),
+        gaps: Vec<crate::model::Gap>,
     ) -> Result<String, SinkError> {
         let closed = Instant::now();
         f.flush().await?;
@@ -618,6 +620,7 @@ impl Sink {
         let stream = f.stream.take();
         let mut info = rec.record(span.0, span.2);
         info.end_ms = span.1.timestamp_millis().max(info.start_ms);
+        info.gaps = gaps;
         let key = self
             .store_finished_since(
                 closed,
@@ -1013,9 +1016,11 @@ impl Sink {
         text: String,
         end: DateTime<Utc>,
         duration_ms: i64,
+        gaps: Vec<crate::model::Gap>,
     ) -> Result<(), SinkError> {
         let closed = Instant::now();
         let mut info = pl.info.clone();
+        info.gaps = gaps;
         info.duration_ms = duration_ms;
         info.end_ms = end.timestamp_millis().max(info.start_ms);
         let res = match (&*self.backend, pl.lane) {
@@ -1344,7 +1349,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let inode = std::fs::metadata(f.path()).unwrap().ino();
         let key = sink
-            .finish(f, &[], &meta, "s", (Utc::now(), Utc::now(), 0))
+            .finish(f, &[], &meta, "s", (Utc::now(), Utc::now(), 0), Vec::new())
             .await
             .unwrap();
         let stored = dir.path().join("rec").join(&key);
