@@ -108,10 +108,11 @@ pub async fn run(
         },
         Err(e) => warn!("cannot load record tasks from the store, starting without them: {e}"),
     }
+    let splices: Arc<crate::recording::Splices> = Arc::default();
     let recorders = Arc::new(Recorders {
         sink: sink.clone(),
         tracker: tracker.clone(),
-        splices: Arc::default(),
+        splices: splices.clone(),
         shutdown: shutdown.clone(),
     });
     let (supervisor, supervisor_handle) = Supervisor::new(
@@ -154,6 +155,7 @@ pub async fn run(
         state,
         clock: clock.clone(),
         metrics,
+        splices,
     });
     let api_task = {
         let stop = shutdown.clone();

@@ -209,7 +209,41 @@ fn a_push_after_the_window_gets_new_files() {
     require_tool("ffprobe");
     let d = Daemon::start(&template(&["flv", "hls"]));
     push(&d, "late", "avc_aac_2s.flv");
+    // Meanwhile `/v1/streams` shows the stream waiting, with its window's end (once the
+    // recorders have read the end of the push).
+    let polled = std::time::Instant::now();
+    let (body, s) = loop {
+        let (status, body) = d.api_get("/v1/streams");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let found = v["streams"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["stream"] == "late"))
+            .cloned();
+        if let Some(s) = found {
+            break (body, s);
+        }
+        assert!(
+            polled.elapsed() < Duration::from_secs(3),
+            "not listed while waiting: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(s["state"], "waiting", "{body}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let deadline = s["deadline"].as_i64().expect("deadline");
+    assert!(
+        deadline >= now && deadline <= now + WINDOW_S as i64 + 1,
+        "{body}"
+    );
     files(&d, "late", "flv", 1);
+    let (_, body) = d.api_get("/v1/streams");
+    assert!(
+        !body.contains("\"late\""),
+        "still listed after the window: {body}"
+    );
     std::thread::sleep(Duration::from_secs(WINDOW_S + 1));
     assert!(
         d.log().contains("continuation window over"),
@@ -248,4 +282,28 @@ fn a_resolution_change_across_a_splice_starts_new_flv_and_mp4_files_and_hls_cont
     assert!(errors.is_empty(), "{errors}");
     let got = media_duration(&probe_packets(&playlist));
     assert!(got > 39.0, "both pushes in the playlist: {got:.2} s");
+}
+
+#[test]
+fn a_graceful_shutdown_inside_the_window_finalizes_at_once() {
+    require_tool("ffprobe");
+    // A long window: the shutdown, not the window, must end the files.
+    let mut d = Daemon::start(&template(&["flv", "hls"]).replace(
+        &format!("continue_timeout = {WINDOW_S}"),
+        "continue_timeout = 600",
+    ));
+    push(&d, "bye", "avc_aac_2s.flv");
+    let started = std::time::Instant::now();
+    assert_eq!(d.stop(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the shutdown waited for the window"
+    );
+    let flv = d.files("localhost", "live", "bye", "flv");
+    assert_eq!(flv.len(), 1, "log:\n{}", d.log());
+    assert_monotonic(&flv[0]);
+    let playlists = d.files("localhost", "live", "bye", "m3u8");
+    assert_eq!(playlists.len(), 1);
+    let text = std::fs::read_to_string(&playlists[0]).expect("playlist");
+    assert!(text.contains("#EXT-X-ENDLIST"), "{text}");
 }

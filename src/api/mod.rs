@@ -39,6 +39,8 @@ pub struct Ctx {
     pub clock: Arc<dyn Clock>,
     /// Renders what the process-wide metrics recorder holds.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Recordings in their continuation window (R-SP-1), for `/v1/streams`.
+    pub splices: Arc<crate::recording::Splices>,
 }
 
 type Ctxt = State<Arc<Ctx>>;
@@ -187,6 +189,7 @@ async fn streams(State(ctx): Ctxt) -> Json<Value> {
                 .collect();
             json!({
                 "domain": s.id.domain, "app": s.id.app, "stream": s.id.stream,
+                "state": "live",
                 "peer": s.peer.to_string(),
                 "started": s.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                 "stream_param": s.query,
@@ -194,7 +197,24 @@ async fn streams(State(ctx): Ctxt) -> Json<Value> {
                 "tasks": tasks,
             })
         })
+        .collect::<Vec<_>>();
+    // Streams whose push ended while their recordings wait for them to return.
+    let live: std::collections::HashSet<String> = streams
+        .iter()
+        .map(|s| format!("{}/{}/{}", s["domain"], s["app"], s["stream"]))
         .collect();
+    let mut streams = streams;
+    for (id, until_ms) in ctx.splices.waiting() {
+        let j = json!({
+            "domain": id.domain, "app": id.app, "stream": id.stream,
+            "state": "waiting",
+            "deadline": until_ms.div_euclid(1000),
+            "deadline_ms": until_ms,
+        });
+        if !live.contains(&format!("{}/{}/{}", j["domain"], j["app"], j["stream"])) {
+            streams.push(j);
+        }
+    }
     Json(json!({ "streams": streams }))
 }
 

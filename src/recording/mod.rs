@@ -96,14 +96,31 @@ pub struct Resume {
 /// removes it under the lock decides.
 #[derive(Default)]
 pub struct Splices {
-    waiting: Mutex<HashMap<SpliceKey, tokio::sync::oneshot::Sender<Resume>>>,
+    waiting: Mutex<HashMap<SpliceKey, Waiting>>,
+}
+
+struct Waiting {
+    resume: tokio::sync::oneshot::Sender<Resume>,
+    /// When the window ends, unix ms.
+    until_ms: i64,
 }
 
 impl Splices {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<SpliceKey, tokio::sync::oneshot::Sender<Resume>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SpliceKey, Waiting>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The streams with a recording in its continuation window, each with the latest
+    /// end of their windows (unix ms), for `/v1/streams`.
+    pub fn waiting(&self) -> Vec<(StreamId, i64)> {
+        let mut by_stream: HashMap<StreamId, i64> = HashMap::new();
+        for (k, w) in self.lock().iter() {
+            let e = by_stream.entry(k.id.clone()).or_insert(w.until_ms);
+            *e = (*e).max(w.until_ms);
+        }
+        let mut v: Vec<_> = by_stream.into_iter().collect();
+        v.sort_by_key(|(id, _)| id.to_string());
+        v
     }
 }
 
@@ -148,8 +165,8 @@ impl Launch for Recorders {
             // The stream is back inside a recording's continuation window: that
             // recording goes on with this push (R-SP-1) instead of a new one starting.
             let waiting = self.splices.lock().remove(&key);
-            if let Some(tx) = waiting {
-                match tx.send(Resume {
+            if let Some(w) = waiting {
+                match w.resume.send(Resume {
                     ring: ring.clone(),
                     at,
                 }) {
@@ -389,7 +406,16 @@ impl Recording {
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Option<Resume> {
         let (tx, mut rx) = tokio::sync::oneshot::channel();
-        splices.lock().insert(key.clone(), tx);
+        let until_ms = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_add(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+        splices.lock().insert(
+            key.clone(),
+            Waiting {
+                resume: tx,
+                until_ms,
+            },
+        );
         info!(stream = %self.id, format = self.format.ext(), window_s = window.as_secs(), "push ended: the recording waits for the stream to return");
         // What the recorder holds goes to the spool now: the wait may be long.
         self.rec.cut_fragment();
