@@ -307,3 +307,44 @@ fn a_graceful_shutdown_inside_the_window_finalizes_at_once() {
     let text = std::fs::read_to_string(&playlists[0]).expect("playlist");
     assert!(text.contains("#EXT-X-ENDLIST"), "{text}");
 }
+
+#[test]
+fn a_task_window_continues_its_file_across_a_reconnect() {
+    require_tool("ffprobe");
+    let d = Daemon::start(&format!(
+        "[record]\ndefault_template = -1\n[[template]]\nid = 2\nname = \"task\"\nflv = {{ enable = true, record_interval = 600, continue_timeout = 600, file_name = \"task-{{TaskId}}\" }}\n"
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let body = serde_json::json!({
+        "domain": "localhost", "app": "live", "stream": "tasked",
+        "start_time": now, "end_time": now + 300, "template_id": 2
+    });
+    let (status, text) = d.api_post("/v1/tasks", &body.to_string());
+    assert_eq!(status, 201, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let id = v["task_id"].as_str().expect("task id").to_string();
+    push(&d, "tasked", "avc_aac_2s.flv");
+    std::thread::sleep(Duration::from_millis(1500));
+    push(&d, "tasked", "avc_aac_2s.flv");
+    // The task ends while the recording waits (a long window) for a third push: its file
+    // ends then, at the task's stop, holding both pushes.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, text) = d.api_post(&format!("/v1/tasks/{id}/stop"), "");
+    assert_eq!(status, 200, "{text}");
+    let f = files(&d, "tasked", "flv", 1).remove(0);
+    assert!(
+        f.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("task-{id}"))),
+        "{f:?}"
+    );
+    assert_monotonic(&f);
+    common::assert_follows_packets(
+        std::slice::from_ref(&f),
+        &both_pushes("avc_aac_2s.flv"),
+        true,
+        45.0,
+    );
+}

@@ -84,10 +84,12 @@ pub struct SpliceKey {
     task_id: String,
 }
 
-/// Where a continued recording reads the new push from.
+/// Where a continued recording reads the new push from, and (a task's) the signal that
+/// now ends it.
 pub struct Resume {
     ring: ring::RingHandle,
     at: StartAt,
+    stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// The recordings waiting for their stream to come back (R-SP-1), each with the channel
@@ -169,6 +171,7 @@ impl Launch for Recorders {
                 match w.resume.send(Resume {
                     ring: ring.clone(),
                     at,
+                    stop: task.as_ref().map(|t| t.stop.clone()),
                 }) {
                     Ok(()) => {
                         info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), "push returned inside the continuation window: the recording continues");
@@ -232,7 +235,7 @@ impl Launch for Recorders {
                     last_arrival: None,
                     gap_since: None,
                 };
-                let stop = stop.unwrap_or_default();
+                let mut stop = stop.unwrap_or_default();
                 let mut reader = reader;
                 loop {
                     let end = task.run(&mut reader, &stop).await;
@@ -247,6 +250,9 @@ impl Launch for Recorders {
                         .await;
                     let Some(resume) = back else { break };
                     reader = subscribe(&resume.ring, resume.at);
+                    if let Some(s) = resume.stop {
+                        stop = s;
+                    }
                     task.splice();
                 }
                 task.rec.finish();

@@ -205,8 +205,9 @@ impl Supervisor {
             due(t.end_time);
             let id = t.stream_id();
             let Some(live) = self.live.get(&id) else {
-                // Not live: its recording (if any) ended with the publish.
-                self.running.remove(&t.task_id);
+                // Not live: its recording ended with the publish, or waits in its
+                // template's continuation window (R-SP-1) — the entry stays, so the end
+                // of the task's window still stops that recording.
                 self.tasks.set_status(&t.task_id, TaskStatus::Waiting);
                 continue;
             };
