@@ -311,9 +311,9 @@ fn a_graceful_shutdown_inside_the_window_finalizes_at_once() {
 #[test]
 fn a_task_window_continues_its_file_across_a_reconnect() {
     require_tool("ffprobe");
-    let d = Daemon::start(&format!(
-        "[record]\ndefault_template = -1\n[[template]]\nid = 2\nname = \"task\"\nflv = {{ enable = true, record_interval = 600, continue_timeout = 600, file_name = \"task-{{TaskId}}\" }}\n"
-    ));
+    let d = Daemon::start(
+        "[record]\ndefault_template = -1\n[[template]]\nid = 2\nname = \"task\"\nflv = { enable = true, record_interval = 600, continue_timeout = 600, file_name = \"task-{TaskId}\" }\n",
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
