@@ -32,6 +32,7 @@ const INDEX_UNPUBLISHED: &str = "liverec_recordings_index_unpublished";
 const RECORD_TASKS: &str = "liverec_record_tasks";
 const UPLOAD_LATENCY: &str = "liverec_upload_latency_seconds";
 const FINALIZE: &str = "liverec_finalize_seconds";
+const INGEST_STALLS: &str = "liverec_ingest_stalls_total";
 
 /// Close → stored: milliseconds for the local backend, seconds for S3, minutes when the
 /// store was down (past the last bucket such files are only in `+Inf`).
@@ -91,6 +92,10 @@ pub fn describe() {
             SPOOL_WRITE_ERRORS,
             "Spool writes that failed (ENOSPC, EIO, EFBIG): each ended its file early.",
         ),
+        (
+            INGEST_STALLS,
+            "Publishers paused for recorders that made no progress for [ingest] stall_timeout: reading resumed and the stalled recordings lost the gap.",
+        ),
     ] {
         describe_counter!(name, help);
         counter!(name).absolute(0);
@@ -145,6 +150,10 @@ pub fn connection_closed() {
 
 pub fn bytes_in(n: usize) {
     counter!(BYTES_IN).increment(n as u64);
+}
+
+pub fn ingest_stall() {
+    counter!(INGEST_STALLS).increment(1);
 }
 
 pub fn publish_refused_spool_full() {
