@@ -123,6 +123,7 @@ impl Publishing {
             self.wake(paused_at);
         }
         debug!(conn = conn_id, stream = %self.id, backlog = self.writer.backlog_bytes(), "recorders behind: pausing the publisher");
+        crate::metrics::ingest_pause();
         let check = STALL_CHECK.min(self.stall_timeout);
         let mut progress = self.writer.progress();
         let mut last_progress = paused_at;
