@@ -137,7 +137,7 @@ fn keyframe_less_stream_stays_within_the_ring_bound_and_others_record_untouched(
     });
     done.store(true, Ordering::SeqCst);
     sampler.join().expect("sampler");
-    let peak = peak.load(Ordering::SeqCst);
+    let peak = peak.load(Ordering::SeqCst).max(end);
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     eprintln!(
         "RSS idle {:.1} MiB, end of push {:.1} MiB (+{:.1}), peak {:.1} MiB (+{:.1}); ring_max_bytes {:.1} MiB",

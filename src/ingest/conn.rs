@@ -491,3 +491,155 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    fn publishing(
+        ring_max_bytes: usize,
+        stall_timeout: Duration,
+    ) -> (Publishing, ring::RingHandle) {
+        let (writer, handle) = ring::ring(ring::RingConfig {
+            max_duration_ms: Millis::from_ms(2000),
+            max_bytes: ring_max_bytes,
+        });
+        let (pause_above, resume_at) = backpressure_marks(ring_max_bytes);
+        let p = Publishing {
+            id: StreamId::new("d", "live", "s"),
+            stream_id: 1,
+            writer,
+            clock: TimestampUnwrapper::new(),
+            bad_frames: 0,
+            unwoken_bytes: 0,
+            last_wake: Instant::now(),
+            pause_above,
+            resume_at,
+            stall_timeout,
+            stalled: false,
+        };
+        (p, handle)
+    }
+
+    fn frame(i: i64, size: usize) -> MediaEvent {
+        let flv = bytes::Bytes::from(vec![if i == 0 { 0x17 } else { 0x27 }; size]);
+        MediaEvent::Packet(media::Packet {
+            codec: media::Codec::Video(media::VideoCodec::H264),
+            dts: Millis::from_ms(i * 40),
+            cts: 0,
+            key: i == 0,
+            data: flv.slice(5..),
+            flv,
+        })
+    }
+
+    const AT: WallMillis = WallMillis::from_unix_ms(1_700_000_000_000);
+
+    /// Pushes like the connection does: deferred, counted as unwoken.
+    fn push(p: &mut Publishing, i: i64, size: usize) {
+        p.unwoken_bytes += size;
+        p.writer.push_deferred(frame(i, size), AT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_recorder_pauses_the_publisher_until_it_catches_up() {
+        let (mut p, handle) = publishing(100_000, Duration::from_secs(10));
+        let mut reader = handle.subscribe();
+        let mut i = 0;
+        while !p.should_pause() {
+            push(&mut p, i, 1000);
+            i += 1;
+        }
+        // Paused past half of the byte bound, before the ring evicts anything.
+        assert_eq!(i, 51);
+        assert_eq!(handle.stats().pushed, 51);
+        let (cancel, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let recorder = tokio::spawn(async move {
+            let mut got = 0;
+            // A slow recorder: 1 ms per frame.
+            while let Some(item) = reader.next().await {
+                assert!(matches!(item, ring::Item::Event(..)), "{item:?}");
+                got += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if got == 51 {
+                    break;
+                }
+            }
+            (reader, got)
+        });
+        p.wait_for_recorders(1, &cancel, &shutdown)
+            .await
+            .expect("resumed");
+        // The pending wake-up went out before waiting (or the recorder never ran), and
+        // the wait ended at the low mark, not at a stall.
+        assert_eq!(p.unwoken_bytes, 0);
+        assert!(!p.stalled);
+        assert!(p.writer.backlog_bytes() <= 25_000);
+        assert!(!p.should_pause());
+        let (_reader, got) = recorder.await.expect("recorder");
+        assert_eq!(got, 51);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_recorder_resumes_the_publisher_after_stall_timeout_and_lags() {
+        let (mut p, handle) = publishing(100_000, Duration::from_secs(3));
+        // A recorder that has read its preamble and the keyframe, then hangs (its disk).
+        let mut stuck = handle.subscribe();
+        push(&mut p, 0, 1000);
+        while stuck.try_next().is_some() {}
+        let mut i = 1;
+        while !p.should_pause() {
+            push(&mut p, i, 1000);
+            i += 1;
+        }
+        let (cancel, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let started = Instant::now();
+        p.wait_for_recorders(1, &cancel, &shutdown)
+            .await
+            .expect("resumed");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(3) && waited <= Duration::from_secs(4),
+            "{waited:?}"
+        );
+        assert!(p.stalled);
+        // Reading goes on: no new pause for the stalled recorder, the ring evicts at
+        // its bound, and once its cursor is evicted it no longer counts.
+        for _ in 0..200 {
+            assert!(!p.should_pause());
+            push(&mut p, i, 1000);
+            i += 1;
+        }
+        assert!(handle.stats().bytes <= 100_000);
+        assert_eq!(p.writer.backlog_bytes(), 0);
+        assert!(!p.should_pause());
+        assert!(!p.stalled);
+        // The stalled recorder learns what it lost (its file ends at the gap).
+        assert!(matches!(
+            stuck.try_next(),
+            Some(ring::Item::Lagged { skipped }) if skipped > 100
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_ends_a_pause() {
+        let (mut p, handle) = publishing(10_000, Duration::from_secs(600));
+        let _reader = handle.subscribe();
+        let mut i = 0;
+        while !p.should_pause() {
+            push(&mut p, i, 1000);
+            i += 1;
+        }
+        let (cancel, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            c.cancel();
+        });
+        assert!(matches!(
+            p.wait_for_recorders(1, &cancel, &shutdown).await,
+            Err(ConnEnd::Cancelled)
+        ));
+    }
+}
