@@ -285,7 +285,8 @@ impl Config {
 pub struct IngestConfig {
     /// Media the per-stream ring keeps, in seconds (whole GOPs; R-IN-7).
     pub ring_seconds: f64,
-    /// Byte bound of the per-stream ring.
+    /// Byte bound of the per-stream ring, even inside one GOP (R-IN-7); the connection
+    /// pauses its publisher while a recorder is more than half of it behind.
     pub ring_max_bytes: usize,
     /// Seconds a publisher stays paused (its socket unread, backpressure) while its
     /// recorders make no progress at all; then reading resumes and the stalled recorder

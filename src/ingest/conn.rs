@@ -1,6 +1,8 @@
 //! One task per RTMP connection: pumps bytes through the sans-IO `rtmp::ServerSession`,
 //! registers the publish with the hub (which announces it to the recording supervisor)
-//! and turns the session's events into media events on the stream's ring.
+//! and turns the session's events into media events on the stream's ring. While a
+//! recorder of the stream is far behind, it stops reading the socket (backpressure before
+//! loss, issue 12) — see [`Publishing::wait_for_recorders`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
