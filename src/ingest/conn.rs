@@ -147,6 +147,7 @@ impl Publishing {
                         warn!(conn = conn_id, stream = %self.id, stalled_s = stalled.as_secs_f64(), paused_s = now.duration_since(paused_at).as_secs_f64(), backlog = self.writer.backlog_bytes(), "recorders made no progress for {stalled:.1?} ([ingest] stall_timeout): reading the publisher again; the stalled recordings lose what the ring evicts and end their files at the gap");
                         crate::metrics::ingest_stall();
                         self.stalled = true;
+                        self.writer.stop_waiting();
                         return Ok(());
                     }
                 }

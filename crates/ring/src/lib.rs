@@ -772,6 +772,13 @@ impl Writer {
         Poll::Pending
     }
 
+    /// Forgets the waker registered by [`poll_progress`](Self::poll_progress) or
+    /// [`poll_backlog_below`](Self::poll_backlog_below), for a writer that stopped
+    /// waiting for another reason (a timer): readers then stop checking for it.
+    pub fn stop_waiting(&mut self) {
+        self.shared.lock().progress_waiter = None;
+    }
+
     /// Resolves once a reader has progressed; see [`poll_progress`](Self::poll_progress).
     pub async fn readers_progressed(&mut self) {
         std::future::poll_fn(|cx| self.poll_progress(cx)).await

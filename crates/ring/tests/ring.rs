@@ -599,6 +599,13 @@ fn poll_backlog_below_wakes_only_when_the_backlog_reaches_the_limit() {
     assert!(w.poll_backlog_below(2000, &mut cx).is_ready());
     drain(&mut r);
     assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+
+    // A writer that gave up waiting (its stall timer) is not woken any more.
+    push_video(&mut w, 4000, 7960, 4000, 100);
+    assert!(w.poll_backlog_below(2000, &mut cx).is_pending());
+    w.stop_waiting();
+    drain(&mut r);
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
 }
 
 #[test]
