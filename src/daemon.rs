@@ -111,6 +111,8 @@ pub async fn run(
     let recorders = Arc::new(Recorders {
         sink: sink.clone(),
         tracker: tracker.clone(),
+        splices: Arc::default(),
+        shutdown: shutdown.clone(),
     });
     let (supervisor, supervisor_handle) = Supervisor::new(
         tasks.clone(),
@@ -166,6 +168,10 @@ pub async fn run(
         })
     };
 
+    // Before anyone is told we are ready: a SIGTERM (or SIGHUP) that arrives right after
+    // the ready line must reach our handler, not the default action that kills the
+    // process without finalizing anything.
+    let signals = Signals::install().map_err(DaemonError::Signal)?;
     info!(rtmp = %rtmp_addr, api = %api_addr, root = %config.snapshot().config.storage.root.display(), "liverec ready");
     // Tests and scripts read the bound addresses (ports may be ephemeral) from stdout.
     println!("liverec ready rtmp={rtmp_addr} api={api_addr}");
@@ -189,9 +195,7 @@ pub async fn run(
         tracker.clone(),
     ));
 
-    wait_for_signal(&config)
-        .await
-        .map_err(DaemonError::Signal)?;
+    wait_for_signal(signals, &config).await;
     info!("shutting down: finalizing open recordings");
     crate::systemd::stopping();
     shutdown.cancel();
@@ -225,15 +229,33 @@ pub async fn run(
     Ok(())
 }
 
-async fn wait_for_signal(config: &RunningConfig) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+async fn wait_for_signal(signals: Signals, config: &RunningConfig) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM received"); return Ok(()); }
-            _ = int.recv() => { info!("SIGINT received"); return Ok(()); }
+            _ = term.recv() => { info!("SIGTERM received"); return; }
+            _ = int.recv() => { info!("SIGINT received"); return; }
             _ = hup.recv() => {
                 info!("SIGHUP received: reloading the config");
                 let _ = crate::systemd::reload(config).await;

@@ -28,6 +28,7 @@ const RECORDINGS_OPEN: &str = "liverec_recordings_open";
 const FILES_FINALIZED: &str = "liverec_files_finalized_total";
 const FILES_FAILED: &str = "liverec_files_failed_total";
 const SPOOL_WRITE_ERRORS: &str = "liverec_spool_write_errors_total";
+const TIMESTAMP_JUMPS: &str = "liverec_timestamp_discontinuities_total";
 const INDEX_UNPUBLISHED: &str = "liverec_recordings_index_unpublished";
 const RECORD_TASKS: &str = "liverec_record_tasks";
 const UPLOAD_LATENCY: &str = "liverec_upload_latency_seconds";
@@ -100,6 +101,10 @@ pub fn describe() {
         (
             INGEST_STALLS,
             "Publishers paused for recorders that made no progress for [ingest] stall_timeout: reading resumed and the stalled recordings lost the gap.",
+        ),
+        (
+            TIMESTAMP_JUMPS,
+            "Encoder timestamp jumps (back, or forward past ingest.max_timestamp_jump) rebased by ingest.",
         ),
     ] {
         describe_counter!(name, help);
@@ -183,6 +188,10 @@ pub fn file_finalized() {
 
 pub fn file_failed() {
     counter!(FILES_FAILED).increment(1);
+}
+
+pub fn timestamp_discontinuity() {
+    counter!(TIMESTAMP_JUMPS).increment(1);
 }
 
 pub fn spool_write_error() {

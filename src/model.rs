@@ -123,6 +123,9 @@ pub struct Plan {
     pub file_name: String,
     /// Seconds the files are kept (0 = forever, R-ST-5).
     pub storage_time: u64,
+    /// How long a recording stays open after its push ends, for the stream to come back
+    /// (R-SP-1; zero = not at all).
+    pub continue_timeout: std::time::Duration,
 }
 
 impl Plan {
@@ -136,6 +139,7 @@ impl Plan {
             record_interval_ms: Millis::from_ms(interval),
             hard_cap_ms: Millis::from_ms((interval as f64 * hard_cap_factor) as i64),
             storage_time: f.storage_time,
+            continue_timeout: std::time::Duration::from_secs(f.continue_timeout.unwrap_or(0)),
             file_name: f
                 .file_name
                 .clone()

@@ -292,6 +292,12 @@ pub struct IngestConfig {
     /// recorders make no progress at all; then reading resumes and the stalled recorder
     /// loses the gap (issue 12, "Backpressure before loss").
     pub stall_timeout: u64,
+    /// Seconds a track's timestamps may step forward before it counts as a new timeline
+    /// (R-IN-6): ingest then rebases what follows so every file stays monotonic.
+    pub max_timestamp_jump: f64,
+    /// Seconds a recording's first file waits for a track that is announced (or may
+    /// still come) before it starts without it (issue 12).
+    pub track_wait: f64,
 }
 
 impl Default for IngestConfig {
@@ -300,6 +306,8 @@ impl Default for IngestConfig {
             ring_seconds: 2.0,
             ring_max_bytes: 16 << 20,
             stall_timeout: 10,
+            max_timestamp_jump: 10.0,
+            track_wait: 2.0,
         }
     }
 }
@@ -699,8 +707,14 @@ mod tests {
             formats,
             vec![(record::Format::Flv, 5000), (record::Format::Aac, 7000)]
         );
+        // Splicing windows up to 30 minutes (R-SP-1).
+        parse(
+            "[[template]]\nid = 4\nhls = { enable = true, continue_timeout = 30 }\nflv = { enable = true, continue_timeout = 1800 }\n",
+            None,
+        )
+        .unwrap();
         let e = parse(
-            "[[template]]\nid = 4\nhls = { enable = true, continue_timeout = 30 }\n",
+            "[[template]]\nid = 4\nhls = { enable = true, continue_timeout = 1801 }\n",
             None,
         )
         .unwrap_err();

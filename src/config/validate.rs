@@ -238,6 +238,20 @@ fn check_record(config: &Config, err: &mut Err<'_>) {
             format!("ingest.stall_timeout = {s} must be 1..=600 (seconds)"),
         );
     }
+    let j = config.ingest.max_timestamp_jump;
+    if !(j.is_finite() && (1.0..=86_400.0).contains(&j)) {
+        err(
+            Key::at("ingest.max_timestamp_jump"),
+            format!("ingest.max_timestamp_jump = {j} must be 1..=86400 (seconds)"),
+        );
+    }
+    let w = config.ingest.track_wait;
+    if !(w.is_finite() && (0.0..=10.0).contains(&w)) {
+        err(
+            Key::at("ingest.track_wait"),
+            format!("ingest.track_wait = {w} must be 0..=10 (seconds)"),
+        );
+    }
 }
 
 /// Checks every template; returns the ids declared.
@@ -269,9 +283,6 @@ fn check_templates(config: &Config, err: &mut Err<'_>) -> HashSet<i64> {
                     );
                 }
             }
-            if h.continue_timeout.is_some_and(|t| t > 0) {
-                err(key(Some("hls")), format!("template {id}: hls continue_timeout (splicing, R-SP-1) is not available in this build yet; use 0"));
-            }
         }
         for (name, f) in [
             ("flv", &t.flv),
@@ -286,6 +297,14 @@ fn check_templates(config: &Config, err: &mut Err<'_>) -> HashSet<i64> {
                     format!(
                         "template {id}: record_interval = {} must be 1..=86400 seconds (R-TP-1)",
                         fc.record_interval
+                    ),
+                );
+            }
+            if let Some(t) = fc.continue_timeout.filter(|t| *t > 1800) {
+                err(
+                    key(Some(name)),
+                    format!(
+                        "template {id}: continue_timeout = {t} must be 0..=1800 seconds (R-SP-1)"
                     ),
                 );
             }

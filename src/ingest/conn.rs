@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use media::{MediaEvent, Millis, TimestampUnwrapper, WallMillis};
+use media::{MediaEvent, Millis, Rebaser, TimestampUnwrapper, WallMillis};
 use rtmp::{PublishRequest, ServerEvent, ServerSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,6 +44,10 @@ struct Publishing {
     stream_id: u32,
     writer: ring::Writer,
     clock: TimestampUnwrapper,
+    /// Keeps the push's timeline monotonic across encoder clock jumps (R-IN-6).
+    timeline: Rebaser,
+    /// Jumps rebased so far (the log line is rate-limited by it).
+    jumps: u64,
     bad_frames: u64,
     /// Media bytes pushed since the recorders were last woken, and when that was.
     unwoken_bytes: usize,
@@ -375,7 +379,23 @@ impl Conn {
             flv::tag::parse_audio(body, dts)
         };
         match parsed {
-            Ok(flv::tag::Parsed::Event(ev)) => {
+            Ok(flv::tag::Parsed::Event(mut ev)) => {
+                match &mut ev {
+                    MediaEvent::Packet(pkt) => {
+                        let m = p.timeline.map(pkt.kind(), pkt.dts);
+                        if m.jumped {
+                            p.jumps += 1;
+                            crate::metrics::timestamp_discontinuity();
+                            if p.jumps.is_power_of_two() {
+                                info!(conn = self.conn_id, stream = %p.id, track = ?pkt.kind(), from_ms = dts.as_ms(), continued_at_ms = m.dts.as_ms(), count = p.jumps, "encoder timestamps jumped; the recording continues on one timeline (HLS: #EXT-X-DISCONTINUITY)");
+                            }
+                            p.writer.push_deferred(MediaEvent::Discontinuity, arrival);
+                        }
+                        pkt.dts = m.dts;
+                    }
+                    MediaEvent::Config(c) => c.dts = p.timeline.map_config(c.kind(), c.dts),
+                    MediaEvent::Metadata(_) | MediaEvent::Discontinuity => {}
+                }
                 p.unwoken_bytes += body_len;
                 p.writer.push_deferred(ev, arrival);
             }
@@ -475,6 +495,10 @@ impl Conn {
             stream_id: req.stream_id,
             writer,
             clock: TimestampUnwrapper::new(),
+            timeline: Rebaser::new(Millis::from_secs_f64(
+                config.config.ingest.max_timestamp_jump,
+            )),
+            jumps: 0,
             bad_frames: 0,
             unwoken_bytes: 0,
             last_wake: Instant::now(),
@@ -514,6 +538,8 @@ mod tests {
             stream_id: 1,
             writer,
             clock: TimestampUnwrapper::new(),
+            timeline: Rebaser::new(Millis::from_secs(10)),
+            jumps: 0,
             bad_frames: 0,
             unwoken_bytes: 0,
             last_wake: Instant::now(),

@@ -5,11 +5,12 @@
 pub mod supervisor;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flv::mux::Patch;
-use media::{Millis, WallMillis};
+use media::{MediaEvent, Millis, Rebaser, WallMillis};
 use record::{CutPolicy, FileSummary, Format, Output, Recorder};
 use tracing::{debug, error, info, warn};
 
@@ -48,6 +49,8 @@ pub struct RecordStart {
     pub template: String,
     /// `[record] time_zone` of the config the recording started with.
     pub utc_offset_s: i32,
+    /// `[ingest] track_wait`: how long the first file waits for a missing track.
+    pub track_wait: Millis,
     pub at: StartAt,
     pub task: Option<TaskRun>,
 }
@@ -65,6 +68,61 @@ pub trait Launch: Send + Sync + 'static {
 pub struct Recorders {
     pub sink: Arc<Sink>,
     pub tracker: tokio_util::task::TaskTracker,
+    /// Recordings whose push ended inside their continuation window (R-SP-1).
+    pub splices: Arc<Splices>,
+    /// Graceful shutdown: a recording waiting for its stream ends at once.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Which recording a new push of a stream continues: the same stream, format, template
+/// (and rule) and task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SpliceKey {
+    id: StreamId,
+    format: &'static str,
+    template: String,
+    task_id: String,
+}
+
+/// Where a continued recording reads the new push from.
+pub struct Resume {
+    ring: ring::RingHandle,
+    at: StartAt,
+}
+
+/// The recordings waiting for their stream to come back (R-SP-1), each with the channel
+/// its new push is handed over on. One owner of that state: the launcher takes an entry
+/// when a push returns, the recording takes it back when its window ends — whoever
+/// removes it under the lock decides.
+#[derive(Default)]
+pub struct Splices {
+    waiting: Mutex<HashMap<SpliceKey, tokio::sync::oneshot::Sender<Resume>>>,
+}
+
+impl Splices {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SpliceKey, tokio::sync::oneshot::Sender<Resume>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn subscribe(ring: &ring::RingHandle, at: StartAt) -> ring::Reader {
+    match at {
+        StartAt::Oldest => ring.subscribe_preroll(Millis::MAX),
+        StartAt::Newest => ring.subscribe(),
+        StartAt::Preroll(ms) => ring.subscribe_preroll(ms),
+        StartAt::Since(ms) => ring.subscribe_since(ms),
+    }
+}
+
+/// Why a recording stopped reading its ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunEnd {
+    /// The push ended (the ring closed).
+    PushEnded,
+    /// Its task ended or was stopped.
+    Stopped,
 }
 
 impl Launch for Recorders {
@@ -75,18 +133,40 @@ impl Launch for Recorders {
             plans,
             template,
             utc_offset_s,
+            track_wait,
             at,
             task,
         } = start;
         for plan in plans {
             let task_id = task.as_ref().map(|t| t.task_id.clone()).unwrap_or_default();
-            info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), interval_s = plan.record_interval_ms.as_ms() / 1000, "recording");
-            let reader = match at {
-                StartAt::Oldest => ring.subscribe_preroll(Millis::MAX),
-                StartAt::Newest => ring.subscribe(),
-                StartAt::Preroll(ms) => ring.subscribe_preroll(ms),
-                StartAt::Since(ms) => ring.subscribe_since(ms),
+            let key = SpliceKey {
+                id: id.clone(),
+                format: plan.format.ext(),
+                template: template.clone(),
+                task_id: task_id.clone(),
             };
+            // The stream is back inside a recording's continuation window: that
+            // recording goes on with this push (R-SP-1) instead of a new one starting.
+            let waiting = self.splices.lock().remove(&key);
+            if let Some(tx) = waiting {
+                match tx.send(Resume {
+                    ring: ring.clone(),
+                    at,
+                }) {
+                    Ok(()) => {
+                        info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), "push returned inside the continuation window: the recording continues");
+                        continue;
+                    }
+                    Err(_) => {
+                        debug!(stream = %id, "the waiting recording ended meanwhile; starting a new one")
+                    }
+                }
+            }
+            info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), interval_s = plan.record_interval_ms.as_ms() / 1000, "recording");
+            let reader = subscribe(&ring, at);
+            let continue_timeout = plan.continue_timeout;
+            let splices = self.splices.clone();
+            let shutdown = self.shutdown.clone();
             let stop = task.as_ref().map(|t| t.stop.clone());
             let sink = self.sink.clone();
             let id = id.clone();
@@ -123,14 +203,34 @@ impl Launch for Recorders {
                     spool,
                     rec: Recorder::new(plan.format, policy)
                         .with_segment_duration(plan.segment_ms)
-                        .with_mp4_fragment(fragment),
+                        .with_mp4_fragment(fragment)
+                        .with_track_wait(track_wait),
                     files: HashMap::new(),
                     hls: HashMap::new(),
                     flush_interval,
                     held_since: None,
                     write_failing: false,
+                    timeline: Rebaser::new(Millis::MAX),
                 };
-                task.run(reader, stop).await;
+                let stop = stop.unwrap_or_default();
+                let mut reader = reader;
+                loop {
+                    let end = task.run(&mut reader, &stop).await;
+                    if end == RunEnd::Stopped
+                        || continue_timeout.is_zero()
+                        || shutdown.is_cancelled()
+                    {
+                        break;
+                    }
+                    let back = task
+                        .wait_for_return(&splices, key.clone(), continue_timeout, &stop, &shutdown)
+                        .await;
+                    let Some(resume) = back else { break };
+                    reader = subscribe(&resume.ring, resume.at);
+                    task.splice();
+                }
+                task.rec.finish();
+                task.drain().await;
                 let Recording { sink, spool, .. } = task;
                 sink.end(spool).await;
             });
@@ -172,15 +272,19 @@ struct Recording {
     /// succeeded since. Only the episode's first failure is a warning; the first write
     /// that works again ends it with an info line.
     write_failing: bool,
+    /// Continues the timeline across spliced pushes (R-SP-1/3); within one push ingest
+    /// has already made it monotonic, so it changes nothing until a splice.
+    timeline: Rebaser,
 }
 
 impl Recording {
+    /// Reads the ring until the push ends or the task stops; the open files stay open
+    /// (the caller decides whether a continuation window keeps them).
     async fn run(
         &mut self,
-        mut reader: ring::Reader,
-        stop: Option<tokio_util::sync::CancellationToken>,
-    ) {
-        let stop = stop.unwrap_or_default();
+        reader: &mut ring::Reader,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> RunEnd {
         // The flush deadline of the open files' buffers (issue 11): a publisher that
         // stalls or sends slowly brings no append to write them, so the task wakes for
         // it. One timer, re-armed only when the earliest deadline changes (after a
@@ -201,7 +305,7 @@ impl Recording {
                 // returned), so losing the race to the timer loses nothing.
                 i = reader.next() => i,
                 // A task ended (its end time, or stopped): the open file ends here.
-                _ = stop.cancelled() => None,
+                _ = stop.cancelled() => return RunEnd::Stopped,
                 () = &mut timer, if armed.is_some() => {
                     // The MP4 fragment in the making has waited its interval with no
                     // packet to complete it (a stalled publisher): out it goes, and the
@@ -220,9 +324,14 @@ impl Recording {
                     continue;
                 }
             };
-            let Some(item) = item else { break };
+            let Some(item) = item else {
+                return RunEnd::PushEnded;
+            };
             match item {
-                ring::Item::Event(ev, arrival) => self.rec.handle_event(ev, arrival),
+                ring::Item::Event(ev, arrival) => {
+                    let ev = self.continue_timeline(ev);
+                    self.rec.handle_event(ev, arrival)
+                }
                 ring::Item::Lagged { skipped } => {
                     // The ring moved on without us: the current file would have a hole,
                     // so it ends here and the next one starts at the next keyframe.
@@ -232,8 +341,74 @@ impl Recording {
             }
             self.drain().await;
         }
-        self.rec.finish();
+    }
+
+    /// Events on the recording's timeline (see `timeline`).
+    fn continue_timeline(&mut self, mut ev: MediaEvent) -> MediaEvent {
+        match &mut ev {
+            MediaEvent::Packet(p) => p.dts = self.timeline.map(p.kind(), p.dts).dts,
+            MediaEvent::Config(c) => c.dts = self.timeline.map_config(c.kind(), c.dts),
+            MediaEvent::Metadata(_) | MediaEvent::Discontinuity => {}
+        }
+        ev
+    }
+
+    /// The push ended and the template keeps the recording open for `window` (R-SP-1):
+    /// waits for the same stream to publish again, keeping the open files' buffers on
+    /// their flush deadlines meanwhile. `None` when the window passes, the task stops
+    /// or the daemon shuts down.
+    async fn wait_for_return(
+        &mut self,
+        splices: &Splices,
+        key: SpliceKey,
+        window: Duration,
+        stop: &tokio_util::sync::CancellationToken,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<Resume> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        splices.lock().insert(key.clone(), tx);
+        info!(stream = %self.id, format = self.format.ext(), window_s = window.as_secs(), "push ended: the recording waits for the stream to return");
+        // What the recorder holds goes to the spool now: the wait may be long.
+        self.rec.cut_fragment();
         self.drain().await;
+        let deadline = tokio::time::Instant::now() + window;
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        loop {
+            let flush_at = self.flush_due();
+            if let Some(at) = flush_at {
+                timer.as_mut().reset(at);
+            }
+            tokio::select! {
+                r = &mut rx => return r.ok(),
+                () = tokio::time::sleep_until(deadline) => break,
+                () = &mut timer, if flush_at.is_some() => {
+                    self.flush_overdue().await;
+                    continue;
+                }
+                _ = stop.cancelled() => break,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        // Whoever removes the entry decides: if the launcher took it first, the new push
+        // is on its way.
+        let mine = splices.lock().remove(&key).is_some();
+        if mine {
+            info!(stream = %self.id, format = self.format.ext(), "continuation window over: the recording ends");
+            None
+        } else {
+            rx.await.ok()
+        }
+    }
+
+    /// A new push continues this recording (R-SP-1/3): its timeline continues one frame
+    /// after the last push's (each format then sees a jump: HLS marks the next segment
+    /// with `#EXT-X-DISCONTINUITY`, FLV/MP4/AAC continue unless the codec configuration
+    /// changed, which starts a new file).
+    fn splice(&mut self) {
+        self.timeline.splice();
+        self.rec
+            .handle_event(MediaEvent::Discontinuity, WallMillis::from_unix_ms(0));
     }
 
     /// The earliest flush deadline of the open files, HLS segments and the media the
@@ -758,6 +933,7 @@ mod tests {
             flush_interval: std::time::Duration::from_secs(1),
             held_since: None,
             write_failing: false,
+            timeline: Rebaser::new(Millis::MAX),
         };
         // 60 s of 2 s GOPs (~60 kB/s, a 256 KiB write every ~4 s of media): the disk
         // fills at 5 s and clears at 40 s.

@@ -158,6 +158,7 @@ impl Supervisor {
                 plans,
                 template,
                 utc_offset_s: config.config.utc_offset_s(),
+                track_wait: Millis::from_secs_f64(config.config.ingest.track_wait),
                 at: StartAt::Oldest,
                 task: None,
             });
@@ -277,6 +278,7 @@ impl Supervisor {
             plans,
             template,
             utc_offset_s: config.config.utc_offset_s(),
+            track_wait: Millis::from_secs_f64(config.config.ingest.track_wait),
             at,
             task: Some(TaskRun {
                 task_id: task.task_id.clone(),

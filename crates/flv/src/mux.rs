@@ -116,6 +116,27 @@ impl MetaInfo {
     }
 }
 
+/// Which tracks an `onMetaData` body announces, as (video, audio): a track is announced
+/// by its codec id or, for video, a size. None when the body has no property list.
+/// Recorders wait for the announced tracks' sequence headers before a file starts
+/// (issue 12: a relay that sends audio ~1 s before the video's sequence header).
+pub fn announced_tracks(amf: &[u8]) -> Option<(bool, bool)> {
+    let values = amf0::decode_all(amf).ok()?;
+    let props = values
+        .iter()
+        .find(|v| matches!(v, amf0::Value::EcmaArray(_) | amf0::Value::Object(_)))?;
+    let present = |k: &str| {
+        props.get(k).is_some_and(|v| match v {
+            amf0::Value::Number(n) => n.is_finite() && *n > 0.0,
+            amf0::Value::String(s) => !s.is_empty(),
+            _ => false,
+        })
+    };
+    let video = present("videocodecid") || present("width");
+    let audio = present("audiocodecid") || present("audiosamplerate");
+    Some((video, audio))
+}
+
 /// The `videocodecid`/`audiocodecid` value for a track, given any of its tag bodies.
 ///
 /// Legacy tags use the FLV CodecID/SoundFormat (7 AVC, 10 AAC, 2 MP3). Tags sent with an

@@ -9,9 +9,11 @@ pub mod avc;
 mod millis;
 pub mod repair;
 mod time;
+pub mod timeline;
 
 pub use millis::{Millis, WallMillis, TS_HZ};
 pub use time::TimestampUnwrapper;
+pub use timeline::Rebaser;
 
 use bytes::Bytes;
 

@@ -180,6 +180,9 @@ struct OpenFile {
     /// Arrival of the packet that opened the file, and of the latest packet since.
     first_arrival: WallMillis,
     last_arrival: WallMillis,
+    /// The tracks (video, audio) the file was opened with: an FLV header cannot take a
+    /// track that appears later.
+    tracks: (bool, bool),
 }
 
 #[derive(Default, Clone, Copy)]
@@ -239,6 +242,15 @@ pub struct Recorder {
     /// changes now is a new encoder session, and FLV ends its file rather than carry a
     /// second sequence header across the jump.
     at_discontinuity: bool,
+    /// How long the first file waits for a track that is announced, or may still come
+    /// (0 = not at all; see [`Recorder::with_track_wait`]).
+    track_wait: Millis,
+    /// Packets held while the first file waits for its tracks, with their arrivals.
+    held: Vec<(Packet, WallMillis)>,
+    /// A file was opened: no more waiting for tracks in this recording.
+    opened_any: bool,
+    /// The tracks (video, audio) `onMetaData` announced.
+    announced: Option<(bool, bool)>,
     out: std::collections::VecDeque<Output>,
 }
 
@@ -259,6 +271,10 @@ impl Recorder {
             mp4_fragment_ms: None,
             discontinuity_pending: false,
             at_discontinuity: false,
+            track_wait: Millis::ZERO,
+            held: Vec::new(),
+            opened_any: false,
+            announced: None,
             out: Default::default(),
         }
     }
@@ -274,6 +290,18 @@ impl Recorder {
     /// on a `kill -9`, at any bitrate (issue 11). The other formats hold nothing back.
     pub fn with_mp4_fragment(mut self, ms: Millis) -> Self {
         self.mp4_fragment_ms = Some(ms);
+        self
+    }
+
+    /// The first file of the recording starts only once the stream's tracks are known:
+    /// both sequence headers, or those `onMetaData` announces, or — when neither says —
+    /// after `ms` of media (issue 12). Until then packets are held (at most `ms` of
+    /// them) and then written from the first keyframe on, audio that arrived before the
+    /// keyframe included from the keyframe's time: a relay such as nginx-rtmp sends audio
+    /// ~1 s before the video's sequence header, which made an audio-only first file and
+    /// an audio-only HLS PMT. 0 turns the wait off.
+    pub fn with_track_wait(mut self, ms: Millis) -> Self {
+        self.track_wait = ms.max(Millis::ZERO);
         self
     }
 
@@ -313,7 +341,10 @@ impl Recorder {
     /// Feeds one event of the stream, which arrived at `arrival`.
     pub fn handle_event(&mut self, ev: MediaEvent, arrival: WallMillis) {
         match ev {
-            MediaEvent::Metadata(m) => self.metadata = Some(m),
+            MediaEvent::Metadata(m) => {
+                self.announced = flv::mux::announced_tracks(&m).or(self.announced);
+                self.metadata = Some(m);
+            }
             MediaEvent::Discontinuity => self.discontinuity(),
             MediaEvent::Config(c) => {
                 let slot = match c.kind() {
@@ -327,11 +358,20 @@ impl Recorder {
                     return;
                 }
                 *slot = Some(c.clone());
+                if self.file.is_none() && !self.held.is_empty() && self.tracks_ready() {
+                    self.release_held();
+                }
                 let Some(f) = &mut self.file else { return };
+                let in_file = match c.kind() {
+                    TrackKind::Video => f.tracks.0,
+                    TrackKind::Audio => f.tracks.1,
+                };
                 match &mut f.writer {
                     // A new sequence header mid-file goes into the file in place, as FLV
-                    // players expect; the next file repeats it in its header.
-                    Writer::Flv(_) if self.at_discontinuity => self.close(),
+                    // players expect; the next file repeats it in its header. A track
+                    // the header does not declare, or a new encoder session after a
+                    // timestamp jump, starts a new file instead.
+                    Writer::Flv(_) if self.at_discontinuity || !in_file => self.close(),
                     Writer::Flv(m) => {
                         let mut bufs = Vec::with_capacity(3);
                         m.write_tag(c.kind(), c.dts.max(f.start), &c.flv, &mut bufs);
@@ -340,6 +380,9 @@ impl Recorder {
                     // ADTS describes every frame in its own header, so a new audio
                     // config just changes the headers from here on; one ADTS cannot
                     // describe ends the file.
+                    // A new encoder session (a splice or a clock jump) with another
+                    // configuration is a new file, as for every format (R-SP-3).
+                    Writer::Aac { .. } if self.at_discontinuity => self.close(),
                     Writer::Aac { adts, .. } if c.kind() == TrackKind::Audio => {
                         match AdtsParams::from_asc(&c.record) {
                             Ok(p) => *adts = p,
@@ -375,11 +418,78 @@ impl Recorder {
         self.video_config.is_some()
     }
 
+    /// Whether the first file may start: see [`Recorder::with_track_wait`].
+    fn tracks_ready(&self) -> bool {
+        let v = self.video_config.is_some();
+        // MP3 has no sequence header: its first packet is its configuration.
+        let a = self.audio_config.is_some() || self.audio_codec_id.is_some();
+        if v && a {
+            return true;
+        }
+        if let Some((want_v, want_a)) = self.announced {
+            // Every announced track has its configuration (and there is one at all).
+            let missing = (want_v && !v) || (want_a && !a);
+            if (v || a) && !missing {
+                return true;
+            }
+        }
+        let dts = self.held.iter().map(|(p, _)| p.dts);
+        match (dts.clone().min(), dts.max()) {
+            (Some(first), Some(last)) => last.saturating_sub(first) >= self.track_wait,
+            _ => false,
+        }
+    }
+
+    /// Starts the first file from the held packets: at the first video keyframe when
+    /// the stream has video (audio from that keyframe's time on), else at the first
+    /// packet; in decode-time order, so audio that arrived before the keyframe lands
+    /// beside the video of its time. Without a keyframe yet, keeps holding the newest
+    /// `track_wait` of packets.
+    fn release_held(&mut self) {
+        let mut held = std::mem::take(&mut self.held);
+        let start = if self.video_config.is_some() {
+            match held.iter().position(|(p, _)| p.is_video_key()) {
+                Some(i) => held[i].0.dts,
+                None => {
+                    let newest = held.iter().map(|(p, _)| p.dts).max();
+                    if let Some(newest) = newest {
+                        held.retain(|(p, _)| newest.saturating_sub(p.dts) <= self.track_wait);
+                    }
+                    self.held = held;
+                    return;
+                }
+            }
+        } else {
+            match held.iter().map(|(p, _)| p.dts).min() {
+                Some(d) => d,
+                None => return,
+            }
+        };
+        held.retain(|(p, _)| p.dts >= start);
+        held.sort_by_key(|(p, _)| p.dts);
+        // From here on, packets are written as they come.
+        self.opened_any = true;
+        for (p, at) in held {
+            self.packet_now(p, at);
+        }
+    }
+
     fn packet(&mut self, p: Packet, arrival: WallMillis) {
         self.at_discontinuity = false;
         if p.kind() == TrackKind::Audio && self.audio_codec_id.is_none() {
             self.audio_codec_id = Some(flv::mux::flv_codec_id(p.codec, &p.flv));
         }
+        if !self.opened_any && self.file.is_none() && self.track_wait > Millis::ZERO {
+            self.held.push((p, arrival));
+            if self.tracks_ready() {
+                self.release_held();
+            }
+            return;
+        }
+        self.packet_now(p, arrival);
+    }
+
+    fn packet_now(&mut self, p: Packet, arrival: WallMillis) {
         let has_video = self.has_video();
         if let Some(f) = &self.file {
             if let CutDecision::Cut { hard } = self.policy.decide(f.start, &p, has_video) {
@@ -499,6 +609,11 @@ impl Recorder {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.last_hard = false;
+        self.opened_any = true;
+        let tracks = (
+            self.video_config.is_some(),
+            self.audio_config.is_some() || self.audio_codec_id.is_some(),
+        );
         self.out.push_back(Output::Open {
             seq,
             start_dts: start,
@@ -518,6 +633,7 @@ impl Recorder {
             hard_cut: false,
             first_arrival: arrival,
             last_arrival: arrival,
+            tracks,
         });
         true
     }
@@ -622,6 +738,12 @@ impl Recorder {
 
     /// Ends the current file (push ended, task stopped, shutdown: R-SG-3).
     pub fn finish(&mut self) {
+        if self.file.is_none() && !self.held.is_empty() {
+            // The push ended while the first file waited for a track: what came is
+            // recorded as it is.
+            self.track_wait = Millis::ZERO;
+            self.release_held();
+        }
         self.close();
     }
 

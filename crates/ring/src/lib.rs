@@ -236,6 +236,13 @@ struct Inner {
     /// Sequence number of the first join point since the mode (audio-only or video) was
     /// set; lets a reader that was waiting for it find out it has been evicted since.
     first_join_in_mode: Option<u64>,
+    /// The audio join points held when the stream turned out to have video, and the
+    /// sequence number where it did. Only a reader that was already waiting before then
+    /// may start at one: it subscribed to an audio stream, and the recorder behind it
+    /// waits for the video itself (`[ingest] track_wait`) — a relay sends audio ~1 s
+    /// before the video's sequence header, sometimes in one burst before the reader ran.
+    pre_video_joins: VecDeque<Join>,
+    video_since: Option<u64>,
     closed: bool,
     readers: usize,
     /// Per reader slot (None = free slot). Eviction by duration never drops what a
@@ -277,6 +284,8 @@ impl Inner {
             current: Arc::new(Preamble::default()),
             has_video: false,
             first_join_in_mode: None,
+            pre_video_joins: VecDeque::new(),
+            video_since: None,
             closed: false,
             readers: 0,
             cursors: Vec::new(),
@@ -375,8 +384,9 @@ impl Inner {
     fn enter_video_mode(&mut self) {
         if !self.has_video {
             self.has_video = true;
-            // Audio join points are no longer places a reader may start at.
-            self.joins.clear();
+            // Audio join points are no longer places a new reader may start at.
+            self.pre_video_joins = std::mem::take(&mut self.joins);
+            self.video_since = Some(self.next_seq);
             self.first_join_in_mode = None;
         }
     }
@@ -474,6 +484,13 @@ impl Inner {
         while self.joins.front().is_some_and(|j| j.seq < self.base_seq) {
             self.joins.pop_front();
         }
+        while self
+            .pre_video_joins
+            .front()
+            .is_some_and(|j| j.seq < self.base_seq)
+        {
+            self.pre_video_joins.pop_front();
+        }
     }
 
     /// Payload bytes from `cursor` to the head; 0 for a cursor outside what is held (at
@@ -491,6 +508,20 @@ impl Inner {
         })
     }
 
+    /// The join point a reader waiting since `from` starts at, if one is held.
+    fn join_for_waiting(&self, from: u64) -> Option<&Join> {
+        // Waiting since before the stream showed video: its audio join points still count.
+        if self.video_since.is_some_and(|v| from < v) {
+            let idx = self.pre_video_joins.partition_point(|j| j.seq < from);
+            if let Some(j) = self.pre_video_joins.get(idx) {
+                return Some(j);
+            }
+        }
+        // Joins are sorted by seq.
+        let idx = self.joins.partition_point(|j| j.seq < from);
+        self.joins.get(idx)
+    }
+
     /// The backlog of the slowest reader (O(readers), plus a binary search for a reader
     /// still waiting for its first join point).
     fn backlog(&self) -> usize {
@@ -504,8 +535,8 @@ impl Inner {
                     // A waiting reader whose join point has arrived will read from there
                     // once it runs (a recorder task not scheduled yet): it is behind by
                     // that much. With no join point yet it is behind nothing.
-                    let idx = self.joins.partition_point(|j| j.seq < c.from);
-                    self.joins.get(idx).map_or(0, |j| self.backlog_from(j.seq))
+                    self.join_for_waiting(c.from)
+                        .map_or(0, |j| self.backlog_from(j.seq))
                 }
             })
             .max()
@@ -1054,9 +1085,7 @@ impl Position {
                 }
             }
         }
-        // Joins are sorted by seq.
-        let idx = inner.joins.partition_point(|j| j.seq < from);
-        if let Some(j) = inner.joins.get(idx) {
+        if let Some(j) = inner.join_for_waiting(from) {
             let (state, mut pending) = inner.reader_state(Some(j));
             if lost && j.seq > from {
                 pending.push(Item::Lagged {

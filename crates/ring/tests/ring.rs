@@ -238,6 +238,34 @@ fn video_appearing_late_switches_join_points_to_keyframes() {
     assert_eq!(dts_of(&drain(&mut later)[2]), Some(90));
 }
 
+/// A reader that subscribed while the stream was still audio, and had not read anything
+/// when the video's sequence header arrived (a relay's burst), still starts at the audio
+/// it subscribed to: its recorder waits for the video itself (issue 12, track_wait).
+#[test]
+fn a_reader_waiting_before_video_appeared_still_starts_at_the_audio() {
+    let (mut w, h) = ring(big());
+    let mut early = h.subscribe();
+    w.push(config(AAC, 1), AT);
+    w.push(audio(0), AT);
+    w.push(audio(23), AT);
+    w.push(config(H264, 1), AT);
+    w.push(video(0, true, 10), AT);
+    let got = drain(&mut early);
+    assert_eq!(
+        got,
+        vec![
+            ev(config(AAC, 1)),
+            ev(audio(0)),
+            ev(audio(23)),
+            ev(config(H264, 1)),
+            ev(video(0, true, 10)),
+        ]
+    );
+    // A reader arriving now starts at the keyframe, as before.
+    let mut late = h.subscribe();
+    assert_eq!(dts_of(&drain(&mut late)[2]), Some(0));
+}
+
 #[test]
 fn audio_only_eviction_groups_audio_in_about_one_second() {
     let (mut w, h) = ring(RingConfig {
