@@ -33,6 +33,8 @@ const INDEX_UNPUBLISHED: &str = "liverec_recordings_index_unpublished";
 const RECORD_TASKS: &str = "liverec_record_tasks";
 const UPLOAD_LATENCY: &str = "liverec_upload_latency_seconds";
 const FINALIZE: &str = "liverec_finalize_seconds";
+const INGEST_STALLS: &str = "liverec_ingest_stalls_total";
+const INGEST_PAUSES: &str = "liverec_ingest_pauses_total";
 
 /// Close → stored: milliseconds for the local backend, seconds for S3, minutes when the
 /// store was down (past the last bucket such files are only in `+Inf`).
@@ -93,6 +95,14 @@ pub fn describe() {
             "Spool writes that failed (ENOSPC, EIO, EFBIG): each ended its file early.",
         ),
         (
+            INGEST_PAUSES,
+            "Times a publisher's socket was left unread because a recorder of its stream was behind (backpressure).",
+        ),
+        (
+            INGEST_STALLS,
+            "Publishers paused for recorders that made no progress for [ingest] stall_timeout: reading resumed and the stalled recordings lost the gap.",
+        ),
+        (
             TIMESTAMP_JUMPS,
             "Encoder timestamp jumps (back, or forward past ingest.max_timestamp_jump) rebased by ingest.",
         ),
@@ -150,6 +160,14 @@ pub fn connection_closed() {
 
 pub fn bytes_in(n: usize) {
     counter!(BYTES_IN).increment(n as u64);
+}
+
+pub fn ingest_pause() {
+    counter!(INGEST_PAUSES).increment(1);
+}
+
+pub fn ingest_stall() {
+    counter!(INGEST_STALLS).increment(1);
 }
 
 pub fn publish_refused_spool_full() {

@@ -285,8 +285,13 @@ impl Config {
 pub struct IngestConfig {
     /// Media the per-stream ring keeps, in seconds (whole GOPs; R-IN-7).
     pub ring_seconds: f64,
-    /// Byte bound of the per-stream ring.
+    /// Byte bound of the per-stream ring, even inside one GOP (R-IN-7); the connection
+    /// pauses its publisher while a recorder is more than half of it behind.
     pub ring_max_bytes: usize,
+    /// Seconds a publisher stays paused (its socket unread, backpressure) while its
+    /// recorders make no progress at all; then reading resumes and the stalled recorder
+    /// loses the gap (issue 12, "Backpressure before loss").
+    pub stall_timeout: u64,
     /// Seconds a track's timestamps may step forward before it counts as a new timeline
     /// (R-IN-6): ingest then rebases what follows so every file stays monotonic.
     pub max_timestamp_jump: f64,
@@ -300,6 +305,7 @@ impl Default for IngestConfig {
         Self {
             ring_seconds: 2.0,
             ring_max_bytes: 16 << 20,
+            stall_timeout: 10,
             max_timestamp_jump: 10.0,
             track_wait: 2.0,
         }
@@ -540,6 +546,24 @@ mod tests {
             .collect();
         assert_eq!(lines, vec![2, 5]);
         assert!(e[1].message.contains("token"));
+    }
+
+    #[test]
+    fn stall_timeout_is_checked_with_its_line() {
+        assert_eq!(load(None).unwrap().config.ingest.stall_timeout, 10);
+        for bad in ["0", "601"] {
+            let text = format!("[ingest]\nring_seconds = 2.0\nstall_timeout = {bad}\n");
+            let e = parse(&text, None).unwrap_err();
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].location.as_ref().unwrap().line, 3);
+            assert!(
+                e[0].message.contains("ingest.stall_timeout"),
+                "{}",
+                e[0].message
+            );
+        }
+        let l = parse("[ingest]\nstall_timeout = 600\n", None).unwrap();
+        assert_eq!(l.config.ingest.stall_timeout, 600);
     }
 
     #[test]

@@ -231,6 +231,13 @@ fn check_record(config: &Config, err: &mut Err<'_>) {
             format!("ingest.ring_seconds = {r} must be 0..=600"),
         );
     }
+    let s = config.ingest.stall_timeout;
+    if !(1..=600).contains(&s) {
+        err(
+            Key::at("ingest.stall_timeout"),
+            format!("ingest.stall_timeout = {s} must be 1..=600 (seconds)"),
+        );
+    }
     let j = config.ingest.max_timestamp_jump;
     if !(j.is_finite() && (1.0..=86_400.0).contains(&j)) {
         err(

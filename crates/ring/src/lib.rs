@@ -1,7 +1,7 @@
 //! The per-stream packet ring (R-IN-7): one writer (the ingest task), many readers (one
-//! per recording), bounded by duration and by bytes, always holding whole GOPs so that a
-//! reader can start at a keyframe with the codec configuration in force there, including
-//! from the past for pre-roll (R-TK-6).
+//! per recording), bounded by duration and by bytes, holding GOPs so that a reader can
+//! start at a keyframe with the codec configuration in force there, including from the
+//! past for pre-roll (R-TK-6). Only the byte bound cuts into a GOP (see Eviction).
 //!
 //! # Shape
 //!
@@ -11,9 +11,13 @@
 //! falls behind the oldest held event it is told how many events it lost
 //! ([`Item::Lagged`]) and moved to the oldest join point still held.
 //!
-//! The writer never waits for readers: a push is one short critical section (append,
-//! maybe evict whole GOPs, take the registered wakers) followed by waking, outside the
-//! lock, each reader that is waiting, once.
+//! The writer never blocks on readers: a push is one short critical section (append,
+//! maybe evict, take the registered wakers) followed by waking, outside the lock, each
+//! reader that is waiting, once. A writer that *chooses* to wait for its readers
+//! (backpressure: the ingest task stops reading its socket while a recording is far
+//! behind, issue 12) asks how far behind the slowest reader is
+//! ([`Writer::backlog_bytes`]) and waits for them to progress
+//! ([`Writer::poll_backlog_below`], [`Writer::poll_progress`]).
 //!
 //! # Join points and GOPs
 //!
@@ -40,18 +44,35 @@
 //!
 //! # Eviction
 //!
-//! After each push the oldest whole GOPs are dropped while the ring holds more than one
-//! GOP and either the held bytes exceed `max_bytes`, or the held duration exceeds
-//! `max_duration_ms` and no reader still needs the GOP. So with readers keeping up, the
-//! ring holds between `max_duration_ms - one GOP` and `max_duration_ms` of media.
+//! After each push, while over a bound:
 //!
-//! The duration bound is the history kept for joining and pre-roll; the byte bound is the
-//! memory bound. A reader that is behind (a publisher pushing faster than real time, a
-//! recorder waiting on its disk) keeps its unread GOPs up to the byte bound, so a burst
-//! does not cost a recording its frames; past the byte bound it lags — the writer never
-//! waits. The newest GOP is never dropped: a single GOP larger than
-//! the byte cap (or longer than the duration cap) is kept whole until the next GOP starts,
-//! so a stream with a very long keyframe interval can exceed the caps by up to one GOP.
+//! * **Duration**: the oldest whole GOP is dropped when the held duration exceeds
+//!   `max_duration_ms`, more than one GOP is held, and no reader still needs the GOP. So
+//!   with readers keeping up, the ring holds between `max_duration_ms - one GOP` and
+//!   `max_duration_ms` of media; a single GOP longer than that is kept whole. This is the
+//!   history kept for joining and pre-roll.
+//! * **Bytes** (the memory bound, R-IN-7): while the held payload exceeds `max_bytes`, the
+//!   oldest whole GOP is dropped when another GOP is held and either no reader is reading
+//!   it or dropping it all is no more than needed; otherwise the oldest *events* of the
+//!   front GOP are dropped one by one. So the ring never holds more than `max_bytes` plus
+//!   the newest event (always kept), even inside one GOP: a stream whose keyframes stop
+//!   arriving (one keyframe, then inter frames only) evicts its oldest frames instead of
+//!   growing without bound (issue 12: 240 MB after 40 s before), and a reader in the GOP
+//!   being trimmed loses only what it had not read past the bound.
+//!
+//! A GOP that lost its head has lost its join point: no reader can start in it, so a new
+//! reader (or one that lagged) waits for the next join point (keyframe) and starts there
+//! with the preamble in force then; the configs and metadata of the trimmed head stay
+//! known as the state in force (the preamble), so nothing a reader needs to decode from
+//! the next keyframe is lost. A reader whose cursor falls behind the oldest held event
+//! gets [`Item::Lagged`] with the exact number of events it lost (when it must wait for a
+//! join point, the events skipped until there come in a second `Lagged` when it joins, or
+//! at the end of the stream), and its recording ends its file at the gap.
+//!
+//! A reader that is behind (a publisher pushing faster than real time, a recorder
+//! waiting on its disk) keeps its unread media up to the byte bound; the duration bound
+//! never drops it. Past the byte bound it lags: the ring itself never waits, the ingest
+//! task's backpressure (see above) is what keeps readers within the bound.
 //! Bytes are payload bytes: the FLV tag body length of packets and configs, and the
 //! metadata length.
 
@@ -72,7 +93,8 @@ pub struct RingConfig {
     /// Evict old GOPs while the held media is longer than this (newest dts minus the dts
     /// of the oldest GOP start).
     pub max_duration_ms: Millis,
-    /// Evict old GOPs while the held payload bytes exceed this.
+    /// Evict old GOPs, or the oldest events of the oldest GOP, while the held payload
+    /// bytes exceed this (the newest event is always kept).
     pub max_bytes: usize,
 }
 
@@ -164,11 +186,39 @@ struct Gop {
     bytes: usize,
 }
 
+/// One held event.
+#[derive(Debug)]
+struct Entry {
+    ev: MediaEvent,
+    arrival: WallMillis,
+    /// Payload bytes stored before this event (`Inner::pushed_bytes` when it came), so
+    /// the bytes from here to the head are one subtraction (backlog, backpressure).
+    cum: u64,
+}
+
+/// What the ring knows of one reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    /// The oldest sequence number the reader may still read.
+    from: u64,
+    /// The reader has a join point (it reads from `from`); a reader still waiting for
+    /// its first join point has no backlog.
+    active: bool,
+}
+
+/// The writer waiting for readers to progress (backpressure).
+#[derive(Debug)]
+struct ProgressWaiter {
+    waker: Waker,
+    /// Wake only once the backlog is at most this; `None`: at any progress.
+    below: Option<usize>,
+}
+
 #[derive(Debug)]
 struct Inner {
     config: RingConfig,
-    /// Held events with their arrival; `entries[i]` has sequence number `base_seq + i`.
-    entries: VecDeque<(MediaEvent, WallMillis)>,
+    /// Held events; `entries[i]` has sequence number `base_seq + i`.
+    entries: VecDeque<Entry>,
     base_seq: u64,
     /// Always `base_seq + entries.len()`.
     next_seq: u64,
@@ -176,6 +226,8 @@ struct Inner {
     /// Held join points, oldest first. All of the current mode (see `has_video`).
     joins: VecDeque<Join>,
     bytes: usize,
+    /// Payload bytes ever stored (held or evicted).
+    pushed_bytes: u64,
     /// State in force at the head of the stream.
     current: Arc<Preamble>,
     /// A video config or packet has been seen: from then on only video keyframes are join
@@ -193,9 +245,15 @@ struct Inner {
     video_since: Option<u64>,
     closed: bool,
     readers: usize,
-    /// Per reader slot: the oldest sequence number the reader may still read (None =
-    /// free slot). Eviction by duration never drops what a reader still needs.
-    cursors: Vec<Option<u64>>,
+    /// Per reader slot (None = free slot). Eviction by duration never drops what a
+    /// reader still needs; eviction by bytes trims instead of dropping a GOP a reader is
+    /// still reading; the backlog is measured from the slowest active cursor.
+    cursors: Vec<Option<Cursor>>,
+    /// Incremented each time a reader's cursor moves or a reader goes away.
+    progress: u64,
+    /// The writer waiting for `progress` (registered only while it waits, so readers
+    /// that find no waiter pay nothing).
+    progress_waiter: Option<ProgressWaiter>,
     /// Wakers of readers waiting for the next push; the writer takes them all each push.
     wakers: Vec<Waker>,
     /// Incremented each time `wakers` is taken, so a reader knows whether its slot is
@@ -222,6 +280,7 @@ impl Inner {
             gops: VecDeque::new(),
             joins: VecDeque::new(),
             bytes: 0,
+            pushed_bytes: 0,
             current: Arc::new(Preamble::default()),
             has_video: false,
             first_join_in_mode: None,
@@ -230,6 +289,8 @@ impl Inner {
             closed: false,
             readers: 0,
             cursors: Vec::new(),
+            progress: 0,
+            progress_waiter: None,
             wakers: Vec::new(),
             wake_gen: 0,
         }
@@ -310,7 +371,12 @@ impl Inner {
             gop.max_dts = gop.max_dts.max(d);
         }
         self.bytes += size;
-        self.entries.push_back((ev, arrival));
+        self.entries.push_back(Entry {
+            ev,
+            arrival,
+            cum: self.pushed_bytes,
+        });
+        self.pushed_bytes += size as u64;
         self.next_seq += 1;
         self.evict();
     }
@@ -339,33 +405,162 @@ impl Inner {
 
     fn evict(&mut self) {
         let max_duration = self.config.max_duration_ms.max(Millis::ZERO).unsigned_abs();
-        let min_cursor = self.cursors.iter().flatten().copied().min();
-        while self.gops.len() > 1
-            && (self.bytes > self.config.max_bytes
-                || (self.held_duration() > max_duration
-                    && self
-                        .gops
-                        .get(1)
-                        .is_some_and(|next| min_cursor.is_none_or(|c| c >= next.start_seq))))
+        let min_cursor = self.cursors.iter().flatten().map(|c| c.from).min();
+        loop {
+            let over_bytes = self.bytes > self.config.max_bytes;
+            if let (Some(front), Some(next)) = (self.gops.front(), self.gops.get(1)) {
+                let next_start = next.start_seq;
+                // Duration: only whole GOPs that no reader needs (history for joining).
+                let over_duration = self.held_duration() > max_duration
+                    && min_cursor.is_none_or(|c| c >= next_start);
+                // Bytes: the whole front GOP, unless a reader is still reading it and
+                // less than the whole GOP is enough — then trim below, so a reader that
+                // is within the bound loses nothing (backpressure keeps it there).
+                let reading_front = self
+                    .cursors
+                    .iter()
+                    .flatten()
+                    .any(|c| c.active && c.from >= self.base_seq && c.from < next_start);
+                let drop_whole = over_bytes
+                    && (!reading_front || front.bytes <= self.bytes - self.config.max_bytes);
+                if over_duration || drop_whole {
+                    self.drop_front_gop();
+                    continue;
+                }
+            }
+            // The byte bound holds inside one GOP too (R-IN-7, issue 12): a stream whose
+            // keyframes stop arriving would otherwise grow without bound. The newest
+            // event is always kept.
+            if over_bytes && self.entries.len() > 1 {
+                self.drop_front_event();
+                continue;
+            }
+            break;
+        }
+    }
+
+    fn drop_front_gop(&mut self) {
+        let (Some(front), Some(next)) = (self.gops.pop_front(), self.gops.front()) else {
+            return;
+        };
+        let new_base = next.start_seq;
+        let count = usize::try_from(new_base - self.base_seq).unwrap_or(usize::MAX);
+        self.entries.drain(..count.min(self.entries.len()));
+        self.bytes -= front.bytes;
+        self.base_seq = new_base;
+        self.drop_joins_before_base();
+    }
+
+    /// Drops the oldest held event, inside the front GOP. The GOP loses its head, and
+    /// with it its join point: readers can no longer start in it.
+    fn drop_front_event(&mut self) {
+        let Some(entry) = self.entries.pop_front() else {
+            return;
+        };
+        let size = event_bytes(&entry.ev);
+        self.bytes -= size;
+        self.base_seq += 1;
+        if let Some(front) = self.gops.front_mut() {
+            front.bytes -= size;
+            front.start_seq = self.base_seq;
+        }
+        if self
+            .gops
+            .get(1)
+            .is_some_and(|next| next.start_seq <= self.base_seq)
         {
-            let (Some(front), Some(next)) = (self.gops.pop_front(), self.gops.front()) else {
-                break;
-            };
-            let new_base = next.start_seq;
-            let count = usize::try_from(new_base - self.base_seq).unwrap_or(usize::MAX);
-            self.entries.drain(..count.min(self.entries.len()));
-            self.bytes -= front.bytes;
-            self.base_seq = new_base;
-            while self.joins.front().is_some_and(|j| j.seq < new_base) {
-                self.joins.pop_front();
+            // The front GOP is empty now.
+            self.gops.pop_front();
+        } else if let (Some(front), Some(d)) = (
+            self.gops.front_mut(),
+            self.entries.front().and_then(|e| e.ev.dts()),
+        ) {
+            front.start_dts = d;
+        }
+        self.drop_joins_before_base();
+    }
+
+    fn drop_joins_before_base(&mut self) {
+        while self.joins.front().is_some_and(|j| j.seq < self.base_seq) {
+            self.joins.pop_front();
+        }
+        while self
+            .pre_video_joins
+            .front()
+            .is_some_and(|j| j.seq < self.base_seq)
+        {
+            self.pre_video_joins.pop_front();
+        }
+    }
+
+    /// Payload bytes from `cursor` to the head; 0 for a cursor outside what is held (at
+    /// the head, or behind the oldest held event: that reader has already lost its gap and
+    /// waiting for it would save nothing).
+    fn backlog_from(&self, cursor: u64) -> usize {
+        if cursor < self.base_seq {
+            return 0;
+        }
+        let Ok(idx) = usize::try_from(cursor - self.base_seq) else {
+            return 0;
+        };
+        self.entries.get(idx).map_or(0, |e| {
+            usize::try_from(self.pushed_bytes - e.cum).unwrap_or(usize::MAX)
+        })
+    }
+
+    /// The join point a reader waiting since `from` starts at, if one is held.
+    fn join_for_waiting(&self, from: u64) -> Option<&Join> {
+        // Waiting since before the stream showed video: its audio join points still count.
+        if self.video_since.is_some_and(|v| from < v) {
+            let idx = self.pre_video_joins.partition_point(|j| j.seq < from);
+            if let Some(j) = self.pre_video_joins.get(idx) {
+                return Some(j);
             }
-            while self
-                .pre_video_joins
-                .front()
-                .is_some_and(|j| j.seq < new_base)
-            {
-                self.pre_video_joins.pop_front();
-            }
+        }
+        // Joins are sorted by seq.
+        let idx = self.joins.partition_point(|j| j.seq < from);
+        self.joins.get(idx)
+    }
+
+    /// The backlog of the slowest reader (O(readers), plus a binary search for a reader
+    /// still waiting for its first join point).
+    fn backlog(&self) -> usize {
+        self.cursors
+            .iter()
+            .flatten()
+            .map(|c| {
+                if c.active {
+                    self.backlog_from(c.from)
+                } else {
+                    // A waiting reader whose join point has arrived will read from there
+                    // once it runs (a recorder task not scheduled yet): it is behind by
+                    // that much. With no join point yet it is behind nothing.
+                    self.join_for_waiting(c.from)
+                        .map_or(0, |j| self.backlog_from(j.seq))
+                }
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Records that the reader in `slot` is now at `cursor`; returns the writer's waker
+    /// when it waits for this, to be woken outside the lock.
+    fn move_cursor(&mut self, slot: usize, cursor: Cursor) -> Option<Waker> {
+        let c = self.cursors.get_mut(slot)?;
+        if *c == Some(cursor) {
+            return None;
+        }
+        *c = Some(cursor);
+        self.reader_progressed()
+    }
+
+    fn reader_progressed(&mut self) -> Option<Waker> {
+        self.progress += 1;
+        let below = self.progress_waiter.as_ref()?.below;
+        if below.is_none_or(|b| self.backlog() <= b) {
+            self.progress_waiter.take().map(|w| w.waker)
+        } else {
+            None
         }
     }
 
@@ -393,6 +588,7 @@ impl Inner {
             None => (
                 State::Waiting {
                     from: self.next_seq,
+                    lost: false,
                 },
                 Vec::new(),
             ),
@@ -427,7 +623,7 @@ impl Shared {
                 inner.cursors.len() - 1
             }
         };
-        inner.cursors[slot] = Some(pos.needs_from());
+        inner.cursors[slot] = Some(pos.cursor());
         drop(inner);
         Reader {
             shared: Arc::clone(self),
@@ -470,6 +666,23 @@ fn take_wakers(inner: &mut Inner, to_wake: &mut Vec<Waker>) {
     }
 }
 
+fn register_progress_waiter(inner: &mut Inner, cx: &Context<'_>, below: Option<usize>) {
+    match &mut inner.progress_waiter {
+        Some(w) => {
+            if !w.waker.will_wake(cx.waker()) {
+                w.waker.clone_from(cx.waker());
+            }
+            w.below = below;
+        }
+        None => {
+            inner.progress_waiter = Some(ProgressWaiter {
+                waker: cx.waker().clone(),
+                below,
+            })
+        }
+    }
+}
+
 /// The single producer of a ring. Closes the ring when dropped.
 #[derive(Debug)]
 pub struct Writer {
@@ -477,6 +690,9 @@ pub struct Writer {
     /// Reused buffer for the wakers taken out of the lock, so pushing does not allocate.
     to_wake: Vec<Waker>,
     closed: bool,
+    /// `Inner::progress` as of the last [`poll_progress`](Self::poll_progress) that
+    /// returned `Ready`.
+    seen_progress: u64,
 }
 
 impl Writer {
@@ -487,6 +703,7 @@ impl Writer {
             }),
             to_wake: Vec::new(),
             closed: false,
+            seen_progress: 0,
         }
     }
 
@@ -541,6 +758,67 @@ impl Writer {
         for w in self.to_wake.drain(..) {
             w.wake();
         }
+    }
+
+    /// Payload bytes between the slowest reader's cursor and the head: how far behind the
+    /// slowest recording is. 0 with no reader; a reader waiting for a join point counts
+    /// from the first one held after where it waits (0 when none has arrived), and one
+    /// already behind the oldest held event (it has lost its gap and will be told so)
+    /// counts 0. O(readers): one subtraction per reader.
+    pub fn backlog_bytes(&self) -> usize {
+        self.shared.lock().backlog()
+    }
+
+    /// How many times a reader moved its cursor or went away, ever: a writer that waits
+    /// for its readers tells a stalled reader (a hung disk) from a slow one by this.
+    pub fn progress(&self) -> u64 {
+        self.shared.lock().progress
+    }
+
+    /// `Ready` once a reader has moved its cursor or gone away since the last time this
+    /// returned `Ready`; otherwise registers the waker (one writer waker; readers wake it
+    /// only while it is registered, so a writer that does not wait costs them nothing).
+    pub fn poll_progress(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.shared.lock();
+        if inner.progress != self.seen_progress {
+            self.seen_progress = inner.progress;
+            inner.progress_waiter = None;
+            return Poll::Ready(());
+        }
+        register_progress_waiter(&mut inner, cx, None);
+        Poll::Pending
+    }
+
+    /// `Ready` once [`backlog_bytes`](Self::backlog_bytes) is at most `limit`; otherwise
+    /// registers the waker, which a reader wakes only when its move brings the backlog
+    /// to `limit` or below, or when it goes away — so a paused writer is not woken for
+    /// every frame its readers catch up on.
+    pub fn poll_backlog_below(&mut self, limit: usize, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.shared.lock();
+        if inner.backlog() <= limit {
+            inner.progress_waiter = None;
+            return Poll::Ready(());
+        }
+        register_progress_waiter(&mut inner, cx, Some(limit));
+        Poll::Pending
+    }
+
+    /// Forgets the waker registered by [`poll_progress`](Self::poll_progress) or
+    /// [`poll_backlog_below`](Self::poll_backlog_below), for a writer that stopped
+    /// waiting for another reason (a timer): readers then stop checking for it.
+    pub fn stop_waiting(&mut self) {
+        self.shared.lock().progress_waiter = None;
+    }
+
+    /// Resolves once a reader has progressed; see [`poll_progress`](Self::poll_progress).
+    pub async fn readers_progressed(&mut self) {
+        std::future::poll_fn(|cx| self.poll_progress(cx)).await
+    }
+
+    /// Resolves once the backlog is at most `limit`; see
+    /// [`poll_backlog_below`](Self::poll_backlog_below).
+    pub async fn backlog_below(&mut self, limit: usize) {
+        std::future::poll_fn(|cx| self.poll_backlog_below(limit, cx)).await
     }
 
     /// A cloneable handle for subscribing from elsewhere (the daemon's stream registry).
@@ -615,7 +893,9 @@ impl RingHandle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// No join point chosen yet: waiting for the first one at or after `from`.
-    Waiting { from: u64 },
+    /// `lost`: it got here by lagging, so what it skips until the join point is lost
+    /// and reported.
+    Waiting { from: u64, lost: bool },
     /// The next event to read is `cursor`.
     Active { cursor: u64 },
 }
@@ -638,8 +918,10 @@ impl Reader {
     pub fn try_next(&mut self) -> Option<Item> {
         let mut inner = self.shared.lock();
         let item = self.pos.next(&inner);
-        if let Some(c) = inner.cursors.get_mut(self.slot) {
-            *c = Some(self.pos.needs_from());
+        let writer = inner.move_cursor(self.slot, self.pos.cursor());
+        drop(inner);
+        if let Some(w) = writer {
+            w.wake();
         }
         item
     }
@@ -649,8 +931,11 @@ impl Reader {
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         let mut inner = self.shared.lock();
         if let Some(item) = self.pos.next(&inner) {
-            if let Some(c) = inner.cursors.get_mut(self.slot) {
-                *c = Some(self.pos.needs_from());
+            // The writer may be waiting for this (backpressure): wake it outside the lock.
+            let writer = inner.move_cursor(self.slot, self.pos.cursor());
+            drop(inner);
+            if let Some(w) = writer {
+                w.wake();
             }
             return Poll::Ready(Some(item));
         }
@@ -679,7 +964,9 @@ impl Reader {
             && match self.pos.state {
                 State::Active { cursor } => cursor >= inner.next_seq,
                 // A waiting reader may still find a join point among the held events.
-                State::Waiting { from } => inner.joins.back().is_none_or(|j| j.seq < from),
+                State::Waiting { from, lost } => {
+                    !lost && inner.joins.back().is_none_or(|j| j.seq < from)
+                }
             }
     }
 
@@ -699,11 +986,18 @@ struct Position {
 }
 
 impl Position {
-    /// The oldest sequence number this reader may still read.
-    fn needs_from(&self) -> u64 {
+    /// What the ring needs to know of this reader: the oldest sequence number it may
+    /// still read, and whether it reads (has a join point).
+    fn cursor(&self) -> Cursor {
         match self.state {
-            State::Waiting { from } => from,
-            State::Active { cursor } => cursor,
+            State::Waiting { from, .. } => Cursor {
+                from,
+                active: false,
+            },
+            State::Active { cursor } => Cursor {
+                from: cursor,
+                active: true,
+            },
         }
     }
 
@@ -711,12 +1005,24 @@ impl Position {
         if let Some(item) = self.pending.pop() {
             return Some(item);
         }
-        if let State::Waiting { from } = self.state {
-            self.join_waiting(inner, from);
+        if let State::Waiting { from, lost } = self.state {
+            self.join_waiting(inner, from, lost);
             if let Some(item) = self.pending.pop() {
                 return Some(item);
             }
             // Joined with nothing to announce (no configs yet), or still waiting.
+            if lost && inner.closed && matches!(self.state, State::Waiting { .. }) {
+                // The stream ended before a join point came after a lag: what was
+                // skipped since is lost too.
+                self.state = State::Waiting {
+                    from: inner.next_seq,
+                    lost: false,
+                };
+                return Some(Item::Lagged {
+                    skipped: inner.next_seq - from,
+                })
+                .filter(|_| inner.next_seq > from);
+            }
         }
         match self.state {
             State::Waiting { .. } => None,
@@ -726,7 +1032,8 @@ impl Position {
                     return self.pending.pop();
                 }
                 let idx = usize::try_from(cursor - inner.base_seq).ok()?;
-                let (ev, arrival) = inner.entries.get(idx)?.clone();
+                let e = inner.entries.get(idx)?;
+                let (ev, arrival) = (e.ev.clone(), e.arrival);
                 self.state = State::Active { cursor: cursor + 1 };
                 Some(Item::Event(ev, arrival))
             }
@@ -734,7 +1041,8 @@ impl Position {
     }
 
     /// The events from `cursor` on are gone: report the loss and move to the oldest join
-    /// point held (or wait for the next one when none is held).
+    /// point held (or wait for the next one when none is held: the GOP being read lost
+    /// its head, a stream without keyframes).
     fn lagged(&mut self, inner: &Inner, cursor: u64) {
         let (resume, join) = match inner.joins.front() {
             Some(j) => (j.seq, Some(j)),
@@ -745,7 +1053,11 @@ impl Position {
             Some(_) => state,
             // Wait from the oldest event held, not from the head: a join point among the
             // held events has not been pushed yet, but anything after `base_seq` counts.
-            None => State::Waiting { from: resume },
+            // What is skipped until the join point is reported when the reader joins.
+            None => State::Waiting {
+                from: resume,
+                lost: true,
+            },
         };
         pending.push(Item::Lagged {
             skipped: resume - cursor,
@@ -753,8 +1065,9 @@ impl Position {
         self.pending = pending;
     }
 
-    /// Start at the first join point at or after `from`, if there is one.
-    fn join_waiting(&mut self, inner: &Inner, from: u64) {
+    /// Start at the first join point at or after `from`, if there is one. A reader that
+    /// waits after a lag (`lost`) is told how many events it skipped until there.
+    fn join_waiting(&mut self, inner: &Inner, from: u64, lost: bool) {
         if from < inner.base_seq {
             if let Some(first) = inner.first_join_in_mode.filter(|&f| f >= from) {
                 if first < inner.base_seq {
@@ -763,7 +1076,7 @@ impl Position {
                     if let Some(j) = inner.joins.front() {
                         let (state, mut pending) = inner.reader_state(Some(j));
                         pending.push(Item::Lagged {
-                            skipped: j.seq - first,
+                            skipped: j.seq - if lost { from } else { first },
                         });
                         self.state = state;
                         self.pending = pending;
@@ -772,20 +1085,13 @@ impl Position {
                 }
             }
         }
-        // Waiting since before the stream showed video: its audio join points still count.
-        if inner.video_since.is_some_and(|v| from < v) {
-            let idx = inner.pre_video_joins.partition_point(|j| j.seq < from);
-            if let Some(j) = inner.pre_video_joins.get(idx) {
-                let (state, pending) = inner.reader_state(Some(j));
-                self.state = state;
-                self.pending = pending;
-                return;
+        if let Some(j) = inner.join_for_waiting(from) {
+            let (state, mut pending) = inner.reader_state(Some(j));
+            if lost && j.seq > from {
+                pending.push(Item::Lagged {
+                    skipped: j.seq - from,
+                });
             }
-        }
-        // Joins are sorted by seq.
-        let idx = inner.joins.partition_point(|j| j.seq < from);
-        if let Some(j) = inner.joins.get(idx) {
-            let (state, pending) = inner.reader_state(Some(j));
             self.state = state;
             self.pending = pending;
         }
@@ -799,6 +1105,9 @@ impl Drop for Reader {
         if let Some(c) = inner.cursors.get_mut(self.slot) {
             *c = None;
         }
+        // The slowest reader may be gone: a writer waiting on it looks again.
+        inner.progress += 1;
+        let writer = inner.progress_waiter.take().map(|w| w.waker);
         // Don't leave a waker (and whatever task it keeps alive) behind until next push.
         if let Some((gen, idx)) = self.registered {
             if gen == inner.wake_gen {
@@ -806,6 +1115,10 @@ impl Drop for Reader {
                     *w = Waker::noop().clone();
                 }
             }
+        }
+        drop(inner);
+        if let Some(w) = writer {
+            w.wake();
         }
     }
 }

@@ -339,7 +339,8 @@ fn eviction_by_bytes_keeps_whole_gops() {
 }
 
 #[test]
-fn a_gop_larger_than_the_byte_cap_is_kept_until_the_next_one_starts() {
+fn a_gop_larger_than_the_byte_cap_is_trimmed_to_the_cap() {
+    // Issue 12 (R-IN-7): the byte bound holds inside one GOP.
     let (mut w, h) = ring(RingConfig {
         max_duration_ms: Millis::from_ms(60_000),
         max_bytes: 10_000,
@@ -347,10 +348,333 @@ fn a_gop_larger_than_the_byte_cap_is_kept_until_the_next_one_starts() {
     start(&mut w);
     push_video(&mut w, 0, 3960, 2000, 1000);
     let s = h.stats();
-    assert_eq!((s.gops, s.events, s.bytes), (1, 50, 50_000));
+    // The second GOP (2000..3960) alone is 25 kB: its oldest frames went too.
+    assert_eq!((s.gops, s.events, s.bytes), (1, 10, 10_000));
+    assert_eq!(s.duration_ms.as_ms(), 3960 - 3600);
     w.push(video(4000, true, 1000), AT);
     let s = h.stats();
+    // Two GOPs over the bound, nobody reading the older one: it goes whole.
     assert_eq!((s.gops, s.events, s.bytes), (1, 1, 1000));
+}
+
+/// A video packet of `size` bytes of a stream whose keyframes stopped: one keyframe at 0,
+/// then inter frames only.
+fn push_keyless(w: &mut Writer, from: i64, to: i64, size: usize) {
+    for t in (from..=to).step_by(40) {
+        w.push(video(t, t == 0, size), AT);
+    }
+}
+
+#[test]
+fn keyframe_then_inter_frames_only_stays_within_the_byte_bound() {
+    let max = 100_000;
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: Millis::from_ms(4000),
+        max_bytes: max,
+    });
+    start(&mut w);
+    let mut peak = 0;
+    for t in (0..=60_000).step_by(40) {
+        w.push(video(t, t == 0, 2000), AT);
+        peak = peak.max(h.stats().bytes);
+    }
+    // Before issue 12 this held all 60 s (3 MB): the newest GOP was never cut.
+    assert!(peak <= max + 2000, "peak {peak}");
+    let s = h.stats();
+    assert_eq!((s.gops, s.events, s.bytes), (1, 50, 100_000));
+    assert_eq!(s.pushed, 1501);
+}
+
+#[test]
+fn reader_keeping_up_inside_one_gop_loses_nothing() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: Millis::from_ms(4000),
+        max_bytes: 10_000,
+    });
+    start(&mut w);
+    w.push(video(0, true, 1000), AT);
+    let mut r = h.subscribe();
+    let mut items = drain(&mut r);
+    for t in (40..=20_000).step_by(40) {
+        w.push(video(t, false, 1000), AT);
+        items.extend(drain(&mut r));
+    }
+    assert_eq!(&items[..3], &preamble(1, 1, 1)[..]);
+    let dts: Vec<_> = items[3..].iter().map(|i| dts_of(i).unwrap()).collect();
+    assert_eq!(dts, (0..=20_000).step_by(40).collect::<Vec<_>>());
+    assert!(h.stats().bytes <= 10_000);
+}
+
+#[test]
+fn reader_behind_inside_one_gop_lags_then_rejoins_at_the_next_keyframe() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: Millis::from_ms(4000),
+        max_bytes: 10_000,
+    });
+    start(&mut w);
+    w.push(video(0, true, 1000), AT);
+    let mut r = h.subscribe();
+    let first = drain(&mut r); // preamble and the keyframe: seq 0 read, cursor at 1
+    assert_eq!(first.len(), 4);
+    push_keyless(&mut w, 40, 4000, 1000); // seq 1..=100; 10 held: 91..=100
+    assert_eq!(r.try_next(), Some(Item::Lagged { skipped: 90 }));
+    // No join point is held (the GOP lost its keyframe): it waits, and reading on from
+    // the middle of a GOP would give undecodable frames.
+    assert_eq!(r.try_next(), None);
+    assert!(!r.is_finished());
+    push_keyless(&mut w, 4040, 6000, 1000); // seq 101..=150
+    w.push(config(H264, 2), AT); // seq 151
+    w.push(video(6080, true, 1000), AT); // seq 152
+                                         // Everything from seq 91 to the keyframe was skipped too, and it is told so.
+    assert_eq!(r.try_next(), Some(Item::Lagged { skipped: 152 - 91 }));
+    let rest = drain(&mut r);
+    assert_eq!(&rest[..3], &preamble(1, 2, 1)[..]);
+    assert!(is_key(&rest[3]));
+    assert_eq!(dts_of(&rest[3]), Some(6080));
+    assert_eq!(rest.len(), 4);
+}
+
+#[test]
+fn lagged_reader_waiting_at_the_end_of_the_stream_is_told_what_it_lost() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: Millis::from_ms(4000),
+        max_bytes: 10_000,
+    });
+    start(&mut w);
+    w.push(video(0, true, 1000), AT);
+    let mut r = h.subscribe();
+    drain(&mut r);
+    push_keyless(&mut w, 40, 4000, 1000);
+    assert_eq!(r.try_next(), Some(Item::Lagged { skipped: 90 }));
+    w.close();
+    // 91..=100 were held but never delivered (no join point among them).
+    assert_eq!(r.try_next(), Some(Item::Lagged { skipped: 10 }));
+    assert_eq!(r.try_next(), None);
+    assert!(r.is_finished());
+}
+
+#[test]
+fn new_subscriber_after_in_gop_eviction_waits_for_the_next_keyframe() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: Millis::from_ms(4000),
+        max_bytes: 10_000,
+    });
+    start(&mut w);
+    push_keyless(&mut w, 0, 4000, 1000);
+    let mut r = h.subscribe();
+    let mut pre = h.subscribe_preroll(Millis::from_ms(4000));
+    assert_eq!(r.try_next(), None);
+    assert_eq!(pre.try_next(), None);
+    w.push(meta(2), AT);
+    w.push(video(4040, false, 1000), AT);
+    w.push(video(4080, true, 1000), AT);
+    for reader in [&mut r, &mut pre] {
+        let items = drain(reader);
+        // The configs and metadata of the trimmed head are still known (the preamble).
+        assert_eq!(&items[..3], &preamble(2, 1, 1)[..]);
+        assert_eq!(dts_of(&items[3]), Some(4080));
+        assert!(is_key(&items[3]));
+        assert_eq!(items.len(), 4);
+    }
+}
+
+fn audio_sized(dts: i64, size: usize) -> MediaEvent {
+    let mut v = vec![0x01; size];
+    v[0] = 0xaf;
+    let flv = Bytes::from(v);
+    MediaEvent::Packet(Packet {
+        codec: AAC,
+        dts: Millis::from_ms(dts),
+        cts: 0,
+        key: true,
+        data: flv.slice(2..),
+        flv,
+    })
+}
+
+#[test]
+fn audio_only_stream_stays_within_the_byte_bound_inside_a_group() {
+    // ~1 s audio groups of 1 kB frames every 23 ms are ~43 kB: larger than the bound.
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: Millis::from_ms(4000),
+        max_bytes: 5000,
+    });
+    w.push(config(AAC, 1), AT);
+    let mut r = h.subscribe();
+    let mut got = 0;
+    let mut peak = 0;
+    for i in 0..2000 {
+        w.push(audio_sized(i * 23, 1000), AT);
+        peak = peak.max(h.stats().bytes);
+        got += drain(&mut r)
+            .iter()
+            .filter(|i| matches!(i, Item::Event(MediaEvent::Packet(_), _)))
+            .count();
+    }
+    assert!(peak <= 5000 + 1000, "peak {peak}");
+    assert_eq!(got, 2000);
+    // Audio join points survive trimming: a new reader starts at once.
+    let items = drain(&mut h.subscribe());
+    assert_eq!(items[0], ev(config(AAC, 1)));
+    assert_eq!(dts_of(&items[1]), Some(1999 * 23));
+}
+
+#[test]
+fn backlog_is_the_slowest_active_readers_unread_bytes() {
+    let (mut w, h) = ring(big());
+    start(&mut w);
+    assert_eq!(w.backlog_bytes(), 0);
+    // A reader waiting for its first keyframe is behind nothing.
+    let mut waiting = h.subscribe();
+    w.push(video(0, false, 100), AT);
+    assert_eq!(w.backlog_bytes(), 0);
+    w.push(video(40, true, 1000), AT);
+    w.push(video(80, false, 100), AT);
+    // The waiting reader will join at the keyframe: 1100 bytes from there, before it
+    // has looked (its task has not run yet) and after.
+    assert_eq!(w.backlog_bytes(), 1100);
+    waiting.try_next().unwrap();
+    assert_eq!(w.backlog_bytes(), 1100);
+    let mut fast = h.subscribe();
+    drain(&mut fast);
+    assert_eq!(w.backlog_bytes(), 1100);
+    drain(&mut waiting);
+    assert_eq!(w.backlog_bytes(), 0);
+    w.push(video(120, false, 300), AT);
+    w.push(video(160, false, 200), AT);
+    assert_eq!(w.backlog_bytes(), 500);
+    drain(&mut fast);
+    assert_eq!(w.backlog_bytes(), 500);
+    drop(waiting);
+    assert_eq!(w.backlog_bytes(), 0);
+}
+
+#[test]
+fn backlog_of_a_reader_past_the_byte_bound_is_zero() {
+    // It has lost its gap already: waiting for it would save nothing, and a writer
+    // that resumed after a stall must not pause for it again.
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: Millis::from_ms(4000),
+        max_bytes: 10_000,
+    });
+    start(&mut w);
+    w.push(video(0, true, 1000), AT);
+    let mut r = h.subscribe();
+    for _ in 0..3 {
+        r.try_next().unwrap(); // the preamble: the cursor stays at the keyframe
+    }
+    push_keyless(&mut w, 40, 320, 1000);
+    assert_eq!(w.backlog_bytes(), 9000);
+    push_keyless(&mut w, 360, 4000, 1000);
+    assert_eq!(w.backlog_bytes(), 0);
+    assert_eq!(r.try_next(), Some(Item::Lagged { skipped: 91 }));
+}
+
+#[test]
+fn poll_progress_wakes_the_writer_when_a_reader_moves_or_leaves() {
+    let (mut w, h) = ring(big());
+    start(&mut w);
+    push_video(&mut w, 0, 400, 2000, 10);
+    let counter = Arc::new(CountingWaker::default());
+    let waker = Waker::from(Arc::clone(&counter));
+    let mut cx = Context::from_waker(&waker);
+    let mut r = h.subscribe();
+    for _ in 0..3 {
+        r.try_next().unwrap(); // the preamble does not move the cursor
+    }
+    // Subscribing is not progress.
+    let p0 = w.progress();
+    assert!(w.poll_progress(&mut cx).is_pending());
+    r.try_next().unwrap();
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    assert!(w.progress() > p0);
+    assert!(w.poll_progress(&mut cx).is_ready());
+    assert!(w.poll_progress(&mut cx).is_pending());
+    // Reading nothing new is not progress.
+    drain(&mut r);
+    assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+    assert!(w.poll_progress(&mut cx).is_ready());
+    assert!(w.poll_progress(&mut cx).is_pending());
+    assert_eq!(r.try_next(), None);
+    assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+    drop(r);
+    assert_eq!(counter.0.load(Ordering::SeqCst), 3);
+    assert!(w.poll_progress(&mut cx).is_ready());
+    // Not registered: readers do not wake the writer.
+    let mut r2 = h.subscribe();
+    r2.try_next().unwrap();
+    assert_eq!(counter.0.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn poll_backlog_below_wakes_only_when_the_backlog_reaches_the_limit() {
+    let (mut w, h) = ring(big());
+    start(&mut w);
+    w.push(video(0, true, 100), AT);
+    let mut r = h.subscribe();
+    push_video(&mut w, 40, 3960, 4000, 100); // 100 frames, 10 kB
+    let counter = Arc::new(CountingWaker::default());
+    let waker = Waker::from(Arc::clone(&counter));
+    let mut cx = Context::from_waker(&waker);
+    assert_eq!(w.backlog_bytes(), 10_000);
+    assert!(w.poll_backlog_below(2000, &mut cx).is_pending());
+    for _ in 0..3 + 80 {
+        r.try_next().unwrap();
+    }
+    // 80 frames read: 2000 bytes left, woken once, on the frame that got it there.
+    assert_eq!(w.backlog_bytes(), 2000);
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    assert!(w.poll_backlog_below(2000, &mut cx).is_ready());
+    drain(&mut r);
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+
+    // A writer that gave up waiting (its stall timer) is not woken any more.
+    push_video(&mut w, 4000, 7960, 4000, 100);
+    assert!(w.poll_backlog_below(2000, &mut cx).is_pending());
+    w.stop_waiting();
+    drain(&mut r);
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn threaded_writer_waiting_for_a_slow_reader_loses_nothing() {
+    // What the ingest task does (issue 12, backpressure before loss): above half the byte
+    // bound it stops and waits until the slowest reader is down to a quarter. A reader
+    // far slower than the writer then loses nothing, and the ring stays bounded.
+    const MAX: usize = 4000;
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: Millis::from_ms(200),
+        max_bytes: MAX,
+    });
+    let mut r = h.subscribe();
+    let reader = thread::spawn(move || {
+        let mut expected = 0;
+        assert_eq!(block_on(r.next()), Some(ev(config(H264, 1))));
+        while let Some(item) = block_on(r.next()) {
+            assert_eq!(dts_of(&item), Some(expected), "{item:?}");
+            if expected % 500 == 0 {
+                thread::sleep(std::time::Duration::from_millis(1));
+            }
+            expected += 1;
+        }
+        expected
+    });
+    let mut peak_backlog = 0;
+    let mut pauses = 0;
+    w.push(config(H264, 1), AT);
+    for i in 0..20_000 {
+        if w.backlog_bytes() > MAX / 2 {
+            pauses += 1;
+            block_on(w.backlog_below(MAX / 4));
+        }
+        w.push(video(i, i % 50 == 0, 8), AT);
+        peak_backlog = peak_backlog.max(w.backlog_bytes());
+        assert!(h.stats().bytes <= MAX);
+    }
+    w.close();
+    assert_eq!(reader.join().unwrap(), 20_000);
+    assert!(pauses > 0, "the test must exercise the pause");
+    assert!(peak_backlog <= MAX / 2 + 8, "{peak_backlog}");
 }
 
 #[test]
