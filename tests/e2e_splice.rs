@@ -348,3 +348,65 @@ fn a_task_window_continues_its_file_across_a_reconnect() {
         45.0,
     );
 }
+
+/// A real encoder's reconnect: `ffmpeg` pushes, stops, and pushes again inside the
+/// window. The playlist decodes with `ffmpeg -i x.m3u8 -f null -` without an error, has
+/// one `#EXT-X-DISCONTINUITY`, and holds both pushes' frames, as do one FLV and one MP4.
+#[test]
+fn ffmpeg_reconnecting_inside_the_window_gives_one_file_per_format() {
+    let ffmpeg = require_tool("ffmpeg");
+    require_tool("ffprobe");
+    let d = Daemon::start(&template(&["flv", "mp4", "hls"]));
+    let fixture = testkit::fixture("avc_aac_2s.flv");
+    for _ in 0..2 {
+        let out = std::process::Command::new(&ffmpeg)
+            .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-i"])
+            .arg(&fixture)
+            .args(["-c", "copy", "-f", "flv"])
+            .arg(d.url("live", "obs"))
+            .output()
+            .expect("run ffmpeg");
+        assert!(
+            out.status.success(),
+            "ffmpeg push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let one_push = probe_packets(&fixture);
+    let count = |k: TrackKind, p: &[testkit::ProbePacket]| p.iter().filter(|x| x.kind == k).count();
+    for ext in ["flv", "mp4"] {
+        let f = files(&d, "obs", ext, 1).remove(0);
+        assert_monotonic(&f);
+        let got = probe_packets(&f);
+        for k in [TrackKind::Video, TrackKind::Audio] {
+            assert_eq!(count(k, &got), 2 * count(k, &one_push), "{ext} {k:?}");
+        }
+        let secs = media_duration(&got);
+        let want = 2.0 * media_duration(&one_push);
+        assert!(
+            (secs - want).abs() < 0.3,
+            "{ext}: {secs:.2} s of media, {want:.2} s pushed"
+        );
+    }
+    let playlist = files(&d, "obs", "m3u8", 1).remove(0);
+    assert_eq!(discontinuities(&playlist), 1);
+    let decode = std::process::Command::new(&ffmpeg)
+        .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
+        .arg(&playlist)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("run ffmpeg");
+    assert!(decode.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&decode.stderr).trim(),
+        "",
+        "ffmpeg -i playlist -f null - reports errors"
+    );
+    let got = probe_packets(&playlist);
+    assert_eq!(
+        count(TrackKind::Video, &got),
+        2 * count(TrackKind::Video, &one_push),
+        "every video frame of both pushes in the playlist"
+    );
+}
