@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,36 +88,6 @@ fn files(d: &Daemon, stream: &str, ext: &str, n: usize) -> Vec<PathBuf> {
     f
 }
 
-fn assert_monotonic(f: &Path) {
-    let errors = ffprobe_errors(f);
-    assert!(errors.is_empty(), "{}: {errors}", f.display());
-    let packets = probe_packets(f);
-    for kind in [TrackKind::Video, TrackKind::Audio] {
-        let dts: Vec<f64> = packets
-            .iter()
-            .filter(|p| p.kind == kind && !p.dts_ms.is_nan())
-            .map(|p| p.dts_ms)
-            .collect();
-        for w in dts.windows(2) {
-            assert!(
-                w[1] > w[0],
-                "{}: {kind:?} DTS {} then {}",
-                f.display(),
-                w[0],
-                w[1]
-            );
-        }
-    }
-}
-
-fn discontinuities(playlist: &Path) -> usize {
-    std::fs::read_to_string(playlist)
-        .expect("playlist")
-        .lines()
-        .filter(|l| l.trim() == "#EXT-X-DISCONTINUITY")
-        .count()
-}
-
 /// A push, a reconnect inside the window, the window passing: one file per format
 /// holding both pushes back to back.
 fn splice_twice(fixture: &str, formats: &[&str]) -> (Daemon, Vec<HashedPacket>) {
@@ -135,7 +105,7 @@ fn a_push_returning_inside_the_window_continues_every_file() {
     let want_s = want.iter().filter(|p| p.kind == TrackKind::Video).count() as f64 / 30.0;
     for ext in ["flv", "mp4"] {
         let f = files(&d, "cam", ext, 1).remove(0);
-        assert_monotonic(&f);
+        common::assert_monotonic(&f);
         // Both pushes' frames, in order, the second continuing one frame after the first.
         common::assert_follows_packets(std::slice::from_ref(&f), &want, true, 45.0);
         let got = media_duration(&probe_packets(&f));
@@ -153,11 +123,11 @@ fn a_push_returning_inside_the_window_continues_every_file() {
     );
     let playlist = files(&d, "cam", "m3u8", 1).remove(0);
     assert_eq!(
-        discontinuities(&playlist),
+        common::discontinuities(&playlist),
         1,
         "one #EXT-X-DISCONTINUITY at the splice"
     );
-    assert_monotonic(&playlist);
+    common::assert_monotonic(&playlist);
     common::assert_follows_packets(std::slice::from_ref(&playlist), &want, false, 45.0);
     assert!(
         d.log().contains("the recording continues"),
@@ -196,10 +166,10 @@ fn video_only_and_audio_only_pushes_splice_too() {
         push(&d, stream, fixture);
         let want = both_pushes(fixture);
         let f = files(&d, stream, "flv", 1).remove(0);
-        assert_monotonic(&f);
+        common::assert_monotonic(&f);
         common::assert_follows_packets(std::slice::from_ref(&f), &want, true, 45.0);
         let playlist = files(&d, stream, "m3u8", 1).remove(0);
-        assert_eq!(discontinuities(&playlist), 1, "{fixture}");
+        assert_eq!(common::discontinuities(&playlist), 1, "{fixture}");
         common::assert_follows_packets(std::slice::from_ref(&playlist), &want, false, 45.0);
     }
 }
@@ -254,10 +224,10 @@ fn a_push_after_the_window_gets_new_files() {
     let flv = files(&d, "late", "flv", 2);
     let playlists = files(&d, "late", "m3u8", 2);
     for p in &playlists {
-        assert_eq!(discontinuities(p), 0);
+        assert_eq!(common::discontinuities(p), 0);
     }
     for f in &flv {
-        assert_monotonic(f);
+        common::assert_monotonic(f);
     }
 }
 
@@ -272,12 +242,12 @@ fn a_resolution_change_across_a_splice_starts_new_flv_and_mp4_files_and_hls_cont
     for ext in ["flv", "mp4"] {
         let f = files(&d, "res", ext, 2);
         for x in &f {
-            assert_monotonic(x);
+            common::assert_monotonic(x);
             assert!(probe_codecs(x).contains(&"h264".to_string()));
         }
     }
     let playlist = files(&d, "res", "m3u8", 1).remove(0);
-    assert_eq!(discontinuities(&playlist), 1);
+    assert_eq!(common::discontinuities(&playlist), 1);
     let errors = ffprobe_errors(&playlist);
     assert!(errors.is_empty(), "{errors}");
     let got = media_duration(&probe_packets(&playlist));
@@ -301,7 +271,7 @@ fn a_graceful_shutdown_inside_the_window_finalizes_at_once() {
     );
     let flv = d.files("localhost", "live", "bye", "flv");
     assert_eq!(flv.len(), 1, "log:\n{}", d.log());
-    assert_monotonic(&flv[0]);
+    common::assert_monotonic(&flv[0]);
     let playlists = d.files("localhost", "live", "bye", "m3u8");
     assert_eq!(playlists.len(), 1);
     let text = std::fs::read_to_string(&playlists[0]).expect("playlist");
@@ -340,7 +310,7 @@ fn a_task_window_continues_its_file_across_a_reconnect() {
             .is_some_and(|n| n.starts_with(&format!("task-{id}"))),
         "{f:?}"
     );
-    assert_monotonic(&f);
+    common::assert_monotonic(&f);
     common::assert_follows_packets(
         std::slice::from_ref(&f),
         &both_pushes("avc_aac_2s.flv"),
@@ -377,7 +347,7 @@ fn ffmpeg_reconnecting_inside_the_window_gives_one_file_per_format() {
     let count = |k: TrackKind, p: &[testkit::ProbePacket]| p.iter().filter(|x| x.kind == k).count();
     for ext in ["flv", "mp4"] {
         let f = files(&d, "obs", ext, 1).remove(0);
-        assert_monotonic(&f);
+        common::assert_monotonic(&f);
         let got = probe_packets(&f);
         for k in [TrackKind::Video, TrackKind::Audio] {
             assert_eq!(count(k, &got), 2 * count(k, &one_push), "{ext} {k:?}");
@@ -390,7 +360,7 @@ fn ffmpeg_reconnecting_inside_the_window_gives_one_file_per_format() {
         );
     }
     let playlist = files(&d, "obs", "m3u8", 1).remove(0);
-    assert_eq!(discontinuities(&playlist), 1);
+    assert_eq!(common::discontinuities(&playlist), 1);
     let decode = std::process::Command::new(&ffmpeg)
         .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
         .arg(&playlist)

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,38 +96,6 @@ fn one(d: &Daemon, stream: &str, ext: &str) -> PathBuf {
     files[0].clone()
 }
 
-/// Every track's DTS strictly increases (what ffmpeg's "non monotonically increasing
-/// dts" complains about), and no error is reported.
-fn assert_monotonic(f: &Path) {
-    let errors = ffprobe_errors(f);
-    assert!(errors.is_empty(), "{}: {errors}", f.display());
-    let packets = probe_packets(f);
-    for kind in [TrackKind::Video, TrackKind::Audio] {
-        let dts: Vec<f64> = packets
-            .iter()
-            .filter(|p| p.kind == kind && !p.dts_ms.is_nan())
-            .map(|p| p.dts_ms)
-            .collect();
-        for w in dts.windows(2) {
-            assert!(
-                w[1] > w[0],
-                "{}: {kind:?} DTS {} then {}",
-                f.display(),
-                w[0],
-                w[1]
-            );
-        }
-    }
-}
-
-fn discontinuities(playlist: &Path) -> usize {
-    std::fs::read_to_string(playlist)
-        .expect("playlist")
-        .lines()
-        .filter(|l| l.trim() == "#EXT-X-DISCONTINUITY")
-        .count()
-}
-
 /// Pushes `tags` in one connection and checks every format against `copies` continuous
 /// copies of the fixture; returns the playlist's discontinuity count.
 fn record_one_timeline(stream: &str, tags: Vec<FileTag>, copies: u32) -> usize {
@@ -149,7 +117,7 @@ fn record_one_timeline(stream: &str, tags: Vec<FileTag>, copies: u32) -> usize {
     // one frame (the rebaser's frame estimate vs the loop's period).
     for ext in ["flv", "mp4"] {
         let f = one(&d, stream, ext);
-        assert_monotonic(&f);
+        common::assert_monotonic(&f);
         common::assert_follows_packets(std::slice::from_ref(&f), &want, true, 45.0);
         let got = media_duration(&probe_packets(&f));
         assert!(
@@ -166,7 +134,7 @@ fn record_one_timeline(stream: &str, tags: Vec<FileTag>, copies: u32) -> usize {
         "every audio frame once"
     );
     let playlist = one(&d, stream, "m3u8");
-    assert_monotonic(&playlist);
+    common::assert_monotonic(&playlist);
     common::assert_follows_packets(std::slice::from_ref(&playlist), &want, false, 45.0);
     let (pl, ended) = hls::MediaPlaylist::parse(&std::fs::read_to_string(&playlist).expect("read"))
         .expect("playlist parses");
@@ -176,7 +144,7 @@ fn record_one_timeline(stream: &str, tags: Vec<FileTag>, copies: u32) -> usize {
         (listed - want_s).abs() < 0.3,
         "the playlist lists {listed:.2} s for {want_s:.2} s of media"
     );
-    discontinuities(&playlist)
+    common::discontinuities(&playlist)
 }
 
 #[test]
@@ -237,7 +205,7 @@ fn clock_resets_shorter_than_the_interval_still_cut_files_by_media_time() {
     ));
     assert_eq!(files.len(), 3, "cut at ~30 s of media: {files:?}");
     for f in &files {
-        assert_monotonic(f);
+        common::assert_monotonic(f);
         let s = media_duration(&probe_packets(f));
         assert!(
             s <= 32.5,
@@ -309,7 +277,7 @@ fn audio_relayed_ahead_of_the_video_header_does_not_split_or_hide_the_video() {
             codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
             "{ext}: {codecs:?}"
         );
-        assert_monotonic(&f);
+        common::assert_monotonic(&f);
         // Every video frame, and the audio from the first keyframe's time on (here:
         // all of it, the fixture's audio starts after its first keyframe).
         common::assert_follows_packets(std::slice::from_ref(&f), &want, true, 1.0);

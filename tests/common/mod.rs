@@ -434,3 +434,37 @@ pub fn assert_follows_packets(
         "packets over all files"
     );
 }
+
+/// Every track's DTS strictly increases (what ffmpeg's "non monotonically increasing
+/// dts" complains about), and ffprobe reports no error.
+pub fn assert_monotonic(f: &Path) {
+    use media::TrackKind;
+    let errors = testkit::ffprobe_errors(f);
+    assert!(errors.is_empty(), "{}: {errors}", f.display());
+    let packets = testkit::probe_packets(f);
+    for kind in [TrackKind::Video, TrackKind::Audio] {
+        let dts: Vec<f64> = packets
+            .iter()
+            .filter(|p| p.kind == kind && !p.dts_ms.is_nan())
+            .map(|p| p.dts_ms)
+            .collect();
+        for w in dts.windows(2) {
+            assert!(
+                w[1] > w[0],
+                "{}: {kind:?} DTS {} then {}",
+                f.display(),
+                w[0],
+                w[1]
+            );
+        }
+    }
+}
+
+/// How many `#EXT-X-DISCONTINUITY` tags a playlist has.
+pub fn discontinuities(playlist: &Path) -> usize {
+    std::fs::read_to_string(playlist)
+        .expect("playlist")
+        .lines()
+        .filter(|l| l.trim() == "#EXT-X-DISCONTINUITY")
+        .count()
+}
