@@ -88,6 +88,32 @@ const WAKE_BYTES: usize = 64 * 1024;
 const WAKE_INTERVAL: Duration = Duration::from_millis(250);
 
 impl Publishing {
+    fn new(
+        id: StreamId,
+        stream_id: u32,
+        writer: ring::Writer,
+        max_timestamp_jump: Millis,
+        ring_max_bytes: usize,
+        stall_timeout: Duration,
+    ) -> Publishing {
+        let (pause_above, resume_at) = backpressure_marks(ring_max_bytes);
+        Publishing {
+            id,
+            stream_id,
+            writer,
+            clock: TimestampUnwrapper::new(),
+            timeline: Rebaser::new(max_timestamp_jump),
+            jumps: 0,
+            bad_frames: 0,
+            unwoken_bytes: 0,
+            last_wake: Instant::now(),
+            pause_above,
+            resume_at,
+            stall_timeout,
+            stalled: false,
+        }
+    }
+
     fn wake_due(&self, now: Instant) -> bool {
         self.unwoken_bytes > 0
             && (self.unwoken_bytes >= WAKE_BYTES || now >= self.last_wake + WAKE_INTERVAL)
@@ -456,7 +482,6 @@ impl Conn {
             return Err(reason);
         }
         let ingest = &config.config.ingest;
-        let (pause_above, resume_at) = backpressure_marks(ingest.ring_max_bytes);
         let stall_timeout = Duration::from_secs(ingest.stall_timeout);
         let (writer, handle) = ring::ring(ring::RingConfig {
             max_duration_ms: Millis::from_secs_f64(ingest.ring_seconds),
@@ -490,23 +515,14 @@ impl Conn {
         }
         info!(conn = self.conn_id, peer = %self.peer, stream = %id, query = query.as_deref().unwrap_or(""), "publish started");
         self.session.accept_publish(req.stream_id);
-        self.publishing = Some(Publishing {
+        self.publishing = Some(Publishing::new(
             id,
-            stream_id: req.stream_id,
+            req.stream_id,
             writer,
-            clock: TimestampUnwrapper::new(),
-            timeline: Rebaser::new(Millis::from_secs_f64(
-                config.config.ingest.max_timestamp_jump,
-            )),
-            jumps: 0,
-            bad_frames: 0,
-            unwoken_bytes: 0,
-            last_wake: Instant::now(),
-            pause_above,
-            resume_at,
+            Millis::from_secs_f64(config.config.ingest.max_timestamp_jump),
+            ingest.ring_max_bytes,
             stall_timeout,
-            stalled: false,
-        });
+        ));
         Ok(())
     }
 
@@ -532,22 +548,14 @@ mod tests {
             max_duration_ms: Millis::from_ms(2000),
             max_bytes: ring_max_bytes,
         });
-        let (pause_above, resume_at) = backpressure_marks(ring_max_bytes);
-        let p = Publishing {
-            id: StreamId::new("d", "live", "s"),
-            stream_id: 1,
+        let p = Publishing::new(
+            StreamId::new("d", "live", "s"),
+            1,
             writer,
-            clock: TimestampUnwrapper::new(),
-            timeline: Rebaser::new(Millis::from_secs(10)),
-            jumps: 0,
-            bad_frames: 0,
-            unwoken_bytes: 0,
-            last_wake: Instant::now(),
-            pause_above,
-            resume_at,
+            Millis::from_secs(10),
+            ring_max_bytes,
             stall_timeout,
-            stalled: false,
-        };
+        );
         (p, handle)
     }
 
