@@ -18,6 +18,10 @@
 //! - `hls.stored`: an ended playlist is in the store, not yet indexed.
 //! - `retention.deleted`: an expired file is deleted from the store, its schedule row
 //!   and recordings entry not yet removed.
+//!
+//! One step hangs instead of aborting: `recording.hang` stops the first recorder that
+//! reads its 200th event for 6 s, once per process — a hung disk, for
+//! the `[ingest] stall_timeout` test (issue 12).
 
 /// The environment variable naming the step to abort at.
 #[cfg(feature = "failpoints")]
@@ -36,6 +40,38 @@ pub fn hit(step: &'static str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn hit(_step: &'static str) {}
+
+/// The event count at which `recording.hang` stops a recorder.
+#[cfg(feature = "failpoints")]
+pub const HANG_AFTER: u64 = 200;
+/// How long it stops: longer than the test's `stall_timeout` plus the time the rest of
+/// the push takes to overrun the ring.
+#[cfg(feature = "failpoints")]
+pub const HANG_FOR: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// `Some(HANG_FOR)` the first time a recorder reaches `HANG_AFTER` events while
+/// `recording.hang` is armed; `None` otherwise (always, without the feature).
+#[cfg(feature = "failpoints")]
+pub fn hang(step: &'static str, events: u64) -> Option<std::time::Duration> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static HUNG: AtomicBool = AtomicBool::new(false);
+    if events < HANG_AFTER
+        || HUNG.load(Ordering::Relaxed)
+        || std::env::var(ENV).ok().as_deref() != Some(step)
+    {
+        return None;
+    }
+    (!HUNG.swap(true, Ordering::SeqCst)).then(|| {
+        eprintln!("failpoint {step}: hanging for {HANG_FOR:?}");
+        HANG_FOR
+    })
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hang(_step: &'static str, _events: u64) -> Option<std::time::Duration> {
+    None
+}
 
 /// Logged at start: the armed step, or that `LIVEREC_FAILPOINT` is set in a build that
 /// cannot honour it (a crash-step test then says why nothing crashed).

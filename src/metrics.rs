@@ -35,6 +35,7 @@ const UPLOAD_LATENCY: &str = "liverec_upload_latency_seconds";
 const FINALIZE: &str = "liverec_finalize_seconds";
 const INGEST_STALLS: &str = "liverec_ingest_stalls_total";
 const INGEST_PAUSES: &str = "liverec_ingest_pauses_total";
+const RECORDER_LAGS: &str = "liverec_recorder_lags_total";
 
 /// Close → stored: milliseconds for the local backend, seconds for S3, minutes when the
 /// store was down (past the last bucket such files are only in `+Inf`).
@@ -103,6 +104,10 @@ pub fn describe() {
             "Publishers paused for recorders that made no progress for [ingest] stall_timeout: reading resumed and the stalled recordings lost the gap.",
         ),
         (
+            RECORDER_LAGS,
+            "Times a recording fell behind the ring and lost media (after a stall, or a keyframe-less stream over ring_max_bytes): its file ended at the gap.",
+        ),
+        (
             TIMESTAMP_JUMPS,
             "Encoder timestamp jumps (back, or forward past ingest.max_timestamp_jump) rebased by ingest.",
         ),
@@ -168,6 +173,10 @@ pub fn ingest_pause() {
 
 pub fn ingest_stall() {
     counter!(INGEST_STALLS).increment(1);
+}
+
+pub fn recorder_lagged() {
+    counter!(RECORDER_LAGS).increment(1);
 }
 
 pub fn publish_refused_spool_full() {

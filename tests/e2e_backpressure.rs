@@ -265,3 +265,92 @@ fn unpaced_publishers_lose_nothing_in_any_format() {
     assert_eq!(metric(&text, "liverec_ingest_stalls_total"), 0);
     d.stop();
 }
+
+#[test]
+fn a_hung_recorder_loses_only_the_gap_and_its_next_file_says_so() {
+    // Backpressure waits for a slow recorder, but not for a hung one: after `stall_timeout`
+    // the publisher is read again, the ring drops what the recorder has not read, and the
+    // recording ends its file at the hole. The `recording.hang` failpoint stops the
+    // recorder for 6 s (a hung disk) after its 200th event (src/failpoint.rs).
+    let d = Daemon::start_under(
+        "export LIVEREC_FAILPOINT=recording.hang",
+        "[ingest]\nring_max_bytes = 1048576\nstall_timeout = 1\n",
+    );
+    let tags = Arc::new(testkit::fixture_tags("avc_aac_2s.flv"));
+    let input = flv_summary(&testkit::fixture("avc_aac_2s.flv"));
+    // 200 s of media, far more than the 1 MiB ring holds, pushed as fast as it goes.
+    let loops = 9;
+    let url = d.url("live", "hung");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let opts = PublishOptions {
+            loops,
+            timeout: Duration::from_secs(30),
+            close_wait: Duration::from_secs(20),
+            ..PublishOptions::default()
+        };
+        testkit::publish_flv(&url, &tags, &opts).await
+    })
+    .expect("publish");
+
+    let files = ordered(d.wait_files(
+        "localhost",
+        "live",
+        "hung",
+        "flv",
+        2,
+        Duration::from_secs(60),
+    ));
+    assert!(files.len() >= 2, "the file ends at the hole: {files:?}");
+    let (v, a) = frames_of(&files);
+    let sent = (
+        input.video_frames * (loops as usize + 1),
+        input.audio_frames * (loops as usize + 1),
+    );
+    assert!(
+        v < sent.0 && v > 0 && a > 0,
+        "some media lost, the rest recorded: {v}/{a} of {sent:?}"
+    );
+    assert!(
+        frames_of(&files[files.len() - 1..]).0 > 0,
+        "media after the hole is recorded"
+    );
+    for f in &files {
+        common::assert_monotonic(f);
+    }
+    let log = d.log();
+    assert!(
+        log.contains("[ingest] stall_timeout"),
+        "the stall's warning:\n{log}"
+    );
+    assert!(
+        log.contains("fell behind the ring"),
+        "the loss's warning:\n{log}"
+    );
+    let (_, text) = d.api_get("/metrics");
+    assert!(metric(&text, "liverec_ingest_stalls_total") >= 1, "{text}");
+    assert!(metric(&text, "liverec_recorder_lags_total") >= 1, "{text}");
+
+    // The index says where media is missing: the file after the hole starts with it as a
+    // gap at offset 0 (wall clock: from the last event read before the hang to the new
+    // file's first packet); the file before it has none.
+    let (status, body) = d.api_get("/v1/recordings?stream=hung");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let mut recs = v["recordings"].as_array().expect("recordings").clone();
+    recs.sort_by_key(|r| r["start_time_ms"].as_i64().unwrap_or_default());
+    assert_eq!(recs.len(), files.len(), "{body}");
+    assert_eq!(recs[0]["gaps"], serde_json::json!([]), "{body}");
+    let with_gap: Vec<_> = recs
+        .iter()
+        .filter(|r| r["gaps"].as_array().is_some_and(|g| !g.is_empty()))
+        .collect();
+    assert_eq!(with_gap.len(), 1, "one file follows the hole: {body}");
+    let g = &with_gap[0]["gaps"][0];
+    assert_eq!(g["offset_ms"], 0, "{body}");
+    let (start, end) = (
+        g["start_time_ms"].as_i64().expect("start"),
+        g["end_time_ms"].as_i64().expect("end"),
+    );
+    assert!(end >= start, "{body}");
+}

@@ -234,6 +234,8 @@ impl Launch for Recorders {
                     gaps: HashMap::new(),
                     last_arrival: None,
                     gap_since: None,
+                    lost_since: None,
+                    events_read: 0,
                 };
                 let mut stop = stop.unwrap_or_default();
                 let mut reader = reader;
@@ -308,6 +310,12 @@ struct Recording {
     /// A splice happened and no packet of the new push was read yet: when the last push
     /// ended (its last packet's arrival).
     gap_since: Option<WallMillis>,
+    /// The ring dropped media this recording had not read (a stall, R-IN-7) and no file
+    /// opened since: the arrival of the last event read before the loss. The next file
+    /// starts with the loss as a gap at offset 0, so the index says what is missing.
+    lost_since: Option<WallMillis>,
+    /// Events read (the `recording.hang` failpoint counts them).
+    events_read: u64,
 }
 
 impl Recording {
@@ -362,6 +370,10 @@ impl Recording {
             };
             match item {
                 ring::Item::Event(ev, arrival) => {
+                    self.events_read += 1;
+                    if let Some(d) = crate::failpoint::hang("recording.hang", self.events_read) {
+                        tokio::time::sleep(d).await;
+                    }
                     let ev = self.continue_timeline(ev);
                     if let (MediaEvent::Packet(p), Some(since)) = (&ev, self.gap_since) {
                         // The new push's first packet: every file still open spans the
@@ -381,12 +393,31 @@ impl Recording {
                 ring::Item::Lagged { skipped } => {
                     // The ring moved on without us: the current file would have a hole,
                     // so it ends here and the next one starts at the next keyframe.
-                    warn!(stream = %self.id, skipped, "recorder fell behind the ring; closing the current file");
+                    warn!(stream = %self.id, format = self.format.ext(), skipped, "recorder fell behind the ring: the current file ends here and the next starts at the next keyframe, with the loss as a gap");
+                    crate::metrics::recorder_lagged();
+                    self.lost_since =
+                        Some(self.last_arrival.unwrap_or_else(|| {
+                            crate::clock::Clock::now(&crate::clock::SystemClock)
+                        }));
                     self.rec.finish();
                 }
             }
             self.drain().await;
         }
+    }
+
+    /// The gaps a file opening at `arrival` starts with: the media the ring dropped
+    /// before it, if any (see `lost_since`).
+    fn loss_before(&mut self, arrival: WallMillis) -> Vec<crate::model::Gap> {
+        self.lost_since
+            .take()
+            .map(|since| crate::model::Gap {
+                start_time_ms: since.as_unix_ms(),
+                end_time_ms: arrival.as_unix_ms().max(since.as_unix_ms()),
+                offset_ms: 0,
+            })
+            .into_iter()
+            .collect()
     }
 
     /// Events on the recording's timeline (see `timeline`).
@@ -622,7 +653,8 @@ impl Recording {
                     start_dts,
                     arrival,
                 } if self.format == Format::Hls => {
-                    self.gaps.insert(seq, (start_dts, Vec::new()));
+                    let gaps = self.loss_before(arrival);
+                    self.gaps.insert(seq, (start_dts, gaps));
                     self.open_hls(seq, start_dts, wall(arrival)).await;
                     if let Some((seq, summary, patches)) = closing.take() {
                         self.close(seq, summary, patches).await;
@@ -679,7 +711,8 @@ impl Recording {
                     arrival,
                     start_dts,
                 } => {
-                    self.gaps.insert(seq, (start_dts, Vec::new()));
+                    let gaps = self.loss_before(arrival);
+                    self.gaps.insert(seq, (start_dts, gaps));
                     let started = wall(arrival);
                     match self.sink.create(&self.spool, seq, started, None).await {
                         Ok(f) => {
@@ -1004,6 +1037,8 @@ mod tests {
             gaps: HashMap::new(),
             last_arrival: None,
             gap_since: None,
+            lost_since: None,
+            events_read: 0,
         };
         // 60 s of 2 s GOPs (~60 kB/s, a 256 KiB write every ~4 s of media): the disk
         // fills at 5 s and clears at 40 s.

@@ -393,9 +393,17 @@ impl Recorder {
                     // The codec configuration lives in the init segment: a new one
                     // needs a new file, which starts at the next keyframe.
                     Writer::Mp4(_) => self.close(),
+                    // A track the playlist did not carry (it appeared after
+                    // `track_wait`) joins the PMT at once, so none of its frames is lost,
+                    // and the next start point begins a segment after
+                    // `#EXT-X-DISCONTINUITY`: players that set up their decoders from
+                    // the first PMT (hls.js) set them up again there.
                     Writer::Hls(h) => {
+                        let new_track = !h.ts.carries(c.kind());
                         if h.ts.set_config(&c).is_err() {
                             self.close();
+                        } else if new_track && h.ts.carries(c.kind()) {
+                            self.discontinuity_pending = true;
                         }
                     }
                 }
@@ -1279,6 +1287,61 @@ mod tests {
         let files = run_format(Format::Aac, POLICY, vec![mp3.clone(), mp3]);
         assert!(files.bytes.is_empty());
         assert_eq!(files.skipped.len(), 1);
+    }
+
+    #[test]
+    fn hls_track_after_track_wait_is_a_discontinuity_in_the_same_playlist() {
+        // Video alone for 3 s (longer than track_wait: the playlist starts video-only),
+        // then audio joins. FLV/MP4 start a new file there; HLS keeps its playlist and
+        // marks the first segment that carries both tracks.
+        let long_files = CutPolicy {
+            interval_ms: ms(20_000),
+            hard_cap_ms: ms(40_000),
+        };
+        let mut r = Recorder::new(Format::Hls, long_files)
+            .with_segment_duration(ms(2000))
+            .with_track_wait(ms(2000));
+        let video_only = stream(3, 30, true, false);
+        let mut evs = video_only;
+        evs.push(aconf());
+        let both = stream(6, 30, true, true)
+            .into_iter()
+            .filter(|e| e.dts().is_some_and(|d| d >= ms(3000)))
+            .filter(|e| matches!(e, MediaEvent::Packet(_)));
+        evs.extend(both);
+        let mut opens = 0;
+        let mut closes = Vec::new();
+        let mut segments = Vec::new();
+        let mut drain = |r: &mut Recorder| {
+            while let Some(o) = r.poll_output() {
+                match o {
+                    Output::Open { .. } => opens += 1,
+                    Output::SegmentClose {
+                        start_dts,
+                        discontinuity,
+                        ..
+                    } => segments.push((start_dts, discontinuity)),
+                    Output::Close { summary, .. } => closes.push(summary),
+                    _ => {}
+                }
+            }
+        };
+        for e in evs {
+            let at = arrival(&e);
+            r.handle_event(e, at);
+            drain(&mut r);
+        }
+        r.finish();
+        drain(&mut r);
+        assert_eq!((opens, closes.len()), (1, 1), "one playlist");
+        assert!(closes[0].audio_frames > 0, "{:?}", closes[0]);
+        let marked: Vec<_> = segments.iter().filter(|(_, d)| *d).collect();
+        assert_eq!(marked.len(), 1, "{segments:?}");
+        assert_eq!(
+            marked[0].0,
+            ms(3000),
+            "at the first keyframe with audio: {segments:?}"
+        );
     }
 
     #[test]
