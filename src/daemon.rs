@@ -146,6 +146,23 @@ pub async fn run(
 
     tokio::spawn(crate::metrics::upkeep(metrics.clone(), shutdown.clone()));
 
+    // Callbacks (R-CB-4): the sender outlives the recordings at shutdown so the events
+    // of the files they finalize last still go out within the grace.
+    let callbacks_stop = CancellationToken::new();
+    let sender_state = Arc::new(crate::callback::sender::SenderState::default());
+    let sender = tokio::spawn(crate::callback::sender::run(
+        sink.db().clone(),
+        config.clone(),
+        sender_state.clone(),
+        callbacks_stop.clone(),
+    ));
+    tokio::spawn(crate::callback::watch_spool_quota(
+        sink.db().clone(),
+        sink.quota.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
+
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         hub: hub.clone(),
@@ -190,6 +207,7 @@ pub async fn run(
         quota: sink.quota.clone(),
         shutdown: shutdown.clone(),
         clock,
+        callbacks: sink.db().clone(),
     });
     let accept = tokio::spawn(crate::ingest::listener::accept_loop(
         ingest,
@@ -199,6 +217,8 @@ pub async fn run(
 
     wait_for_signal(signals, &config).await;
     info!("shutting down: finalizing open recordings");
+    let grace_ends = chrono::Utc::now().timestamp_millis()
+        + i64::try_from(SHUTDOWN_GRACE.as_millis()).unwrap_or(i64::MAX);
     crate::systemd::stopping();
     shutdown.cancel();
     accept.abort();
@@ -222,6 +242,14 @@ pub async fn run(
             "recordings index changes not yet in the store; they are published on the next start"
         );
     }
+    // Pending callbacks get the rest of the grace (R-CB-4); what is left, or waits for
+    // a backoff past it, goes out after the restart.
+    while sender_state.busy_until(grace_ends) && chrono::Utc::now().timestamp_millis() < grace_ends
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    callbacks_stop.cancel();
+    let _ = sender.await;
     catalog_stop.cancel();
     let _ = publisher.await;
     let _ = api_task.await;

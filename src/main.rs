@@ -1,6 +1,7 @@
 //! liverec: records RTMP pushes into files. See README.md and SPEC.md.
 
 mod api;
+mod callback;
 mod clock;
 mod config;
 mod daemon;

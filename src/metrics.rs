@@ -36,6 +36,12 @@ const FINALIZE: &str = "liverec_finalize_seconds";
 const INGEST_STALLS: &str = "liverec_ingest_stalls_total";
 const INGEST_PAUSES: &str = "liverec_ingest_pauses_total";
 const RECORDER_LAGS: &str = "liverec_recorder_lags_total";
+const CALLBACKS_SENT: &str = "liverec_callbacks_sent_total";
+const CALLBACKS_RETRIED: &str = "liverec_callbacks_retried_total";
+const CALLBACKS_FAILED: &str = "liverec_callbacks_failed_total";
+const CALLBACKS_PENDING: &str = "liverec_callbacks_pending";
+const CALLBACKS_FAILED_KEPT: &str = "liverec_callbacks_failed";
+const CALLBACK_LATENCY: &str = "liverec_callback_delivery_seconds";
 
 /// Close → stored: milliseconds for the local backend, seconds for S3, minutes when the
 /// store was down (past the last bucket such files are only in `+Inf`).
@@ -53,6 +59,10 @@ pub fn recorder() -> Result<PrometheusRecorder, BuildError> {
     Ok(PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(UPLOAD_LATENCY.into()), UPLOAD_LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(FINALIZE.into()), FINALIZE_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(CALLBACK_LATENCY.into()),
+            UPLOAD_LATENCY_BUCKETS,
+        )?
         .build_recorder())
 }
 
@@ -108,6 +118,18 @@ pub fn describe() {
             "Times a recording fell behind the ring and lost media (after a stall, or a keyframe-less stream over ring_max_bytes): its file ended at the gap.",
         ),
         (
+            CALLBACKS_SENT,
+            "Callback events an endpoint took (2xx).",
+        ),
+        (
+            CALLBACKS_RETRIED,
+            "Callback attempts that failed (non-2xx, timeout, connection error) and were scheduled again.",
+        ),
+        (
+            CALLBACKS_FAILED,
+            "Callback events given up after [callback] max_age: kept as failed, listed by GET /v1/callbacks?status=failed.",
+        ),
+        (
             TIMESTAMP_JUMPS,
             "Encoder timestamp jumps (back, or forward past ingest.max_timestamp_jump) rebased by ingest.",
         ),
@@ -136,6 +158,11 @@ pub fn describe() {
             "Recordings index changes not yet in the store's catalog.",
         ),
         (RECORD_TASKS, "Record tasks by status."),
+        (CALLBACKS_PENDING, "Callback events not yet delivered."),
+        (
+            CALLBACKS_FAILED_KEPT,
+            "Callback events given up and kept for a retry over the API.",
+        ),
     ] {
         describe_gauge!(name, help);
     }
@@ -146,6 +173,11 @@ pub fn describe() {
         UPLOAD_LATENCY,
         Unit::Seconds,
         "From a file's close until the store has confirmed it (HLS: each segment and the final playlist; recovered files: from the restart)."
+    );
+    describe_histogram!(
+        CALLBACK_LATENCY,
+        Unit::Seconds,
+        "From an event's creation until an endpoint took it, retries included."
     );
     describe_histogram!(
         FINALIZE,
@@ -177,6 +209,19 @@ pub fn ingest_stall() {
 
 pub fn recorder_lagged() {
     counter!(RECORDER_LAGS).increment(1);
+}
+
+pub fn callback_sent(since_created: std::time::Duration) {
+    counter!(CALLBACKS_SENT).increment(1);
+    histogram!(CALLBACK_LATENCY).record(since_created);
+}
+
+pub fn callback_retried() {
+    counter!(CALLBACKS_RETRIED).increment(1);
+}
+
+pub fn callback_failed() {
+    counter!(CALLBACKS_FAILED).increment(1);
 }
 
 pub fn publish_refused_spool_full() {
@@ -231,6 +276,8 @@ pub struct Gauges {
     pub upload_queue: u64,
     pub streams: u64,
     pub index_unpublished: u64,
+    pub callbacks_pending: u64,
+    pub callbacks_failed: u64,
     pub tasks: std::collections::BTreeMap<crate::model::TaskStatus, usize>,
 }
 
@@ -242,6 +289,8 @@ pub fn render(handle: &PrometheusHandle, g: &Gauges) -> String {
         (UPLOAD_QUEUE, g.upload_queue),
         (STREAMS, g.streams),
         (INDEX_UNPUBLISHED, g.index_unpublished),
+        (CALLBACKS_PENDING, g.callbacks_pending),
+        (CALLBACKS_FAILED_KEPT, g.callbacks_failed),
     ] {
         gauge!(name).set(v as f64);
     }
@@ -264,6 +313,8 @@ mod tests {
             upload_queue: 0,
             streams: 1,
             index_unpublished: 0,
+            callbacks_pending: 0,
+            callbacks_failed: 0,
             tasks: [(TaskStatus::Scheduled, 10), (TaskStatus::Recording, 0)].into(),
         }
     }

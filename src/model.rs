@@ -258,6 +258,31 @@ pub struct FileRecord {
     /// The interruptions a spliced file spans (R-SP-4); empty for an unspliced one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gaps: Vec<Gap>,
+    /// Where the file's event goes once it is indexed (R-CB-1); carried with the file
+    /// through the spool and the node database, never into the catalog or the API.
+    /// Boxed: most records (every one read back from the index) carry none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<Box<Notice>>,
+}
+
+/// What a recording's callbacks need beyond the file itself (R-CB-1), fixed when the
+/// recording starts: the endpoint (the template's `callback_url`, else `[callback]
+/// url`), the publish's query with its secrets redacted, the task's `extension`, and
+/// the base of `video_url`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Notice {
+    pub url: String,
+    #[serde(default)]
+    pub stream_param: String,
+    #[serde(default)]
+    pub extension: String,
+    #[serde(default)]
+    pub public_base_url: String,
+    /// Whether file events (100) are wanted; status events (332) may be wanted alone.
+    #[serde(default)]
+    pub file_events: bool,
+    #[serde(default)]
+    pub status_events: bool,
 }
 
 /// One interruption inside a spliced file (R-SP-4): the push ended at `start_time_ms`

@@ -67,6 +67,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         )
         .route("/v1/rules", get(list_rules).post(create_rule))
         .route("/v1/rules/{id}", delete(delete_rule))
+        .route("/v1/callbacks", get(list_callbacks))
+        .route("/v1/callbacks/{id}/retry", post(retry_callback))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let token = token.clone();
@@ -126,24 +128,46 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Reply> {
         .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_request", &e.body_text()))
 }
 
+/// How old the oldest undelivered callback may get before `/healthz` says
+/// `callbacks_failing` (R-CB-4).
+const CALLBACKS_FAILING_AFTER_MS: i64 = 5 * 60 * 1000;
+
 async fn healthz(State(ctx): Ctxt) -> Json<Value> {
     let q = &ctx.sink.quota;
-    let status = if q.is_full() { "spool_full" } else { "ok" };
+    let cb = ctx.sink.db().callback_counts().await.unwrap_or_default();
+    let failing = cb
+        .oldest_pending_ms
+        .is_some_and(|t| ctx.clock.now_ms().saturating_sub(t) > CALLBACKS_FAILING_AFTER_MS);
+    let status = if q.is_full() {
+        "spool_full"
+    } else if failing {
+        "callbacks_failing"
+    } else {
+        "ok"
+    };
     Json(json!({
         "status": status,
         "spool": {"bytes": q.used(), "max_bytes": q.max()},
         "uploads_pending": ctx.sink.pending_uploads(),
         "index_unpublished": ctx.sink.db().unpublished(),
+        "callbacks": {
+            "pending": cb.pending,
+            "failed": cb.failed,
+            "oldest_pending_ms": cb.oldest_pending_ms,
+        },
     }))
 }
 
 async fn metrics(State(ctx): Ctxt) -> impl IntoResponse {
+    let callbacks = ctx.sink.db().callback_counts().await.unwrap_or_default();
     let gauges = crate::metrics::Gauges {
         spool_bytes: ctx.sink.quota.used(),
         spool_max_bytes: ctx.sink.quota.max(),
         upload_queue: ctx.sink.pending_uploads() as u64,
         streams: ctx.hub.len() as u64,
         index_unpublished: ctx.sink.db().unpublished(),
+        callbacks_pending: callbacks.pending,
+        callbacks_failed: callbacks.failed,
         tasks: ctx.tasks.count_by_status(),
     };
     (
@@ -527,4 +551,79 @@ async fn create_rule(State(ctx): Ctxt, b: Result<Json<wire::RuleBody>, JsonRejec
 
 async fn delete_rule(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
     templates::delete_rule(ctx, id).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CallbacksQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/callbacks?status=pending|sent|failed` (R-CB-4): the outbox, newest first.
+async fn list_callbacks(
+    State(ctx): Ctxt,
+    axum::extract::Query(q): axum::extract::Query<CallbacksQuery>,
+) -> Reply {
+    if let Some(s) = q.status.as_deref() {
+        if !matches!(s, "pending" | "sent" | "failed") {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_status",
+                "status must be pending, sent or failed",
+            );
+        }
+    }
+    let limit = q
+        .limit
+        .unwrap_or(crate::db::PAGE_DEFAULT)
+        .clamp(1, crate::db::PAGE_MAX);
+    match ctx.sink.db().callbacks(q.status, limit).await {
+        Ok(list) => {
+            let list: Vec<Value> = list
+                .into_iter()
+                .map(|c| {
+                    json!({
+                        "event_id": c.event_id,
+                        "event_type": c.event_type,
+                        "url": c.url,
+                        "status": c.status,
+                        "attempts": c.attempts,
+                        "created_ms": c.created_ms,
+                        "next_attempt_ms": (c.status == "pending").then_some(c.next_ms),
+                        "sent_ms": c.sent_ms,
+                        "last_error": c.last_error,
+                        "body": c.body,
+                    })
+                })
+                .collect();
+            (StatusCode::OK, Json(json!({ "callbacks": list })))
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "index_read_failed",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// `POST /v1/callbacks/{event_id}/retry`: a failed event goes out again now, with a
+/// new `max_age` window and the same event id.
+async fn retry_callback(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
+    match ctx.sink.db().retry_callback(id.clone()).await {
+        Ok(Some(true)) => (
+            StatusCode::OK,
+            Json(json!({"event_id": id, "status": "pending"})),
+        ),
+        Ok(Some(false)) => error(
+            StatusCode::CONFLICT,
+            "not_failed",
+            "only a failed event can be retried; pending ones are being retried already",
+        ),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such callback event"),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "index_write_failed",
+            &e.to_string(),
+        ),
+    }
 }

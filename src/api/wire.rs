@@ -141,6 +141,8 @@ pub struct TemplateBody {
     pub mp4: Option<FormatConfig>,
     #[serde(default)]
     pub aac: Option<FormatConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 impl TemplateBody {
@@ -152,6 +154,7 @@ impl TemplateBody {
             hls: self.hls,
             mp4: self.mp4,
             aac: self.aac,
+            callback_url: self.callback_url,
         }
     }
 }

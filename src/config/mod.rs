@@ -44,6 +44,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
+    pub callback: CallbackConfig,
     #[serde(rename = "template")]
     pub templates: Vec<Template>,
     #[serde(rename = "rule")]
@@ -130,6 +131,40 @@ impl Default for ApiConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             token: String::new(),
+        }
+    }
+}
+
+/// Where and how file and status events are sent (R-CB-1…4). Off without a `url`
+/// (unless a template names its own `callback_url`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbackConfig {
+    pub url: String,
+    /// The reference product's md5 signing key: `sign = md5(key + t)` in the body.
+    pub key: String,
+    /// The Standard Webhooks secret (`whsec_` + base64): the three `webhook-*` headers.
+    pub secret: String,
+    /// Seconds added to now for the body's `t` (its expiry).
+    pub sign_ttl: u64,
+    /// Seconds per attempt.
+    pub timeout: u64,
+    /// Seconds an event is retried before it is marked failed.
+    pub max_age: u64,
+    /// The event types sent (100 file, 332 status).
+    pub events: Vec<u32>,
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            key: String::new(),
+            secret: String::new(),
+            sign_ttl: 600,
+            timeout: 10,
+            max_age: 86_400,
+            events: vec![100, 332],
         }
     }
 }
@@ -352,6 +387,10 @@ pub struct Template {
     pub mp4: Option<FormatConfig>,
     #[serde(default)]
     pub aac: Option<FormatConfig>,
+    /// Where this template's recordings send their callbacks, instead of
+    /// `[callback] url` (R-CB-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// Templates and rules made over the API, kept apart from the file's so a reload can
@@ -772,6 +811,7 @@ mod tests {
                 hls: None,
                 mp4: None,
                 aac: None,
+                callback_url: None,
             },
         );
         let merged = Loaded::merged(&file, &api).unwrap();

@@ -67,6 +67,7 @@ pub fn check(config: &Config) -> Result<(SocketAddr, SocketAddr), Vec<Problem>> 
     check_storage(config, &mut err);
     check_spool(config, &mut err);
     check_record(config, &mut err);
+    check_callback(config, &mut err);
     let template_ids = check_templates(config, &mut err);
     check_rules(config, &template_ids, &mut err);
     if !problems.is_empty() {
@@ -255,6 +256,64 @@ fn check_record(config: &Config, err: &mut Err<'_>) {
 }
 
 /// Checks every template; returns the ids declared.
+/// An http(s) URL with a host, or why not.
+fn callback_url_problem(u: &str) -> Option<String> {
+    match reqwest::Url::parse(u) {
+        Err(e) => Some(format!("is not a URL ({e})")),
+        Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+            Some("must be an http:// or https:// URL".into())
+        }
+        Ok(url) if url.host_str().is_none_or(str::is_empty) => Some("has no host".into()),
+        Ok(_) => None,
+    }
+}
+
+fn check_callback(config: &Config, err: &mut Err<'_>) {
+    let c = &config.callback;
+    if !c.url.is_empty() {
+        if let Some(why) = callback_url_problem(&c.url) {
+            err(
+                Key::at("callback.url"),
+                format!("callback.url = {:?} {why}", c.url),
+            );
+        }
+    }
+    if !c.secret.is_empty() {
+        if let Err(e) = crate::callback::sign::secret_key(&c.secret) {
+            // The secret itself stays out of the message.
+            err(Key::at("callback.secret"), format!("callback.secret {e}"));
+        }
+    }
+    for (key, v, range) in [
+        ("callback.timeout", c.timeout, 1..=300),
+        ("callback.sign_ttl", c.sign_ttl, 1..=86_400 * 365),
+        ("callback.max_age", c.max_age, 1..=86_400 * 30),
+    ] {
+        if !range.contains(&v) {
+            err(
+                Key::at(key),
+                format!(
+                    "{key} = {v} must be {}..={} seconds",
+                    range.start(),
+                    range.end()
+                ),
+            );
+        }
+    }
+    for (i, e) in c.events.iter().enumerate() {
+        if ![100, 332].contains(e) {
+            err(
+                Key(vec![
+                    Seg::Name("callback"),
+                    Seg::Name("events"),
+                    Seg::Index(i),
+                ]),
+                format!("callback.events entry {e} is not an event type (100 file, 332 status)"),
+            );
+        }
+    }
+}
+
 fn check_templates(config: &Config, err: &mut Err<'_>) -> HashSet<i64> {
     let mut seen = HashSet::new();
     for (i, t) in config.templates.iter().enumerate() {
@@ -271,6 +330,14 @@ fn check_templates(config: &Config, err: &mut Err<'_>) -> HashSet<i64> {
                 key(Some("id")),
                 format!("template id {id} is declared twice"),
             );
+        }
+        if let Some(u) = &t.callback_url {
+            if let Some(why) = callback_url_problem(u).filter(|_| !u.is_empty()) {
+                err(
+                    key(Some("callback_url")),
+                    format!("template {id}: callback_url = {u:?} {why}"),
+                );
+            }
         }
         if let Some(h) = &t.hls {
             if let Some(sd) = h.segment_duration {

@@ -13,6 +13,7 @@
 //! (`{spool}/.index/`), it is imported in the same transaction that records the import,
 //! then renamed aside (`import.rs`).
 
+mod callbacks;
 mod import;
 mod schema;
 #[cfg(test)]
@@ -29,6 +30,7 @@ use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn};
 
 pub use crate::model::FileRecord;
+pub use callbacks::Callback;
 pub use schema::VERSION;
 
 /// The database file, in the spool directory.
@@ -248,6 +250,8 @@ struct Shared {
     unpublished: AtomicU64,
     /// Rung after a commit that queued catalog changes (the publisher waits on it).
     wake: Notify,
+    /// Rung after a commit that may have queued a callback (the sender waits on it).
+    callbacks_wake: Notify,
     /// The local catalog is not complete: rebuild it from the store (R-QY-1).
     needs_rebuild: AtomicBool,
 }
@@ -895,6 +899,7 @@ impl Conn {
                 path: path.clone(),
                 unpublished: AtomicU64::new(0),
                 wake: Notify::new(),
+                callbacks_wake: Notify::new(),
                 needs_rebuild: AtomicBool::new(false),
             }),
             #[cfg(test)]
@@ -936,6 +941,8 @@ impl Conn {
             j.extend(ops.into_iter().map(|(o, _)| o));
         }
         if queued > 0 {
+            // A recordings entry was put or removed; a put may have queued its file event.
+            self.shared.callbacks_wake.notify_one();
             self.shared.unpublished.fetch_add(queued, Ordering::SeqCst);
             self.shared.wake.notify_one();
         }
@@ -1005,6 +1012,13 @@ fn index_in(
     if let Some(mut rec) = record {
         rec.key = key.to_string();
         rec.expires = expires_at.map_or(0, |at| at.div_euclid(1000));
+        // The file event is queued with the index entry or not at all (R-CB-4); the
+        // notice itself stays out of the catalog.
+        if let Some(notice) = rec.notice.take() {
+            if let Some(ev) = crate::callback::event::file_event(&rec, &notice) {
+                callbacks::queue_in(tx, &ev, now_ms)?;
+            }
+        }
         put_recording(tx, &rec)?;
         let op = Op::Put(rec);
         outbox(tx, &op)?;
@@ -1183,6 +1197,7 @@ fn query_in(
                     .get::<_, Option<String>>(11)?
                     .and_then(|j| serde_json::from_str(&j).ok())
                     .unwrap_or_default(),
+                notice: None,
             })
         })
         .ctx("query", "")?;

@@ -99,6 +99,30 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE recordings ADD COLUMN gaps TEXT;
     "#,
+    // Version 4: the callback outbox (R-CB-4, issue 13; `db/callbacks.rs`). A file's
+    // event is inserted in the transaction that indexes the file; `dedup` keeps a file
+    // indexed twice from being announced twice. Events of one `order_key` (an endpoint
+    // and a stream) go out in `id` order.
+    r#"
+    CREATE TABLE callbacks (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id    TEXT NOT NULL UNIQUE,
+        dedup       TEXT UNIQUE,
+        url         TEXT NOT NULL,
+        order_key   TEXT NOT NULL,
+        event_type  INTEGER NOT NULL,
+        body        TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        since_ms    INTEGER NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        next_ms     INTEGER NOT NULL,
+        last_error  TEXT,
+        sent_ms     INTEGER
+    ) STRICT;
+    CREATE INDEX callbacks_pending ON callbacks (order_key, id) WHERE status = 'pending';
+    CREATE INDEX callbacks_by_status ON callbacks (status, id);
+    "#,
 ];
 
 /// The schema version this build writes.

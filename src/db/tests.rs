@@ -17,6 +17,7 @@ fn rec(key: &str, start_ms: i64, end_ms: i64) -> FileRecord {
         size: 1000,
         expires: 0,
         gaps: Vec::new(),
+        notice: None,
     }
 }
 
@@ -1183,4 +1184,116 @@ async fn add_all_schedules_every_key_without_a_recording_or_catalog_change() {
     for k in &keys {
         assert!(db.recently_stored(k).await.unwrap(), "{k}");
     }
+}
+
+fn noticed_file(n: usize) -> NewFile {
+    let mut f = new_file(n);
+    if let Some(r) = f.record.as_mut() {
+        r.notice = Some(Box::new(crate::model::Notice {
+            url: "http://cb.test/hook".into(),
+            file_events: true,
+            status_events: true,
+            ..Default::default()
+        }));
+    }
+    f
+}
+
+/// R-CB-4: a file's event exists exactly when its index entry does — a crash inside
+/// the indexing transaction leaves neither, indexing the same file again (a recovery)
+/// adds no second event, and the notice never reaches the catalog.
+#[tokio::test]
+async fn a_file_event_is_queued_with_its_index_entry_once_and_never_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(dir.path()).await.unwrap();
+    let id = db.owe(noticed_file(1)).await.unwrap();
+    db.advance(id, FileState::Closed, FileState::Stored)
+        .await
+        .unwrap();
+    db.call("test", |c| {
+        c.crash_before_commit = true;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let r = db.advance(id, FileState::Stored, FileState::Indexed).await;
+    assert!(matches!(r, Err(DbError::Crash)), "{r:?}");
+    drop(db);
+    db = Db::open(dir.path()).await.unwrap();
+    assert_eq!(
+        count(&db, "callbacks").await,
+        0,
+        "no event without its entry"
+    );
+    assert_eq!(count(&db, "recordings").await, 0);
+
+    db.advance(id, FileState::Stored, FileState::Indexed)
+        .await
+        .unwrap();
+    assert_eq!(count(&db, "recordings").await, 1);
+    let (due, _) = db.callbacks_due(i64::MAX, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].body["object_key"], "d/live/s/001.flv");
+    assert_eq!(due[0].body["event_type"], 100);
+    // The same file indexed again (recovery after a crash before its `files` row moved).
+    let again = noticed_file(1).record.unwrap();
+    db.record_stored(again, 3600, vec![]).await.unwrap();
+    assert_eq!(count(&db, "callbacks").await, 1, "announced once");
+    // The catalog's copy carries no callback target.
+    let queued = db.pending(10).await.unwrap();
+    for (_, op) in queued {
+        if let Op::Put(r) = op {
+            assert!(r.notice.is_none(), "{r:?}");
+        }
+    }
+    let listed = db.query_all(Default::default()).await.unwrap();
+    assert!(listed.iter().all(|r| r.notice.is_none()));
+}
+
+/// R-CB-4: one order key's events go one at a time in queue order (the next waits
+/// for the head, even while the head backs off); other keys are not held back; a
+/// failed head stops holding its key; a retried failed event is pending again.
+#[tokio::test]
+async fn due_events_are_each_keys_oldest_and_failed_ones_can_be_retried() {
+    use crate::callback::event::NewEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let ev = |id: &str, key: &str| NewEvent {
+        event_id: id.into(),
+        event_type: 332,
+        url: "http://x".into(),
+        order_key: key.into(),
+        dedup: None,
+        body: serde_json::json!({"n": id}),
+    };
+    for (id, key) in [("a1", "A"), ("a2", "A"), ("b1", "B")] {
+        db.queue_callback(ev(id, key)).await.unwrap();
+    }
+    let ids = |v: &[Callback]| v.iter().map(|c| c.event_id.clone()).collect::<Vec<_>>();
+    let far = i64::MAX / 2;
+    let (due, _) = db.callbacks_due(far, 10).await.unwrap();
+    assert_eq!(ids(&due), ["a1", "b1"]);
+    let a1 = due[0].id;
+    db.callback_retry_at(a1, far + 1000, "HTTP 500".into())
+        .await
+        .unwrap();
+    let (due, next) = db.callbacks_due(far, 10).await.unwrap();
+    assert_eq!(ids(&due), ["b1"], "a2 waits behind a1 backing off");
+    assert_eq!(next, Some(far + 1000));
+    db.callback_failed(a1, far, "gave up".into()).await.unwrap();
+    let (due, _) = db.callbacks_due(far, 10).await.unwrap();
+    assert_eq!(ids(&due), ["a2", "b1"], "a failed head no longer holds A");
+    let failed = db.callbacks(Some("failed".into()), 10).await.unwrap();
+    assert_eq!(ids(&failed), ["a1"]);
+    assert_eq!(failed[0].attempts, 2);
+    assert_eq!(db.retry_callback("a1".into()).await.unwrap(), Some(true));
+    assert_eq!(db.retry_callback("a2".into()).await.unwrap(), Some(false));
+    assert_eq!(db.retry_callback("zz".into()).await.unwrap(), None);
+    let (due, _) = db.callbacks_due(i64::MAX, 10).await.unwrap();
+    let mut heads = ids(&due);
+    heads.sort();
+    assert_eq!(heads, ["a1", "b1"], "retried a1 is A's head again");
+    db.callback_sent(due[0].id, 5).await.unwrap();
+    let counts = db.callback_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.failed), (2, 0));
 }

@@ -477,6 +477,13 @@ impl Conn {
             );
             crate::metrics::publish_refused_spool_full();
             error!(conn = self.conn_id, peer = %self.peer, stream = %id, "refusing publish: {reason}");
+            crate::callback::publish_refused(
+                &self.ingest.callbacks,
+                &config,
+                &id,
+                req.query.as_deref(),
+                &reason,
+            );
             self.session
                 .reject_publish(req.stream_id, "NetStream.Publish.Rejected", &reason);
             return Err(reason);
@@ -510,6 +517,15 @@ impl Conn {
                 super::hub::RegisterError::TooManyStreams { .. } => "NetStream.Publish.Rejected",
             };
             warn!(conn = self.conn_id, peer = %self.peer, stream = %id, "refusing publish: {reason}");
+            if matches!(e, super::hub::RegisterError::TooManyStreams { .. }) {
+                crate::callback::publish_refused(
+                    &self.ingest.callbacks,
+                    &config,
+                    &id,
+                    req.query.as_deref(),
+                    &reason,
+                );
+            }
             self.session.reject_publish(req.stream_id, code, &reason);
             return Err(reason);
         }

@@ -49,6 +49,8 @@ pub struct Publication {
     pub conn_id: u64,
     pub ring: ring::RingHandle,
     pub config: Arc<Loaded>,
+    /// The publish URL's query (secrets not yet redacted), for callbacks.
+    pub query: Option<String>,
     /// A reader made at registration, before the publisher's first packet: while it is
     /// held the ring keeps everything from the stream's start, so recordings the
     /// supervisor starts a moment later still begin at the first keyframe. Drop it once
@@ -126,6 +128,7 @@ impl Hub {
             conn_id: entry.conn_id,
             ring: entry.ring.clone(),
             config: entry.config.clone(),
+            query: entry.query.clone(),
             start: entry.ring.subscribe(),
         };
         m.insert(id, entry);

@@ -19,4 +19,6 @@ pub struct Ingest {
     pub shutdown: CancellationToken,
     /// Stamps each socket read with its wall-clock arrival (issue 10).
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// Where a refused publish's `record_start_failed` event is queued (R-CB-2).
+    pub callbacks: crate::db::Db,
 }

@@ -14,6 +14,7 @@ use media::{MediaEvent, Millis, Rebaser, WallMillis};
 use record::{CutPolicy, FileSummary, Format, Output, Recorder};
 use tracing::{debug, error, info, warn};
 
+use crate::callback::event::RecordEvent;
 use crate::model::{Plan, StreamId};
 use crate::sink::{PlaylistHandle, Rec, RecMeta, Sink, SinkError, SpoolFile};
 
@@ -53,6 +54,8 @@ pub struct RecordStart {
     pub track_wait: Millis,
     pub at: StartAt,
     pub task: Option<TaskRun>,
+    /// Where its callbacks go (R-CB), if anywhere.
+    pub notice: Option<crate::model::Notice>,
 }
 
 /// Carries out the supervisor's decisions. The daemon's is [`Recorders`]; the
@@ -155,6 +158,7 @@ impl Launch for Recorders {
             track_wait,
             at,
             task,
+            notice,
         } = start;
         for plan in plans {
             let task_id = task.as_ref().map(|t| t.task_id.clone()).unwrap_or_default();
@@ -190,6 +194,14 @@ impl Launch for Recorders {
             let stop = task.as_ref().map(|t| t.stop.clone());
             let sink = self.sink.clone();
             let id = id.clone();
+            let status = crate::callback::StatusReporter::new(
+                sink.db().clone(),
+                notice.clone(),
+                &id,
+                &task_id,
+                plan.format.ext(),
+            );
+            let notice = notice.clone();
             self.tracker.spawn(async move {
                 let policy = CutPolicy {
                     interval_ms: plan.record_interval_ms,
@@ -204,14 +216,17 @@ impl Launch for Recorders {
                     task_id,
                     storage_time: plan.storage_time,
                     utc_offset_s,
+                    notice,
                 };
                 let spool = match sink.begin(meta).await {
                     Ok(r) => r,
                     Err(e) => {
                         error!(stream = %id, format = plan.format.ext(), "cannot start the recording in the spool: {e}");
+                        status.report(RecordEvent::StartFailed, &e.to_string());
                         return;
                     }
                 };
+                status.report(RecordEvent::StartSucceeded, "");
                 let flush_interval = sink.flush_interval();
                 let fragment = Millis::from_ms(
                     i64::try_from(flush_interval.as_millis()).unwrap_or(i64::MAX),
@@ -230,6 +245,7 @@ impl Launch for Recorders {
                     flush_interval,
                     held_since: None,
                     write_failing: false,
+                    status: status.clone(),
                     timeline: Rebaser::new(Millis::MAX),
                     gaps: HashMap::new(),
                     last_arrival: None,
@@ -247,10 +263,12 @@ impl Launch for Recorders {
                     {
                         break;
                     }
+                    status.report(RecordEvent::Paused, "the push ended; waiting continue_timeout for it to return");
                     let back = task
                         .wait_for_return(&splices, key.clone(), continue_timeout, &stop, &shutdown)
                         .await;
                     let Some(resume) = back else { break };
+                    status.report(RecordEvent::Resumed, "");
                     reader = subscribe(&resume.ring, resume.at);
                     if let Some(s) = resume.stop {
                         stop = s;
@@ -261,6 +279,7 @@ impl Launch for Recorders {
                 task.drain().await;
                 let Recording { sink, spool, .. } = task;
                 sink.end(spool).await;
+                status.report(RecordEvent::Ended, "");
             });
         }
     }
@@ -300,6 +319,8 @@ struct Recording {
     /// succeeded since. Only the episode's first failure is a warning; the first write
     /// that works again ends it with an info line.
     write_failing: bool,
+    /// Its status callbacks (R-CB-2).
+    status: crate::callback::StatusReporter,
     /// Continues the timeline across spliced pushes (R-SP-1/3); within one push ingest
     /// has already made it monotonic, so it changes nothing until a splice.
     timeline: Rebaser,
@@ -553,9 +574,15 @@ impl Recording {
 
     /// Counts a failed write and says whether it opens a failure episode (the one
     /// warning an operator gets for it; the rest of the episode logs at debug).
-    fn write_failure_starts_episode(&mut self) -> bool {
+    fn write_failure_starts_episode(&mut self, err: &dyn std::fmt::Display) -> bool {
         crate::metrics::spool_write_error();
-        !std::mem::replace(&mut self.write_failing, true)
+        let first = !std::mem::replace(&mut self.write_failing, true);
+        if first {
+            // One status event per episode, like the warning (R-CB-2).
+            self.status
+                .report(RecordEvent::Error, &format!("spool write failed: {err}"));
+        }
+        first
     }
 
     /// A write to file `seq` failed (ENOSPC, EIO, EFBIG, R-ST-4). The file would get a
@@ -579,7 +606,7 @@ impl Recording {
         started: DateTime<Utc>,
         err: SinkError,
     ) {
-        let first = self.write_failure_starts_episode();
+        let first = self.write_failure_starts_episode(&err);
         crate::metrics::file_closed();
         let path = f.path().to_path_buf();
         let stored = match f.cut_back(self.format.ext()).await {
@@ -620,7 +647,7 @@ impl Recording {
     /// drops them) and is cut back to its last whole TS packet at its close; the next
     /// segment is a new file.
     fn segment_write_failed(&mut self, err: SinkError) {
-        if self.write_failure_starts_episode() {
+        if self.write_failure_starts_episode(&err) {
             warn!(stream = %self.id, format = "m3u8", error = %err, "spool write failed: this segment ends at its last complete TS packet; media is dropped until writes work again");
         } else {
             debug!(stream = %self.id, error = %err, "spool write failed again");
@@ -725,7 +752,7 @@ impl Recording {
                             // is a warning.
                             crate::metrics::file_failed();
                             self.rec.abandon(seq);
-                            if self.write_failure_starts_episode() {
+                            if self.write_failure_starts_episode(&e) {
                                 warn!(stream = %self.id, format = self.format.ext(), error = %e, "cannot create a spool file: media is dropped until it can be, then recording resumes in a new file at the next keyframe");
                             } else {
                                 debug!(stream = %self.id, error = %e, "cannot create a spool file");
@@ -803,7 +830,7 @@ impl Recording {
                 // be created, retried at the next keyframe, one warning per episode.
                 crate::metrics::file_failed();
                 self.rec.abandon(seq);
-                if self.write_failure_starts_episode() {
+                if self.write_failure_starts_episode(&e) {
                     warn!(stream = %self.id, format = "m3u8", error = %e, "cannot open a playlist in the spool: media is dropped until it can be, then recording resumes in a new playlist at the next keyframe");
                 } else {
                     debug!(stream = %self.id, error = %e, "cannot open a playlist in the spool");
@@ -1012,6 +1039,7 @@ mod tests {
             task_id: String::new(),
             storage_time: 0,
             utc_offset_s: 0,
+            notice: None,
         };
         let spool = sink.begin(meta).await.unwrap();
         let policy = CutPolicy {
@@ -1033,6 +1061,13 @@ mod tests {
             flush_interval: std::time::Duration::from_secs(1),
             held_since: None,
             write_failing: false,
+            status: crate::callback::StatusReporter::new(
+                sink.db().clone(),
+                None,
+                &StreamId::new("d", "a", "s"),
+                "",
+                "flv",
+            ),
             timeline: Rebaser::new(Millis::MAX),
             gaps: HashMap::new(),
             last_arrival: None,

@@ -51,6 +51,7 @@ impl SupervisorHandle {
 struct Live {
     conn_id: u64,
     ring: ring::RingHandle,
+    query: Option<String>,
 }
 
 /// A task's recording in progress: the publish it records and the signal that ends it.
@@ -146,9 +147,12 @@ impl Supervisor {
             conn_id,
             ring,
             config,
+            query,
             start,
         } = p;
         let (plans, template) = config.plans_for(&id);
+        let notice =
+            crate::callback::notice(&config, config.template_for(&id).0, query.as_deref(), "");
         if plans.is_empty() {
             info!(stream = %id, template = %template, "not recording: the template records nothing");
         } else {
@@ -161,9 +165,17 @@ impl Supervisor {
                 track_wait: Millis::from_secs_f64(config.config.ingest.track_wait),
                 at: StartAt::Oldest,
                 task: None,
+                notice,
             });
         }
-        self.live.insert(id, Live { conn_id, ring });
+        self.live.insert(
+            id,
+            Live {
+                conn_id,
+                ring,
+                query,
+            },
+        );
         // Task windows already open start on this publish now, while `start` still
         // holds the stream's beginning in the ring.
         self.pass();
@@ -220,7 +232,7 @@ impl Supervisor {
             }
             // Live, and not yet recorded on this publish (new, or back inside the window).
             let stop = CancellationToken::new();
-            let (conn_id, ring) = (live.conn_id, live.ring.clone());
+            let (conn_id, ring, query) = (live.conn_id, live.ring.clone(), live.query.clone());
             self.running.insert(
                 t.task_id.clone(),
                 Running {
@@ -229,7 +241,7 @@ impl Supervisor {
                 },
             );
             self.tasks.set_status(&t.task_id, TaskStatus::Recording);
-            self.start_task(&t, id, ring, stop, now_ms);
+            self.start_task(&t, id, ring, query.as_deref(), stop, now_ms);
         }
         let history = self.config.snapshot().config.record.task_history;
         for id in self.tasks.prune(now_s, history) {
@@ -246,6 +258,7 @@ impl Supervisor {
         task: &Task,
         id: StreamId,
         ring: ring::RingHandle,
+        query: Option<&str>,
         stop: CancellationToken,
         now_ms: i64,
     ) {
@@ -285,6 +298,7 @@ impl Supervisor {
                 task_id: task.task_id.clone(),
                 stop,
             }),
+            notice: crate::callback::notice(&config, task.template_id, query, &task.extension),
         });
     }
 

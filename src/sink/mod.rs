@@ -102,6 +102,10 @@ pub struct RecMeta {
     /// Time zone of the name's time fields (`[record] time_zone`), seconds east of UTC.
     #[serde(default)]
     pub utc_offset_s: i32,
+    /// Where its files' events go (R-CB-1); kept in the spool's markers so a file
+    /// finalized by recovery after a crash is announced too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<crate::model::Notice>,
 }
 
 impl RecMeta {
@@ -121,6 +125,7 @@ impl RecMeta {
             size: 0,
             expires: 0,
             gaps: Vec::new(),
+            notice: self.notice.clone().map(Box::new),
         }
     }
 
@@ -1267,6 +1272,7 @@ mod tests {
             task_id: String::new(),
             storage_time: 0,
             utc_offset_s: 0,
+            notice: None,
         };
         let rec = sink.begin(meta.clone()).await.unwrap();
         let started = Utc::now();
@@ -1341,6 +1347,7 @@ mod tests {
             task_id: String::new(),
             storage_time: 0,
             utc_offset_s: 0,
+            notice: None,
         };
         let rec = sink.begin(meta.clone()).await.unwrap();
         let mut f = sink.create(&rec, 0, Utc::now(), None).await.unwrap();

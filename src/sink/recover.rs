@@ -367,6 +367,8 @@ async fn recover_dir(sink: &Arc<Sink>, dir: &Path, mut d: Dir, report: &mut Reco
                 task_id: String::new(),
                 storage_time: 0,
                 utc_offset_s: 0,
+                // Without its marker the recording's callback target is unknown.
+                notice: None,
             })
         });
         let Some(meta) = meta else {
