@@ -252,6 +252,9 @@ pub fn template_json(t: &Template) -> Value {
             v[k] = format_json(f);
         }
     }
+    if let Some(u) = &t.callback_url {
+        v["callback_url"] = u.as_str().into();
+    }
     v
 }
 
