@@ -10,6 +10,8 @@
 //!   [`fixture_tags`], [`frame_hashes_flv`]
 //! - [`chunk`], [`handshake`], [`url`]: the client-side protocol pieces
 //! - [`fuzzish`]: seeded byte mutations for the repair scanners' tests
+//! - [`webhook`]: a scriptable HTTP webhook receiver ([`webhook::Receiver`]) and independent
+//!   signature verifiers ([`webhook::md5_sign`], [`webhook::verify_standard_webhook`])
 
 pub mod chunk;
 pub mod conn;
@@ -20,6 +22,7 @@ pub mod probe;
 pub mod publisher;
 pub mod s3;
 pub mod url;
+pub mod webhook;
 
 pub use conn::RawConn;
 pub use probe::{
