@@ -299,3 +299,43 @@ fn sigterm_finalizes_a_live_ffmpeg_push_and_exits_0() {
         f.display()
     );
 }
+
+/// R-CB: a `[callback]` table is checked like the rest — a URL that is not http(s), a
+/// secret not in the `whsec_` + base64 form (the message never echoes it), an unknown
+/// event type and a template's bad `callback_url` are errors with their lines.
+#[test]
+fn check_config_refuses_bad_callback_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[callback]\nurl = \"ftp://x/y\"\nsecret = \"not-a-secret-value\"\nevents = [100, 7]\n[[template]]\nid = 1\ncallback_url = \"nope\"\nflv = { enable = true }\n",
+    )
+    .unwrap();
+    let out = check_config(&bad);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    for (line, what) in [
+        (2, "http"),
+        (3, "whsec_"),
+        (4, "event type"),
+        (7, "callback_url"),
+    ] {
+        assert!(
+            err.contains(&format!("{}:{line}:", bad.display())) && err.contains(what),
+            "line {line} ({what}) not reported: {err}"
+        );
+    }
+    assert!(
+        !err.contains("not-a-secret-value"),
+        "the secret leaked: {err}"
+    );
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[callback]\nurl = \"https://platform.example/hook\"\nkey = \"k\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+    )
+    .unwrap();
+    let out = check_config(&good);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
