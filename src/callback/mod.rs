@@ -166,3 +166,47 @@ pub async fn watch_spool_quota(
         queue_status(&db, &n, &Subject::default(), what, reason, extra);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(toml_text: &str) -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml_text).unwrap();
+        crate::config::load(Some(&p)).unwrap()
+    }
+
+    /// R-CB-1: a template's `callback_url` wins over `[callback] url`; without either
+    /// there is no target; `events` decides which kinds go; the query is redacted.
+    #[test]
+    fn the_templates_url_wins_and_events_narrow_what_is_sent() {
+        let both = loaded(
+            "[callback]\nurl = \"http://global/x\"\n[[template]]\nid = 1\ncallback_url = \"http://tpl/y\"\nflv = { enable = true }\n[[template]]\nid = 2\nflv = { enable = true }\n",
+        );
+        let n = notice(&both, 1, Some("txSecret=abc&a=1"), "ext").unwrap();
+        assert_eq!(n.url, "http://tpl/y");
+        assert_eq!(n.stream_param, "txSecret=***&a=1");
+        assert_eq!(n.extension, "ext");
+        assert!(n.file_events && n.status_events);
+        assert_eq!(notice(&both, 2, None, "").unwrap().url, "http://global/x");
+        assert_eq!(node_notice(&both).unwrap().url, "http://global/x");
+
+        let template_only = loaded(
+            "[[template]]\nid = 1\ncallback_url = \"http://tpl/y\"\nflv = { enable = true }\n",
+        );
+        assert!(notice(&template_only, 1, None, "").is_some());
+        assert!(
+            notice(&template_only, 0, None, "").is_none(),
+            "no url, no target"
+        );
+        assert!(node_notice(&template_only).is_none());
+
+        let files_only = loaded("[callback]\nurl = \"http://g/\"\nevents = [100]\n");
+        let n = notice(&files_only, 0, None, "").unwrap();
+        assert!(n.file_events && !n.status_events);
+        let none = loaded("[callback]\nurl = \"http://g/\"\nevents = []\n");
+        assert!(notice(&none, 0, None, "").is_none());
+    }
+}

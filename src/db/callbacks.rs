@@ -157,6 +157,25 @@ impl Db {
         .await
     }
 
+    /// The oldest pending event of `order_key`, due or not: what the sender sends next
+    /// for that key once its previous event is settled (one index seek, where
+    /// [`Db::callbacks_due`] walks every pending event).
+    pub async fn callback_head(&self, order_key: String) -> Result<Option<Callback>, DbError> {
+        self.call("callback head", move |c| {
+            let rows =
+                c.db.prepare_cached(&format!(
+                    "{COLUMNS} WHERE status = 'pending' AND order_key = ?1 ORDER BY id LIMIT 1"
+                ))
+                .and_then(|mut st| {
+                    st.query_map([&order_key], row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .ctx("callback head", &order_key)?;
+            Ok(parse(rows)?.pop())
+        })
+        .await
+    }
+
     /// An endpoint took the event.
     pub async fn callback_sent(&self, id: i64, now_ms: i64) -> Result<(), DbError> {
         self.update(
