@@ -565,3 +565,95 @@ fn a_failed_event_is_listed_and_can_be_sent_again() {
     assert_eq!(status, 400);
     rt.block_on(recv.stop());
 }
+
+/// R-CB-2: a spool write failure (here a file-size limit) is one `record_error` event
+/// per episode, with the error.
+#[test]
+fn a_write_failure_is_a_record_error_event() {
+    let rt = rt();
+    let recv = rt.block_on(Receiver::start()).expect("receiver");
+    let d = Daemon::start_under(
+        "ulimit -f 800; trap '' XFSZ",
+        &format!(
+            "{}[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = {{ enable = true, record_interval = 600 }}\n",
+            callback_toml(&recv.url(), "")
+        ),
+    );
+    push(&d, "cam", "avc_aac_2s.flv").expect("publish");
+    let all = rt.block_on(recv.wait_for(
+        "record_error and record_ended",
+        Duration::from_secs(30),
+        |r| {
+            let s = record_events(&delivered(r), "cam");
+            s.contains(&"flv:record_error".to_string())
+                && s.contains(&"flv:record_ended".to_string())
+        },
+    ));
+    let errors: Vec<Value> = delivered(&all)
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["record_event"] == "record_error")
+        .collect();
+    // The 1.2 MB push meets the 400 KiB limit in several files; each new file's first
+    // write works again, so each failure is its own episode — never more events than
+    // files cut short.
+    let cut = d.log().matches("spool write failed").count();
+    assert!(
+        !errors.is_empty() && errors.len() <= cut,
+        "{errors:?} for {cut} failures"
+    );
+    for e in &errors {
+        assert!(
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("File too large")),
+            "{e}"
+        );
+    }
+    rt.block_on(recv.stop());
+}
+
+/// R-CB-4: on a graceful stop the daemon keeps sending pending events until its grace
+/// ends: a receiver that comes back during the shutdown gets them all before the exit.
+#[test]
+fn a_graceful_stop_delivers_pending_events_within_its_grace() {
+    let rt = rt();
+    let recv = rt.block_on(Receiver::start()).expect("receiver");
+    let addr = recv.addr();
+    let url = recv.url();
+    rt.block_on(recv.stop());
+    let mut d = Daemon::start(&format!(
+        "{}[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = {{ enable = true, record_interval = 4 }}\n",
+        callback_toml(&url, "events = [100]")
+    ));
+    push(&d, "cam", "avc_aac_2s.flv").expect("publish");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while recordings(&d, "stream=cam").len() < 5 {
+        assert!(std::time::Instant::now() < deadline, "files not indexed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The stream's first event has failed (connection refused) and waits for a retry;
+    // the other four wait behind it (one stream, in order).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = d.api_get("/v1/callbacks?status=pending");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        let list = v["callbacks"].as_array().cloned().unwrap_or_default();
+        if list.len() == 5 && list.iter().any(|c| c["attempts"].as_u64() >= Some(1)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let recv = rt
+        .block_on(Receiver::start_on(addr))
+        .expect("receiver back");
+    assert_eq!(d.stop(), Some(0), "clean exit");
+    let files = of_type(&delivered(&recv.received()), 100);
+    assert_eq!(
+        files.len(),
+        5,
+        "every pending event went out before the exit"
+    );
+    rt.block_on(recv.stop());
+}
