@@ -132,19 +132,24 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Reply> {
 /// `callbacks_failing` (R-CB-4).
 const CALLBACKS_FAILING_AFTER_MS: i64 = 5 * 60 * 1000;
 
-async fn healthz(State(ctx): Ctxt) -> Json<Value> {
-    let q = &ctx.sink.quota;
-    let cb = ctx.sink.db().callback_counts().await.unwrap_or_default();
-    let failing = cb
-        .oldest_pending_ms
-        .is_some_and(|t| ctx.clock.now_ms().saturating_sub(t) > CALLBACKS_FAILING_AFTER_MS);
-    let status = if q.is_full() {
+/// `/healthz`'s status word: the spool first (it refuses publishes), then callbacks
+/// whose oldest undelivered event is older than [`CALLBACKS_FAILING_AFTER_MS`].
+fn health_status(spool_full: bool, oldest_pending_ms: Option<i64>, now_ms: i64) -> &'static str {
+    if spool_full {
         "spool_full"
-    } else if failing {
+    } else if oldest_pending_ms
+        .is_some_and(|t| now_ms.saturating_sub(t) > CALLBACKS_FAILING_AFTER_MS)
+    {
         "callbacks_failing"
     } else {
         "ok"
-    };
+    }
+}
+
+async fn healthz(State(ctx): Ctxt) -> Json<Value> {
+    let q = &ctx.sink.quota;
+    let cb = ctx.sink.db().callback_counts().await.unwrap_or_default();
+    let status = health_status(q.is_full(), cb.oldest_pending_ms, ctx.clock.now_ms());
     Json(json!({
         "status": status,
         "spool": {"bytes": q.used(), "max_bytes": q.max()},
@@ -625,5 +630,24 @@ async fn retry_callback(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
             "index_write_failed",
             &e.to_string(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// R-CB-4: `/healthz` says `callbacks_failing` once the oldest undelivered event is
+    /// more than 5 minutes old; a full spool says so first.
+    #[test]
+    fn health_says_callbacks_failing_after_five_minutes() {
+        let now = 1_000_000_000;
+        assert_eq!(health_status(false, None, now), "ok");
+        assert_eq!(health_status(false, Some(now - 300_000), now), "ok");
+        assert_eq!(
+            health_status(false, Some(now - 300_001), now),
+            "callbacks_failing"
+        );
+        assert_eq!(health_status(true, Some(now - 999_999), now), "spool_full");
     }
 }
