@@ -390,7 +390,7 @@ fn a_spliced_playlist_is_one_file_event_with_its_gap_and_paused_resumed_events()
         callback_toml(&recv.url(), "")
     ));
     push(&d, "cam", "avc_aac_2s.flv").expect("first push");
-    // The fast push's recording drains its ring before it waits (as in e2e_splice).
+    // A reconnect 1.5 s later, well inside the window.
     std::thread::sleep(Duration::from_millis(1500));
     push(&d, "cam", "avc_aac_2s.flv").expect("second push, inside the window");
     let all = rt.block_on(recv.wait_for(

@@ -156,6 +156,26 @@ fn a_push_returning_inside_the_window_continues_every_file() {
     }
 }
 
+/// A reconnect faster than the recorder drains its ring: the second push (as fast as
+/// the socket allows) starts while the first push's end is still being written. It
+/// continues the same files all the same, with every frame of both pushes.
+#[test]
+fn a_push_that_returns_before_the_last_one_is_written_continues_the_files() {
+    require_tool("ffprobe");
+    let d = Daemon::start(&template(&["flv", "mp4", "hls"]));
+    push(&d, "quick", "avc_aac_2s.flv");
+    push(&d, "quick", "avc_aac_2s.flv");
+    let want = both_pushes("avc_aac_2s.flv");
+    for ext in ["flv", "mp4"] {
+        let f = files(&d, "quick", ext, 1).remove(0);
+        common::assert_monotonic(&f);
+        common::assert_follows_packets(std::slice::from_ref(&f), &want, true, 45.0);
+    }
+    let playlist = files(&d, "quick", "m3u8", 1).remove(0);
+    assert_eq!(common::discontinuities(&playlist), 1);
+    common::assert_follows_packets(std::slice::from_ref(&playlist), &want, false, 45.0);
+}
+
 #[test]
 fn video_only_and_audio_only_pushes_splice_too() {
     for (fixture, stream) in [("avc_only.flv", "video"), ("aac_only.flv", "audio")] {

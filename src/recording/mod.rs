@@ -90,15 +90,20 @@ pub struct SpliceKey {
 /// Where a continued recording reads the new push from, and (a task's) the signal that
 /// now ends it.
 pub struct Resume {
-    ring: ring::RingHandle,
-    at: StartAt,
+    /// Subscribed by the launcher when the push arrived, so the ring keeps the new
+    /// push's start (and backpressure holds its publisher) while the recording may
+    /// still be writing the end of the last one.
+    reader: ring::Reader,
     stop: Option<tokio_util::sync::CancellationToken>,
 }
 
-/// The recordings waiting for their stream to come back (R-SP-1), each with the channel
-/// its new push is handed over on. One owner of that state: the launcher takes an entry
-/// when a push returns, the recording takes it back when its window ends — whoever
-/// removes it under the lock decides.
+/// The recordings that can continue with a new push of their stream (R-SP-1), each with
+/// the channel that push is handed over on: registered when the recording starts (and
+/// again after each splice), so a push that returns while the last one is still being
+/// written — a reconnect faster than the recorder drains its ring — continues it too.
+/// One owner of that state: the launcher takes an entry when a push arrives, the
+/// recording takes it back when its window ends or it stops — whoever removes it under
+/// the lock decides.
 #[derive(Default)]
 pub struct Splices {
     waiting: Mutex<HashMap<SpliceKey, Waiting>>,
@@ -106,8 +111,8 @@ pub struct Splices {
 
 struct Waiting {
     resume: tokio::sync::oneshot::Sender<Resume>,
-    /// When the window ends, unix ms.
-    until_ms: i64,
+    /// When the continuation window ends, unix ms; None while the push is live.
+    until_ms: Option<i64>,
 }
 
 impl Splices {
@@ -115,13 +120,38 @@ impl Splices {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes the recording of `key` the one a new push continues; the push arrives on
+    /// the returned channel.
+    fn register(&self, key: SpliceKey) -> tokio::sync::oneshot::Receiver<Resume> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock().insert(
+            key,
+            Waiting {
+                resume: tx,
+                until_ms: None,
+            },
+        );
+        rx
+    }
+
+    /// The recording ends without waiting (stopped, shutdown): no push continues it.
+    /// A push the launcher handed over meanwhile is not recorded by it — it arrived
+    /// for a task that has ended or a daemon that is stopping.
+    fn withdraw(&self, key: &SpliceKey) {
+        self.lock().remove(key);
+    }
+
     /// The streams with a recording in its continuation window, each with the latest
     /// end of their windows (unix ms), for `/v1/streams`.
     pub fn waiting(&self) -> Vec<(StreamId, i64)> {
         let mut by_stream: HashMap<StreamId, i64> = HashMap::new();
-        for (k, w) in self.lock().iter() {
-            let e = by_stream.entry(k.id.clone()).or_insert(w.until_ms);
-            *e = (*e).max(w.until_ms);
+        for (k, until_ms) in self
+            .lock()
+            .iter()
+            .filter_map(|(k, w)| w.until_ms.map(|u| (k, u)))
+        {
+            let e = by_stream.entry(k.id.clone()).or_insert(until_ms);
+            *e = (*e).max(until_ms);
         }
         let mut v: Vec<_> = by_stream.into_iter().collect();
         v.sort_by_key(|(id, _)| id.to_string());
@@ -168,13 +198,13 @@ impl Launch for Recorders {
                 template: template.clone(),
                 task_id: task_id.clone(),
             };
-            // The stream is back inside a recording's continuation window: that
-            // recording goes on with this push (R-SP-1) instead of a new one starting.
+            // The stream is back inside a recording's continuation window (or while its
+            // last push is still being written): that recording goes on with this push
+            // (R-SP-1) instead of a new one starting.
             let waiting = self.splices.lock().remove(&key);
             if let Some(w) = waiting {
                 match w.resume.send(Resume {
-                    ring: ring.clone(),
-                    at,
+                    reader: subscribe(&ring, at),
                     stop: task.as_ref().map(|t| t.stop.clone()),
                 }) {
                     Ok(()) => {
@@ -189,6 +219,7 @@ impl Launch for Recorders {
             info!(stream = %id, template = %template, task = %task_id, format = plan.format.ext(), interval_s = plan.record_interval_ms.as_ms() / 1000, "recording");
             let reader = subscribe(&ring, at);
             let continue_timeout = plan.continue_timeout;
+            let inbox = (!continue_timeout.is_zero()).then(|| self.splices.register(key.clone()));
             let splices = self.splices.clone();
             let shutdown = self.shutdown.clone();
             let stop = task.as_ref().map(|t| t.stop.clone());
@@ -255,21 +286,22 @@ impl Launch for Recorders {
                 };
                 let mut stop = stop.unwrap_or_default();
                 let mut reader = reader;
+                let mut inbox = inbox;
                 loop {
                     let end = task.run(&mut reader, &stop).await;
-                    if end == RunEnd::Stopped
-                        || continue_timeout.is_zero()
-                        || shutdown.is_cancelled()
-                    {
+                    let Some(rx) = inbox.take() else { break };
+                    if end == RunEnd::Stopped || shutdown.is_cancelled() {
+                        splices.withdraw(&key);
                         break;
                     }
                     status.report(RecordEvent::Paused, "the push ended; waiting continue_timeout for it to return");
                     let back = task
-                        .wait_for_return(&splices, key.clone(), continue_timeout, &stop, &shutdown)
+                        .wait_for_return(&splices, &key, rx, continue_timeout, &stop, &shutdown)
                         .await;
                     let Some(resume) = back else { break };
                     status.report(RecordEvent::Resumed, "");
-                    reader = subscribe(&resume.ring, resume.at);
+                    inbox = Some(splices.register(key.clone()));
+                    reader = resume.reader;
                     if let Some(s) = resume.stop {
                         stop = s;
                     }
@@ -458,22 +490,28 @@ impl Recording {
     async fn wait_for_return(
         &mut self,
         splices: &Splices,
-        key: SpliceKey,
+        key: &SpliceKey,
+        mut rx: tokio::sync::oneshot::Receiver<Resume>,
         window: Duration,
         stop: &tokio_util::sync::CancellationToken,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Option<Resume> {
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
         let until_ms = chrono::Utc::now()
             .timestamp_millis()
             .saturating_add(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
-        splices.lock().insert(
-            key.clone(),
-            Waiting {
-                resume: tx,
-                until_ms,
-            },
-        );
+        let still_mine = match splices.lock().get_mut(key) {
+            Some(w) => {
+                w.until_ms = Some(until_ms);
+                true
+            }
+            None => false,
+        };
+        if !still_mine {
+            // The launcher took the entry: the stream came back while this push was
+            // still being written, and the new push is on its way.
+            info!(stream = %self.id, format = self.format.ext(), "push ended and the stream is back already: the recording continues");
+            return rx.await.ok();
+        }
         info!(stream = %self.id, format = self.format.ext(), window_s = window.as_secs(), "push ended: the recording waits for the stream to return");
         // What the recorder holds goes to the spool now: the wait may be long.
         self.rec.cut_fragment();
@@ -499,7 +537,7 @@ impl Recording {
         }
         // Whoever removes the entry decides: if the launcher took it first, the new push
         // is on its way.
-        let mine = splices.lock().remove(&key).is_some();
+        let mine = splices.lock().remove(key).is_some();
         if mine {
             info!(stream = %self.id, format = self.format.ext(), "continuation window over: the recording ends");
             None
