@@ -156,9 +156,10 @@ pub async fn run(
         sender_state.clone(),
         callbacks_stop.clone(),
     ));
+    let quota = sink.quota.clone();
     tokio::spawn(crate::callback::watch_spool_quota(
         sink.db().clone(),
-        sink.quota.clone(),
+        move || (quota.is_full(), quota.used(), quota.max()),
         config.clone(),
         shutdown.clone(),
     ));

@@ -424,9 +424,10 @@ fn a_spliced_playlist_is_one_file_event_with_its_gap_and_paused_resumed_events()
     rt.block_on(recv.stop());
 }
 
-/// R-ST-4's status callback and R-CB-2's `record_start_failed`: the spool reaching its
-/// quota (the store down) is an event, the publish it refuses is one with the reason,
-/// and the spool draining when the store returns is one.
+/// R-ST-4's status callback and R-CB-2's `record_start_failed` and `record_error`: the
+/// store refusing a file is its recording's error, the spool reaching its quota (the
+/// store down) is an event, the publish it refuses is one with the reason, and the spool
+/// draining when the store returns is one.
 #[test]
 fn a_full_spool_and_the_publish_it_refuses_are_status_events() {
     let rt = rt();
@@ -480,6 +481,24 @@ fn a_full_spool_and_the_publish_it_refuses_are_status_events() {
         .1;
     assert_eq!(quota["stream_id"], "");
     assert!(quota["spool_bytes"].as_u64() >= quota["spool_max_bytes"].as_u64());
+    // Each of the first push's files that the store refused is a `record_error` of its
+    // recording (a storage failure, R-CB-2), once per file.
+    let storage_errors: Vec<Value> = delivered(&all)
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["record_event"] == "record_error" && v["stream_id"] == "first")
+        .collect();
+    assert!(!storage_errors.is_empty(), "no storage record_error");
+    for e in &storage_errors {
+        assert_eq!(e["file_format"], "flv");
+        assert!(
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("storage failing")),
+            "{e}"
+        );
+    }
+    assert!(storage_errors.len() <= 5, "{storage_errors:?}");
     let _s3 = S3Server::start_on(&s3_root, addr);
     rt.block_on(recv.wait_for(
         "spool_quota_cleared once the store is back",

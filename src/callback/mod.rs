@@ -133,9 +133,10 @@ pub fn publish_refused(db: &Db, config: &Loaded, id: &StreamId, query: Option<&s
 /// quota (publishes are refused from then on), one when it has room again. Polled once
 /// a second, so an episode shorter than that may go unreported; the refusals themselves
 /// are in the metrics and the log.
+/// `spool` says (full, used bytes, quota bytes).
 pub async fn watch_spool_quota(
     db: Db,
-    quota: std::sync::Arc<crate::sink::Quota>,
+    spool: impl Fn() -> (bool, u64, u64) + Send + 'static,
     config: std::sync::Arc<crate::config::RunningConfig>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -146,7 +147,8 @@ pub async fn watch_spool_quota(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        if quota.is_full() == full {
+        let (now_full, used, max) = spool();
+        if now_full == full {
             continue;
         }
         full = !full;
@@ -161,8 +163,7 @@ pub async fn watch_spool_quota(
         } else {
             (RecordEvent::SpoolQuotaCleared, "the spool has room again")
         };
-        let extra =
-            serde_json::json!({"spool_bytes": quota.used(), "spool_max_bytes": quota.max()});
+        let extra = serde_json::json!({"spool_bytes": used, "spool_max_bytes": max});
         queue_status(&db, &n, &Subject::default(), what, reason, extra);
     }
 }

@@ -253,6 +253,9 @@ impl Uploader {
                 Err(e) => {
                     let wait = backoff(attempt);
                     self.failed("upload", &job.key, attempt, &e);
+                    if attempt == 1 {
+                        report_storage_error(&self.db, job, &e);
+                    }
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -788,6 +791,33 @@ impl Uploader {
 
 /// Resolves once the file is finished (the job waits in the channel for `try_recv`) or
 /// dropped (its flush channel closed), without taking the job out.
+/// A stored file's first failed upload is its recording's `record_error` (R-CB-2): the
+/// file waits in the spool and is retried, and the platform hears why.
+fn report_storage_error(db: &Db, job: &Job, e: &dyn std::fmt::Display) {
+    let Some(rec) = &job.info else { return };
+    let Some(notice) = &rec.notice else { return };
+    let subject = crate::callback::event::Subject {
+        stream: Some(crate::model::StreamId {
+            domain: rec.domain.clone(),
+            app: rec.app.clone(),
+            stream: rec.stream.clone(),
+        }),
+        task_id: rec.task_id.clone(),
+        format: rec.format.clone(),
+    };
+    crate::callback::queue_status(
+        db,
+        notice,
+        &subject,
+        crate::callback::event::RecordEvent::Error,
+        &format!(
+            "storage failing for {}: {e}; the file stays in the spool and is retried",
+            job.key
+        ),
+        serde_json::Value::Null,
+    );
+}
+
 async fn fin_ready(
     fin: &mut tokio::sync::oneshot::Receiver<Job>,
     flushed: &tokio::sync::watch::Receiver<u64>,
