@@ -15,6 +15,10 @@ pub enum NameError {
     TooLong(usize),
     #[error("is `.` or `..`")]
     Dots,
+    #[error(
+        "starts with `.` (dot-names are the daemon's own: `.liverec/` state, the spool's database)"
+    )]
+    LeadingDot,
     #[error("contains byte 0x{0:02x}; allowed are A-Z a-z 0-9 . _ -")]
     BadByte(u8),
 }
@@ -28,6 +32,11 @@ pub fn validate_name(s: &str) -> Result<(), NameError> {
     }
     if s == "." || s == ".." {
         return Err(NameError::Dots);
+    }
+    // R-IN-3: a pushed name can never reach `.liverec/` (tasks, rules, templates, the
+    // catalog), the spool's own files, or a name spool recovery passes by.
+    if s.starts_with('.') {
+        return Err(NameError::LeadingDot);
     }
     if let Some(b) = s
         .bytes()

@@ -33,6 +33,10 @@ pub struct State {
     prefix: String,
 }
 
+/// The largest state object (task, template, rule, catalog entry) `list` reads; ours are
+/// a few KiB at most (a task's `extension` is bounded at 4 KiB).
+const MAX_STATE_OBJECT_BYTES: u64 = 1 << 20;
+
 impl State {
     pub fn new(backend: &Backend) -> Result<Self, StateError> {
         Ok(match backend {
@@ -113,6 +117,12 @@ impl State {
         let mut s = self.store.list(Some(&dir));
         while let Some(meta) = s.next().await {
             match meta {
+                // A state object is a small JSON document; anything large is not one of
+                // ours (a file put there by hand, or by a publisher before names were
+                // checked) and is not read into memory at every start.
+                Ok(m) if m.size > MAX_STATE_OBJECT_BYTES => {
+                    warn!(key = %m.location, bytes = m.size, "skipping a state object larger than {MAX_STATE_OBJECT_BYTES} bytes: not one liverec wrote");
+                }
                 Ok(m) => locations.push(m.location),
                 // An empty local state directory does not exist yet.
                 Err(object_store::Error::NotFound { .. }) => break,
@@ -143,5 +153,31 @@ impl State {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: a large object under `.liverec/state/` (one a publisher could once
+    /// push there) is skipped, not read whole into memory; ours are read.
+    #[tokio::test]
+    async fn large_state_objects_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = dir.path().join(".liverec/state/tasks");
+        std::fs::create_dir_all(&tasks).unwrap();
+        std::fs::write(tasks.join("ok.json"), br#"{"n": 1}"#).unwrap();
+        std::fs::write(
+            tasks.join("big.flv"),
+            vec![b' '; (MAX_STATE_OBJECT_BYTES + 1) as usize],
+        )
+        .unwrap();
+        let state = State::new(&Backend::Local {
+            root: dir.path().to_path_buf(),
+        })
+        .unwrap();
+        let got: Vec<serde_json::Value> = state.list("tasks").await.unwrap();
+        assert_eq!(got, vec![serde_json::json!({"n": 1})]);
     }
 }

@@ -712,6 +712,13 @@ async fn malformed_input_is_refused_while_a_live_publisher_records_every_frame()
         ("live", ""),
         ("live", "ok?vhost=.."),
         ("live", "ok?domain=a/b"),
+        // Issue 14: the daemon's own state prefix and the spool's files are out of
+        // reach: no dot-names, and vhost=/domain= select only a listed domain.
+        ("live", "x?vhost=.liverec"),
+        (".liverec", "state"),
+        ("498921.jsonl", "x?vhost=.index"),
+        ("live", "x?vhost=tenant-not-listed"),
+        ("live", ".hidden"),
         ("..", "ok"),
         ("../../tmp", "ok"),
         ("a/b", "ok"),

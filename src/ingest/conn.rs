@@ -330,7 +330,9 @@ impl Conn {
         while let Some(ev) = self.session.poll_event() {
             match ev {
                 ServerEvent::Connected(info) => {
-                    debug!(conn = self.conn_id, peer = %self.peer, app = ?info.app, tc_url = ?info.tc_url, "rtmp connect");
+                    // tcUrl and app carry the query when it rides on the app
+                    // (`rtmp://h/live?txSecret=…/cam`): logged redacted.
+                    debug!(conn = self.conn_id, peer = %self.peer, app = ?identity::redact_url(&info.app), tc_url = ?info.tc_url.as_deref().map(identity::redact_url), "rtmp connect");
                 }
                 ServerEvent::PublishRequested(req) => {
                     if let Err(reason) = self.start_publish(&req) {

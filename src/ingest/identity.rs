@@ -18,6 +18,8 @@ pub enum IdentityError {
     App { value: String, reason: NameError },
     #[error("stream {value:?} {reason}")]
     Stream { value: String, reason: NameError },
+    #[error("domain {value:?} (from vhost=/domain=) is not one of [rtmp] domains nor the default_domain")]
+    DomainNotListed { value: String },
 }
 
 /// Resolves the identity of a publish (R-IN-2).
@@ -39,7 +41,16 @@ pub fn resolve(
             .map(|(_, v)| v.to_string())
     });
     let domain = match from_query {
-        Some(d) => d,
+        // The query may only select a domain the operator listed (or the default):
+        // otherwise any publisher could invent top-level directories of the storage
+        // (issue 14). With `domains` empty that leaves the default domain alone.
+        Some(d)
+            if d.eq_ignore_ascii_case(default_domain)
+                || domains.iter().any(|l| l.eq_ignore_ascii_case(&d)) =>
+        {
+            d.to_ascii_lowercase()
+        }
+        Some(d) => return Err(IdentityError::DomainNotListed { value: d }),
         None => {
             let host = tc_url.and_then(tc_url_host);
             match host {
@@ -107,6 +118,15 @@ const SECRET_KEYS: &[&str] = &[
     "signature",
 ];
 
+/// A URL, app or key with the secret values of its query (after the first `?`)
+/// replaced by `***`, for logs.
+pub fn redact_url(s: &str) -> String {
+    match s.split_once('?') {
+        Some((head, q)) => format!("{head}?{}", redact_query(q)),
+        None => s.to_string(),
+    }
+}
+
 /// The query string with secret values replaced by `***`, for logs, callbacks and the API.
 pub fn redact_query(q: &str) -> String {
     query_pairs(q)
@@ -137,7 +157,8 @@ mod tests {
         assert_eq!(validate_name(""), Err(NameError::Empty));
         assert_eq!(validate_name(".."), Err(NameError::Dots));
         assert_eq!(validate_name("."), Err(NameError::Dots));
-        assert!(validate_name("...").is_ok());
+        assert_eq!(validate_name("..."), Err(NameError::LeadingDot));
+        assert!(validate_name("a...").is_ok());
         assert_eq!(validate_name("a/b"), Err(NameError::BadByte(b'/')));
         assert_eq!(validate_name("a\0b"), Err(NameError::BadByte(0)));
         assert_eq!(validate_name("a\\b"), Err(NameError::BadByte(b'\\')));
@@ -197,26 +218,64 @@ mod tests {
     }
 
     #[test]
-    fn query_overrides_domain() {
+    fn query_selects_only_a_listed_domain() {
         let id = resolve(
             Some("rtmp://127.0.0.1/live"),
             "live",
             "cam",
-            Some("a=1&vhost=tenant1"),
+            Some("a=1&vhost=Live.Example.com"),
             &domains(),
             "localhost",
         )
         .unwrap();
-        assert_eq!(id.domain, "tenant1");
-        let bad = resolve(
+        assert_eq!(id.domain, "live.example.com");
+        let default = resolve(
             None,
             "live",
             "cam",
-            Some("domain=../x"),
-            &domains(),
+            Some("domain=localhost"),
+            &[],
             "localhost",
         );
-        assert!(matches!(bad, Err(IdentityError::Domain { .. })));
+        assert_eq!(default.unwrap().domain, "localhost");
+        for q in [
+            "domain=../x",
+            "vhost=tenant1",
+            "vhost=.liverec",
+            "vhost=.index",
+        ] {
+            let bad = resolve(None, "live", "cam", Some(q), &domains(), "localhost");
+            assert!(
+                matches!(bad, Err(IdentityError::DomainNotListed { .. })),
+                "{q}: {bad:?}"
+            );
+            let bad = resolve(None, "live", "cam", Some(q), &[], "localhost");
+            assert!(
+                matches!(bad, Err(IdentityError::DomainNotListed { .. })),
+                "{q} with no domains listed: {bad:?}"
+            );
+        }
+    }
+
+    /// Issue 14: no pushed name may start with a dot — `.liverec/state/…` is the
+    /// daemon's own state, and dot-names were skipped by spool recovery.
+    #[test]
+    fn dot_names_are_refused() {
+        assert!(matches!(
+            resolve(None, ".liverec", "state", None, &[], "d"),
+            Err(IdentityError::App {
+                reason: NameError::LeadingDot,
+                ..
+            })
+        ));
+        assert!(matches!(
+            resolve(None, "live", ".hidden", None, &[], "d"),
+            Err(IdentityError::Stream {
+                reason: NameError::LeadingDot,
+                ..
+            })
+        ));
+        assert!(resolve(None, "live", "a.b", None, &[], "d").is_ok());
     }
 
     #[test]
@@ -233,6 +292,15 @@ mod tests {
             resolve(None, "live", "", None, &[], "d"),
             Err(IdentityError::Stream { .. })
         ));
+    }
+
+    #[test]
+    fn urls_are_redacted_after_their_query_mark() {
+        assert_eq!(
+            redact_url("rtmp://h:1935/live?txSecret=abc&txTime=1/x"),
+            "rtmp://h:1935/live?txSecret=***&txTime=1/x"
+        );
+        assert_eq!(redact_url("live"), "live");
     }
 
     #[test]
