@@ -45,6 +45,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("building the HTTP client for hooks: {0}")]
+    Http(reqwest::Error),
 }
 
 /// How long shutdown waits for recordings to finalize before exiting anyway.
@@ -209,6 +211,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         clock,
         callbacks: sink.db().clone(),
+        http: crate::callback::sender::client().map_err(DaemonError::Http)?,
     });
     let accept = tokio::spawn(crate::ingest::listener::accept_loop(
         ingest,

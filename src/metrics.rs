@@ -36,6 +36,7 @@ const FINALIZE: &str = "liverec_finalize_seconds";
 const INGEST_STALLS: &str = "liverec_ingest_stalls_total";
 const INGEST_PAUSES: &str = "liverec_ingest_pauses_total";
 const RECORDER_LAGS: &str = "liverec_recorder_lags_total";
+const PUBLISH_AUTH_REFUSED: &str = "liverec_publish_auth_refused_total";
 const CALLBACKS_SENT: &str = "liverec_callbacks_sent_total";
 const CALLBACKS_RETRIED: &str = "liverec_callbacks_retried_total";
 const CALLBACKS_FAILED: &str = "liverec_callbacks_failed_total";
@@ -174,6 +175,10 @@ pub fn describe() {
         Unit::Seconds,
         "From a file's close until the store has confirmed it (HLS: each segment and the final playlist; recovered files: from the restart)."
     );
+    describe_counter!(
+        PUBLISH_AUTH_REFUSED,
+        "Publishes refused by [[publish_auth]], by reason (auth_missing, auth_wrong, auth_expired, hook_denied, hook_unreachable)."
+    );
     describe_histogram!(
         CALLBACK_LATENCY,
         Unit::Seconds,
@@ -222,6 +227,11 @@ pub fn callback_retried() {
 
 pub fn callback_failed() {
     counter!(CALLBACKS_FAILED).increment(1);
+}
+
+/// A publish refused by `[[publish_auth]]` (R-SEC-1), by reason.
+pub fn publish_auth_refused(reason: &'static str) {
+    counter!(PUBLISH_AUTH_REFUSED, "reason" => reason).increment(1);
 }
 
 pub fn publish_refused_spool_full() {

@@ -32,9 +32,16 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, SecretError> {
 
 /// `md5(key + t)` in lowercase hex, as the reference product signs its callbacks.
 pub fn md5_sign(key: &str, t: u64) -> String {
+    md5_hex(&[key, &t.to_string()])
+}
+
+/// The md5 of the concatenated `parts`, lowercase hex (the reference product's
+/// signatures: callbacks' `sign`, push URLs' `txSecret`).
+pub fn md5_hex(parts: &[&str]) -> String {
     let mut h = md5::Md5::new();
-    h.update(key.as_bytes());
-    h.update(t.to_string().as_bytes());
+    for p in parts {
+        h.update(p.as_bytes());
+    }
     h.finalize()
         .iter()
         .map(|b| format!("{b:02x}"))

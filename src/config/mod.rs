@@ -45,6 +45,8 @@ pub struct Config {
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
     pub callback: CallbackConfig,
+    #[serde(rename = "publish_auth")]
+    pub publish_auth: Vec<PublishAuth>,
     #[serde(rename = "template")]
     pub templates: Vec<Template>,
     #[serde(rename = "rule")]
@@ -133,6 +135,47 @@ impl Default for ApiConfig {
             token: String::new(),
         }
     }
+}
+
+/// Who may publish to a domain (or one app of it) (R-SEC-1). Without any entry anyone
+/// may publish; a push matching an entry (the most specific: domain+app over domain) is
+/// accepted when any method the entry configures accepts it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PublishAuth {
+    pub domain: String,
+    /// Empty: every app of the domain.
+    #[serde(default)]
+    pub app: String,
+    /// `txSecret = md5(key + stream + txTime)`, `txTime` = expiry as hex unix seconds;
+    /// two keys at once allow rotation.
+    #[serde(default)]
+    pub tx_secret_keys: Vec<String>,
+    /// `?key=…` equal to one of these.
+    #[serde(default)]
+    pub stream_keys: Vec<String>,
+    /// A file with one stream key per line (`#` comments), re-read on every load and
+    /// reload.
+    #[serde(default)]
+    pub stream_keys_file: Option<PathBuf>,
+    /// Asked with a POST per publish; 2xx allows.
+    #[serde(default)]
+    pub on_publish: String,
+    #[serde(default = "default_hook_timeout")]
+    pub on_publish_timeout: u64,
+    /// Allow publishes when the hook does not answer (timeout, connection error).
+    #[serde(default)]
+    pub on_publish_fail_open: bool,
+    /// Told (POST, answer ignored) when a publish it allowed ends.
+    #[serde(default)]
+    pub on_unpublish: String,
+    /// The keys read from `stream_keys_file` when the config was loaded.
+    #[serde(skip)]
+    pub file_keys: Vec<String>,
+}
+
+fn default_hook_timeout() -> u64 {
+    3
 }
 
 /// Where and how file and status events are sent (R-CB-1…4). Off without a `url`
@@ -532,7 +575,17 @@ fn checked(
     config: Config,
     locate: impl Fn(&validate::Key) -> Option<Location>,
 ) -> Result<Loaded, Vec<ConfigError>> {
-    match validate::check(&config) {
+    let mut config = config;
+    let key_file_problems = validate::load_key_files(&mut config);
+    let checked = validate::check(&config).map_err(|mut p| {
+        p.extend(key_file_problems.iter().cloned());
+        p
+    });
+    let checked = match (checked, key_file_problems.is_empty()) {
+        (Ok(_), false) => Err(key_file_problems),
+        (r, _) => r,
+    };
+    match checked {
         Ok((rtmp_listen, api_listen)) => Ok(Loaded {
             config,
             rtmp_listen,

@@ -34,7 +34,7 @@ impl Key {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Problem {
     pub key: Key,
     pub message: String,
@@ -68,6 +68,7 @@ pub fn check(config: &Config) -> Result<(SocketAddr, SocketAddr), Vec<Problem>> 
     check_spool(config, &mut err);
     check_record(config, &mut err);
     check_callback(config, &mut err);
+    check_publish_auth(config, &mut err);
     let template_ids = check_templates(config, &mut err);
     check_rules(config, &template_ids, &mut err);
     if !problems.is_empty() {
@@ -265,6 +266,111 @@ fn callback_url_problem(u: &str) -> Option<String> {
         }
         Ok(url) if url.host_str().is_none_or(str::is_empty) => Some("has no host".into()),
         Ok(_) => None,
+    }
+}
+
+/// Reads each `[[publish_auth]]` entry's `stream_keys_file` into its `file_keys`: one key
+/// per line, blank lines and `#` comments skipped. A file that cannot be read is a
+/// problem of the config (a reload keeps the running one).
+pub fn load_key_files(config: &mut Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (i, a) in config.publish_auth.iter_mut().enumerate() {
+        let Some(path) = &a.stream_keys_file else {
+            continue;
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                a.file_keys = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string)
+                    .collect();
+            }
+            Err(e) => problems.push(Problem {
+                key: Key::item("publish_auth", i, Some("stream_keys_file")),
+                message: format!(
+                    "publish_auth stream_keys_file {} cannot be read: {e}",
+                    path.display()
+                ),
+            }),
+        }
+    }
+    problems
+}
+
+fn check_publish_auth(config: &Config, err: &mut Err<'_>) {
+    let mut seen = HashSet::new();
+    for (i, a) in config.publish_auth.iter().enumerate() {
+        let key = |k: Option<&'static str>| Key::item("publish_auth", i, k);
+        if validate_name(&a.domain).is_err() {
+            err(
+                key(Some("domain")),
+                format!(
+                    "publish_auth domain {:?} is not a valid domain name",
+                    a.domain
+                ),
+            );
+        }
+        if !a.app.is_empty() && validate_name(&a.app).is_err() {
+            err(
+                key(Some("app")),
+                format!("publish_auth app {:?} is not a valid app name", a.app),
+            );
+        }
+        if !seen.insert((a.domain.to_ascii_lowercase(), a.app.clone())) {
+            err(
+                key(Some("domain")),
+                format!(
+                    "publish_auth for domain {:?} app {:?} is declared twice",
+                    a.domain, a.app
+                ),
+            );
+        }
+        if a.tx_secret_keys.is_empty()
+            && a.stream_keys.is_empty()
+            && a.stream_keys_file.is_none()
+            && a.on_publish.is_empty()
+        {
+            err(
+                key(None),
+                format!(
+                    "publish_auth for domain {:?} has no method: set tx_secret_keys, stream_keys, stream_keys_file or on_publish (without an entry anyone may publish)",
+                    a.domain
+                ),
+            );
+        }
+        for (name, keys) in [
+            ("tx_secret_keys", &a.tx_secret_keys),
+            ("stream_keys", &a.stream_keys),
+        ] {
+            if keys.iter().any(String::is_empty) {
+                err(
+                    key(Some(name)),
+                    format!("publish_auth {name} must not contain an empty key"),
+                );
+            }
+        }
+        for (name, u) in [
+            ("on_publish", &a.on_publish),
+            ("on_unpublish", &a.on_unpublish),
+        ] {
+            if let Some(why) = callback_url_problem(u).filter(|_| !u.is_empty()) {
+                err(
+                    key(Some(name)),
+                    format!("publish_auth {name} = {u:?} {why}"),
+                );
+            }
+        }
+        if !(1..=60).contains(&a.on_publish_timeout) {
+            err(
+                key(Some("on_publish_timeout")),
+                format!(
+                    "publish_auth on_publish_timeout = {} must be 1..=60 seconds",
+                    a.on_publish_timeout
+                ),
+            );
+        }
     }
 }
 

@@ -208,6 +208,7 @@ pub async fn handle(ingest: Arc<Ingest>, socket: TcpStream, peer: SocketAddr, co
         session,
         publishing: None,
         cancel: tokio_util::sync::CancellationToken::new(),
+        on_unpublish: None,
     };
     let result = conn.run(socket).await;
     let published = conn.publishing.as_ref().map(|p| p.id.to_string());
@@ -239,6 +240,8 @@ struct Conn {
     session: ServerSession,
     publishing: Option<Publishing>,
     cancel: tokio_util::sync::CancellationToken,
+    /// The `on_unpublish` URL of the `[[publish_auth]]` entry that allowed the publish.
+    on_unpublish: Option<String>,
 }
 
 impl Conn {
@@ -335,7 +338,7 @@ impl Conn {
                     debug!(conn = self.conn_id, peer = %self.peer, app = ?identity::redact_url(&info.app), tc_url = ?info.tc_url.as_deref().map(identity::redact_url), "rtmp connect");
                 }
                 ServerEvent::PublishRequested(req) => {
-                    if let Err(reason) = self.start_publish(&req) {
+                    if let Err(reason) = self.start_publish(&req).await {
                         while let Some(out) = self.session.take_output() {
                             socket.write_all(&out).await?;
                         }
@@ -439,7 +442,7 @@ impl Conn {
         }
     }
 
-    fn start_publish(&mut self, req: &PublishRequest) -> Result<(), String> {
+    async fn start_publish(&mut self, req: &PublishRequest) -> Result<(), String> {
         // The config as of this publish: rules and templates apply when a push starts
         // (R-TP-6), and the recording keeps them whatever a later reload says.
         let config = self.ingest.config.snapshot();
@@ -468,6 +471,32 @@ impl Conn {
                 return Err(reason);
             }
         };
+        // R-SEC-1: before anything of the stream exists (no hub entry, no file).
+        let now_s = u64::try_from(self.ingest.clock.now_ms() / 1000).unwrap_or(0);
+        match super::auth::authorize(
+            &self.ingest.http,
+            &config.config.publish_auth,
+            &id,
+            self.peer,
+            req.query.as_deref(),
+            now_s,
+        )
+        .await
+        {
+            Ok(entry) => {
+                self.on_unpublish = entry
+                    .map(|e| e.on_unpublish.clone())
+                    .filter(|u| !u.is_empty());
+            }
+            Err(refusal) => {
+                let reason = refusal.message();
+                crate::metrics::publish_auth_refused(refusal.label());
+                warn!(conn = self.conn_id, peer = %self.peer, stream = %id, reason = refusal.label(), "refusing publish: {reason}");
+                self.session
+                    .reject_publish(req.stream_id, "NetStream.Publish.Rejected", &reason);
+                return Err(reason);
+            }
+        }
         // Past the spool quota new recordings are refused rather than risking the open
         // ones (R-ST-4): the store is down or too slow and the disk would fill up.
         let quota = &self.ingest.quota;
@@ -549,6 +578,14 @@ impl Conn {
             p.writer.close();
             self.ingest.hub.unregister(&p.id, self.conn_id);
             info!(conn = self.conn_id, stream = %p.id, "publish ended");
+            if let Some(url) = self.on_unpublish.take() {
+                super::auth::notify_unpublish(
+                    self.ingest.http.clone(),
+                    url,
+                    p.id.clone(),
+                    self.peer,
+                );
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! RTMP ingest: the listener, one task per connection, and the stream registry (hub).
 
+pub mod auth;
 pub mod conn;
 pub mod hub;
 pub mod identity;
@@ -21,4 +22,7 @@ pub struct Ingest {
     pub clock: Arc<dyn crate::clock::Clock>,
     /// Where a refused publish's `record_start_failed` event is queued (R-CB-2).
     pub callbacks: crate::db::Db,
+    /// The `on_publish` / `on_unpublish` hooks' client (the callbacks' kind: rustls, no
+    /// redirects).
+    pub http: reqwest::Client,
 }
