@@ -339,3 +339,26 @@ fn check_config_refuses_bad_callback_settings() {
     let out = check_config(&good);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// R-SEC-1: a `[[publish_auth]]` entry without a method, with a bad hook URL, or naming
+/// a key file that cannot be read is an error with its line (a reload keeps the running
+/// config rather than opening the door).
+#[test]
+fn check_config_refuses_bad_publish_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[publish_auth]]\ndomain = \"localhost\"\n[[publish_auth]]\ndomain = \"other\"\non_publish = \"ftp://x\"\n[[publish_auth]]\ndomain = \"third\"\nstream_keys_file = \"/nonexistent/keys.txt\"\n",
+    )
+    .unwrap();
+    let out = check_config(&bad);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    for (line, what) in [(1, "no method"), (5, "on_publish"), (8, "keys.txt")] {
+        assert!(
+            err.contains(&format!("{}:{line}:", bad.display())) && err.contains(what),
+            "line {line} ({what}) not reported: {err}"
+        );
+    }
+}

@@ -415,3 +415,9 @@ pub fn verify_standard_webhook(secret: &str, r: &Received) -> Result<(), String>
     }
     wh.verify(&r.body, &headers).map_err(|e| e.to_string())
 }
+
+/// Lowercase hex md5 of `s`, with the `md5` crate: an implementation independent of the
+/// daemon's (RustCrypto's md-5), for signed push URLs (`txSecret`) in tests.
+pub fn md5_hex(s: &str) -> String {
+    format!("{:x}", md5::compute(s.as_bytes()))
+}
