@@ -37,6 +37,8 @@ enum ConnEnd {
     Refused(String),
     #[error("taken over by a new publisher or shut down")]
     Cancelled,
+    #[error("the peer read nothing we sent for {0:?}")]
+    WriteStalled(Duration),
 }
 
 struct Publishing {
@@ -310,7 +312,7 @@ impl Conn {
             }
             let got_media = got_media?;
             while let Some(out) = self.session.take_output() {
-                socket.write_all(&out).await?;
+                self.write_bounded(&mut socket, &out, idle_timeout).await?;
             }
             res?;
             // From the publish on, the deadline is the idle timeout, renewed by media.
@@ -319,6 +321,25 @@ impl Conn {
                 deadline = Instant::now() + idle_timeout;
             }
             was_publishing = publishing;
+        }
+    }
+
+    /// Writes `bytes`, raced against `limit`, the connection's cancel (a takeover) and
+    /// shutdown: a peer that stops reading (a zero receive window, a ping flood it never
+    /// drains) loses its connection — and its stream name — within `limit` instead of
+    /// holding both, and never delays SIGTERM (issue 14).
+    async fn write_bounded(
+        &self,
+        socket: &mut TcpStream,
+        bytes: &[u8],
+        limit: Duration,
+    ) -> Result<(), ConnEnd> {
+        let shutdown = &self.ingest.shutdown;
+        tokio::select! {
+            r = socket.write_all(bytes) => r.map_err(ConnEnd::from),
+            _ = tokio::time::sleep(limit) => Err(ConnEnd::WriteStalled(limit)),
+            _ = self.cancel.cancelled() => Err(ConnEnd::Cancelled),
+            _ = shutdown.cancelled() => Err(ConnEnd::Cancelled),
         }
     }
 
@@ -339,10 +360,12 @@ impl Conn {
                 }
                 ServerEvent::PublishRequested(req) => {
                     if let Err(reason) = self.start_publish(&req).await {
+                        let limit = Duration::from_secs(
+                            self.ingest.config.snapshot().config.rtmp.idle_timeout,
+                        );
                         while let Some(out) = self.session.take_output() {
-                            socket.write_all(&out).await?;
+                            self.write_bounded(socket, &out, limit).await?;
                         }
-                        let _ = socket.flush().await;
                         return Err(ConnEnd::Refused(reason));
                     }
                 }

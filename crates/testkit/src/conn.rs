@@ -243,7 +243,12 @@ pub struct RawConn {
 
 impl RawConn {
     pub async fn connect(addr: impl ToSocketAddrs) -> std::io::Result<Self> {
-        let s = TcpStream::connect(addr).await?;
+        Self::from_stream(TcpStream::connect(addr).await?)
+    }
+
+    /// Over a socket the test set up itself (e.g. with a tiny receive buffer, to be a
+    /// peer that stops reading).
+    pub fn from_stream(s: TcpStream) -> std::io::Result<Self> {
         s.set_nodelay(true)?;
         let (rd, wr) = s.into_split();
         Ok(Self {

@@ -1,0 +1,103 @@
+//! Issue 14, bounded writes: a publisher that stops reading (a tiny receive window and a
+//! flood of pings whose answers it never drains) is dropped within `idle_timeout`, gives
+//! its stream name back, and does not hold up SIGTERM.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use testkit::chunk::msg_type;
+use testkit::conn::csid;
+use testkit::{PublishOptions, RawConn};
+
+const IDLE_S: u64 = 2;
+
+/// Publishes `live/{name}` on a socket whose receive buffer is tiny, then sends ping
+/// requests without ever reading, until the daemon's answers back up into it. Returns
+/// the connection (still open on our side) once our own writes stall.
+async fn stop_reading(addr: SocketAddr, name: &str) -> RawConn {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(2048).expect("rcvbuf");
+    let stream = sock.connect(addr).await.expect("connect");
+    let mut c = RawConn::from_stream(stream).expect("conn");
+    c.handshake().await.expect("handshake");
+    c.connect_app("live", &format!("rtmp://{addr}/live"))
+        .await
+        .expect("connect");
+    let sid = c.create_stream().await.expect("createStream");
+    let code = c.publish(sid, name).await.expect("publish");
+    assert_eq!(code, "NetStream.Publish.Start");
+    // Ping requests (user control 6) the server answers; we never read the answers.
+    let ping = [0u8, 6, 0, 0, 0, 1];
+    loop {
+        let sent = tokio::time::timeout(
+            Duration::from_millis(500),
+            c.send_message(csid::PROTOCOL, msg_type::USER_CONTROL, 0, 0, &ping),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => continue,
+            // Our writes stall: the daemon stopped reading us because its writes to us
+            // stall. That is the state under test.
+            Err(_) => return c,
+            Ok(Err(e)) => panic!("the daemon dropped us before we stalled: {e}"),
+        }
+    }
+}
+
+fn publish_ok(d: &Daemon, name: &str) -> Result<(), String> {
+    let url = d.url("live", name);
+    let tags = std::sync::Arc::new(testkit::fixture_tags("avc_only.flv"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move { testkit::publish_flv(&url, &tags, &PublishOptions::default()).await })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_dropped_within_idle_timeout_and_frees_its_name() {
+    let d = Daemon::start_with(&format!("idle_timeout = {IDLE_S}\n"), "");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let addr = d.rtmp;
+    let stalled_at = Instant::now();
+    let conn = rt.block_on(stop_reading(addr, "stuck"));
+    // While it holds the name a second publisher is refused as a duplicate; within
+    // idle_timeout (plus the time our flood took to stall) the name is free again.
+    let deadline = stalled_at + Duration::from_secs(IDLE_S + 15);
+    let freed = loop {
+        if publish_ok(&d, "stuck").is_ok() {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled publisher kept its name; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        d.log().contains("read nothing we sent"),
+        "no line says why; log:\n{}",
+        d.log()
+    );
+    eprintln!("name freed {:?} after the flood began", freed - stalled_at);
+    drop(conn);
+}
+
+#[test]
+fn a_peer_that_stops_reading_does_not_delay_sigterm() {
+    // A long idle_timeout: only the shutdown token can end the stuck write quickly.
+    let mut d = Daemon::start_with("idle_timeout = 60\n", "");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let conn = rt.block_on(stop_reading(d.rtmp, "stuck"));
+    let t = Instant::now();
+    assert_eq!(d.stop(), Some(0), "clean exit");
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "SIGTERM waited {took:?} for a peer that stopped reading"
+    );
+    drop(conn);
+}
