@@ -78,6 +78,26 @@ pub async fn run(
             addr: loaded.api_listen,
             source,
         })?;
+    let rtmps = match &loaded.rtmps {
+        Some((addr, _)) => {
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::RtmpBind {
+                        addr: *addr,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let rtmps_addr = match &rtmps {
+        Some(l) => Some(l.local_addr().map_err(|source| DaemonError::RtmpBind {
+            addr: loaded.rtmp_listen,
+            source,
+        })?),
+        None => None,
+    };
     let rtmp_addr = rtmp.local_addr().map_err(|source| DaemonError::RtmpBind {
         addr: loaded.rtmp_listen,
         source,
@@ -194,9 +214,12 @@ pub async fn run(
     // the ready line must reach our handler, not the default action that kills the
     // process without finalizing anything.
     let signals = Signals::install().map_err(DaemonError::Signal)?;
-    info!(rtmp = %rtmp_addr, api = %api_addr, root = %config.snapshot().config.storage.root.display(), "liverec ready");
+    let rtmps_word = rtmps_addr
+        .map(|a| format!(" rtmps={a}"))
+        .unwrap_or_default();
+    info!(rtmp = %rtmp_addr, rtmps = ?rtmps_addr, api = %api_addr, root = %config.snapshot().config.storage.root.display(), "liverec ready");
     // Tests and scripts read the bound addresses (ports may be ephemeral) from stdout.
-    println!("liverec ready rtmp={rtmp_addr} api={api_addr}");
+    println!("liverec ready rtmp={rtmp_addr} api={api_addr}{rtmps_word}");
     crate::systemd::ready(&format!(
         "recording; RTMP on {rtmp_addr}, API on {api_addr}"
     ));
@@ -213,11 +236,24 @@ pub async fn run(
         callbacks: sink.db().clone(),
         http: crate::callback::sender::client().map_err(DaemonError::Http)?,
     });
-    let accept = tokio::spawn(crate::ingest::listener::accept_loop(
-        ingest,
+    use crate::ingest::listener::{accept_loop, ConnLimits, Transport};
+    let limits = ConnLimits::new(&ingest);
+    let accept = tokio::spawn(accept_loop(
+        ingest.clone(),
         rtmp,
         tracker.clone(),
+        limits.clone(),
+        Transport::Rtmp,
     ));
+    let accept_tls = rtmps.map(|l| {
+        tokio::spawn(accept_loop(
+            ingest,
+            l,
+            tracker.clone(),
+            limits,
+            Transport::Rtmps,
+        ))
+    });
 
     wait_for_signal(signals, &config).await;
     info!("shutting down: finalizing open recordings");
@@ -226,6 +262,9 @@ pub async fn run(
     crate::systemd::stopping();
     shutdown.cancel();
     accept.abort();
+    if let Some(a) = &accept_tls {
+        a.abort();
+    }
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await

@@ -45,6 +45,8 @@ pub struct Config {
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
     pub callback: CallbackConfig,
+    /// RTMPS ingest; off when absent.
+    pub rtmps: Option<RtmpsConfig>,
     #[serde(rename = "publish_auth")]
     pub publish_auth: Vec<PublishAuth>,
     #[serde(rename = "template")]
@@ -135,6 +137,18 @@ impl Default for ApiConfig {
             token: String::new(),
         }
     }
+}
+
+/// RTMPS ingest (issue 14): the same connections as `[rtmp]` (limits, handshake
+/// deadline, identity, auth) over TLS.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RtmpsConfig {
+    pub listen: String,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Who may publish to a domain (or one app of it) (R-SEC-1). Without any entry anyone
@@ -450,6 +464,11 @@ pub struct Loaded {
     pub config: Config,
     pub rtmp_listen: SocketAddr,
     pub api_listen: SocketAddr,
+    /// `[rtmps]`: its address and the TLS configuration its files made.
+    pub rtmps: Option<(
+        SocketAddr,
+        std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    )>,
 }
 
 impl Loaded {
@@ -576,20 +595,24 @@ fn checked(
     locate: impl Fn(&validate::Key) -> Option<Location>,
 ) -> Result<Loaded, Vec<ConfigError>> {
     let mut config = config;
-    let key_file_problems = validate::load_key_files(&mut config);
-    let checked = validate::check(&config).map_err(|mut p| {
-        p.extend(key_file_problems.iter().cloned());
-        p
-    });
-    let checked = match (checked, key_file_problems.is_empty()) {
-        (Ok(_), false) => Err(key_file_problems),
-        (r, _) => r,
+    // Files the config names are read now, so a reload re-reads them and a bad one is
+    // refused with its line like any other error.
+    let mut file_problems = validate::load_key_files(&mut config);
+    let rtmps = validate::load_tls(&config).map_err(|p| file_problems.extend(p));
+    let checked = match (validate::check(&config), rtmps) {
+        (Ok(listens), Ok(rtmps)) if file_problems.is_empty() => Ok((listens, rtmps)),
+        (Ok(_), _) => Err(file_problems),
+        (Err(mut p), _) => {
+            p.extend(file_problems);
+            Err(p)
+        }
     };
     match checked {
-        Ok((rtmp_listen, api_listen)) => Ok(Loaded {
+        Ok(((rtmp_listen, api_listen), rtmps)) => Ok(Loaded {
             config,
             rtmp_listen,
             api_listen,
+            rtmps,
         }),
         Err(problems) => Err(problems
             .into_iter()

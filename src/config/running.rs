@@ -73,6 +73,10 @@ impl RunningConfig {
             // Keep what cannot change live, take the rest.
             new.rtmp_listen = old.rtmp_listen;
             new.api_listen = old.api_listen;
+            if old.rtmps.as_ref().map(|r| r.0) != new.rtmps.as_ref().map(|r| r.0) {
+                new.rtmps = old.rtmps.clone();
+                new.config.rtmps = old.config.rtmps.clone();
+            }
             new.config.api = old.config.api.clone();
             new.config.storage = old.config.storage.clone();
             new.config.spool = old.config.spool.clone();
@@ -150,6 +154,10 @@ fn restart_only_changes(old: &Loaded, new: &Loaded) -> Vec<&'static str> {
     let mut v = Vec::new();
     if old.rtmp_listen != new.rtmp_listen {
         v.push("rtmp.listen");
+    }
+    // The certificate and key may change (they are re-read); the socket may not.
+    if old.rtmps.as_ref().map(|r| r.0) != new.rtmps.as_ref().map(|r| r.0) {
+        v.push("rtmps.listen");
     }
     if old.api_listen != new.api_listen || o.api.token != n.api.token {
         v.push("api");

@@ -299,6 +299,40 @@ pub fn load_key_files(config: &mut Config) -> Vec<Problem> {
     problems
 }
 
+/// `[rtmps]`: its listen address and the TLS configuration of its certificate and key
+/// (read now, so `check-config` and a reload catch a bad file).
+#[allow(clippy::type_complexity)]
+pub fn load_tls(
+    config: &Config,
+) -> Result<
+    Option<(
+        std::net::SocketAddr,
+        std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    )>,
+    Vec<Problem>,
+> {
+    let Some(r) = &config.rtmps else {
+        return Ok(None);
+    };
+    let mut problems = Vec::new();
+    let listen = r.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+        problems.push(Problem {
+            key: Key::at("rtmps.listen"),
+            message: format!("rtmps.listen = {:?} is not an address:port ({e})", r.listen),
+        })
+    });
+    let tls = crate::ingest::tls::server_config(&r.cert, &r.key).map_err(|message| {
+        problems.push(Problem {
+            key: Key::at("rtmps.cert"),
+            message,
+        })
+    });
+    match (listen, tls) {
+        (Ok(l), Ok(t)) => Ok(Some((l, t))),
+        _ => Err(problems),
+    }
+}
+
 fn check_publish_auth(config: &Config, err: &mut Err<'_>) {
     let mut seen = HashSet::new();
     for (i, a) in config.publish_auth.iter().enumerate() {

@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use media::{MediaEvent, Millis, Rebaser, TimestampUnwrapper, WallMillis};
 use rtmp::{PublishRequest, ServerEvent, ServerSession};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -190,8 +189,11 @@ impl Publishing {
     }
 }
 
-pub async fn handle(ingest: Arc<Ingest>, socket: TcpStream, peer: SocketAddr, conn_id: u64) {
-    let _ = socket.set_nodelay(true);
+/// The byte stream of one connection: plain TCP, or TLS over it (RTMPS).
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
+
+pub async fn handle(ingest: Arc<Ingest>, socket: impl Socket, peer: SocketAddr, conn_id: u64) {
     // This connection's settings: a reload applies to connections that start later.
     let config = ingest.config.snapshot();
     let cfg = &config.config.rtmp;
@@ -247,7 +249,7 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(&mut self, mut socket: TcpStream) -> Result<(), ConnEnd> {
+    async fn run(&mut self, mut socket: impl Socket) -> Result<(), ConnEnd> {
         let config = self.ingest.config.snapshot();
         let rtmp_cfg = &config.config.rtmp;
         let handshake_timeout = Duration::from_secs(rtmp_cfg.handshake_timeout);
@@ -330,7 +332,7 @@ impl Conn {
     /// holding both, and never delays SIGTERM (issue 14).
     async fn write_bounded(
         &self,
-        socket: &mut TcpStream,
+        socket: &mut impl Socket,
         bytes: &[u8],
         limit: Duration,
     ) -> Result<(), ConnEnd> {
@@ -347,7 +349,7 @@ impl Conn {
     /// returns whether media arrived.
     async fn pump_events(
         &mut self,
-        socket: &mut TcpStream,
+        socket: &mut impl Socket,
         arrival: WallMillis,
     ) -> Result<bool, ConnEnd> {
         let mut got_media = false;

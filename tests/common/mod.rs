@@ -11,6 +11,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub rtmp: SocketAddr,
     pub api: SocketAddr,
+    /// The RTMPS listener, when the config has `[rtmps]`.
+    pub rtmps: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
 }
 
@@ -207,11 +209,12 @@ impl Daemon {
             "[rtmp]\nlisten = \"127.0.0.1:0\"\n{rtmp_keys}\n[api]\nlisten = \"127.0.0.1:0\"\n{api_keys}\n{storage}\n{spool_table}{extra}\n"
         );
         std::fs::write(dir.path().join("config.toml"), cfg).expect("write config");
-        let (child, rtmp, api) = spawn_under(dir.path(), shell);
+        let (child, rtmp, api, rtmps) = spawn_under(dir.path(), shell);
         Daemon {
             child: Some(child),
             rtmp,
             api,
+            rtmps,
             dir,
         }
     }
@@ -234,10 +237,11 @@ impl Daemon {
     /// `stop`): what the last run left in the spool is recovered at start.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running daemon");
-        let (child, rtmp, api) = spawn(self.dir.path());
+        let (child, rtmp, api, rtmps) = spawn(self.dir.path());
         self.child = Some(child);
         self.rtmp = rtmp;
         self.api = api;
+        self.rtmps = rtmps;
     }
 
     /// GET on the API; returns (status, body).
@@ -288,11 +292,13 @@ impl Daemon {
 
 /// Spawns `liverec run -c {dir}/config.toml`, logging (appended) to `{dir}/daemon.log`,
 /// and reads the bound addresses from its ready line.
-fn spawn(dir: &Path) -> (Child, SocketAddr, SocketAddr) {
+type Spawned = (Child, SocketAddr, SocketAddr, Option<SocketAddr>);
+
+fn spawn(dir: &Path) -> Spawned {
     spawn_under(dir, None)
 }
 
-fn spawn_under(dir: &Path, shell: Option<&str>) -> (Child, SocketAddr, SocketAddr) {
+fn spawn_under(dir: &Path, shell: Option<&str>) -> Spawned {
     let cfg_path = dir.join("config.toml");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -334,7 +340,11 @@ fn spawn_under(dir: &Path, shell: Option<&str>) -> (Child, SocketAddr, SocketAdd
     };
     let rtmp = field("rtmp=");
     let api = field("api=");
-    (child, rtmp, api)
+    let rtmps = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rtmps="))
+        .map(|a| a.parse().expect("rtmps addr"));
+    (child, rtmp, api, rtmps)
 }
 
 /// Every file and directory under `dir` (recursively), as paths relative to `dir`, sorted.
