@@ -275,3 +275,41 @@ fn kill_9_during_a_stall_loses_nothing_that_arrived_before_it() {
     }
     assert_eq!(d.stop(), Some(0));
 }
+
+/// Issue 14: spool recovery handles every name that can be recorded — dots inside a
+/// name, a name that looks like a spool file, the longest name — not only plain ones.
+#[test]
+fn recovery_finalizes_every_recordable_name() {
+    let mut d = Daemon::start(
+        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 600 }\n",
+    );
+    let long = "n".repeat(128);
+    // (Not `….part`: the wait below looks for that suffix in every path.)
+    let names = ["a.b-c_D", "r1-2.3.4.flv.up", "x..y", long.as_str()];
+    let pushes: Vec<KillOnDrop> = names
+        .iter()
+        .map(|n| {
+            push(
+                &d,
+                n,
+                &[
+                    "-i",
+                    testkit::fixture("avc_aac_2s.flv").to_str().expect("utf-8"),
+                ],
+            )
+        })
+        .collect();
+    for n in names {
+        wait_for_spool(&d, n, &["flv"]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    d.kill9();
+    drop(pushes);
+    restart_and_recover(&mut d);
+    for n in names {
+        let files = common::list(&d.root().join("localhost/live").join(n), "flv");
+        assert_eq!(files.len(), 1, "{n}: {files:?}; log:\n{}", d.log());
+        let errors = ffprobe_errors(&files[0]);
+        assert!(errors.is_empty(), "{n}: {errors}");
+    }
+}
