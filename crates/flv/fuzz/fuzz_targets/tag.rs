@@ -15,11 +15,17 @@ fn check(body: &Bytes, r: Result<Parsed, liverec_flv::TagError>) {
         Ok(Parsed::Event(MediaEvent::Packet(p))) => {
             assert_eq!(&p.flv, body, "packet flv is not the body");
             assert!(!p.data.is_empty(), "empty frame emitted");
-            assert!(body.ends_with(&p.data), "packet data is not a suffix of the body");
+            assert!(
+                body.ends_with(&p.data),
+                "packet data is not a suffix of the body"
+            );
         }
         Ok(Parsed::Event(MediaEvent::Config(c))) => {
             assert_eq!(&c.flv, body, "config flv is not the body");
-            assert!(body.ends_with(&c.record), "record is not a suffix of the body");
+            assert!(
+                body.ends_with(&c.record),
+                "record is not a suffix of the body"
+            );
         }
         Ok(Parsed::Event(_)) | Ok(Parsed::Skip(_)) => {}
         Err(e) => {
