@@ -5,7 +5,9 @@
 //! * `1` AAC AudioSpecificConfig: `media::aac::AudioSpecificConfig::parse` and
 //!   `aac::AdtsParams::from_asc` (+ an ADTS header from it);
 //! * `2` HEVCDecoderConfigurationRecord (hvcC);
-//! * `3` AV1CodecConfigurationRecord (av1C).
+//! * `3` AV1CodecConfigurationRecord (av1C);
+//! * `4` an MP3 frame, which stands in for the missing MP3 config record: the fMP4
+//!   muxer reads the sample rate and channels from its MPEG audio header.
 //!
 //! Each record also goes the way a stream's record goes: wrapped in a legacy FLV and/or
 //! an Enhanced RTMP sequence-header tag through `flv::parse_audio`/`parse_video` (their
@@ -73,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let record = Bytes::copy_from_slice(rest);
     let dts = Millis::from_ms(0);
-    match which % 4 {
+    match which % 5 {
         0 => {
             if let Ok(c) = AvcConfig::parse(&record) {
                 assert!(!c.sps.is_empty());
@@ -106,10 +108,18 @@ fuzz_target!(|data: &[u8]| {
             flv(parse_video(ex.clone(), dts), rest);
             muxers(Codec::Video(VideoCodec::Hevc), &record, ex);
         }
-        _ => {
+        3 => {
             let ex = tag(b"\x90av01", rest);
             flv(parse_video(ex.clone(), dts), rest);
             muxers(Codec::Video(VideoCodec::Av1), &record, ex);
+        }
+        _ => {
+            // Legacy MP3 44 kHz 16-bit stereo: a frame, never a config, even when empty.
+            let legacy = tag(&[0x2f], rest);
+            if let Ok(Parsed::Event(MediaEvent::Config(_))) = parse_audio(legacy.clone(), dts) {
+                panic!("MP3 frame parsed as a config");
+            }
+            muxers(Codec::Audio(AudioCodec::Mp3), &record, legacy);
         }
     }
 });
