@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use liverec_mpegts::repair::repair;
 use liverec_media::repair::check_fixed_point;
+use liverec_mpegts::repair::repair;
 
 fuzz_target!(|data: &[u8]| {
     if let Err(e) = check_fixed_point(data, repair) {
