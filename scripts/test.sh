@@ -30,17 +30,18 @@ done
 # steps; a release build has no such hook.
 cargo test --workspace --all-targets --features liverec/failpoints "$@"
 
-# Fuzz smoke (issue 14): every fuzz target for 20 s on its committed corpus, after the
+# Fuzz smoke (issue 14): every fuzz target for 10 s on its committed corpus, after the
 # tests. Needs the nightly toolchain; without it this says why and skips. cargo-fuzz is
-# installed like the tools above when nightly is there. Costs 20 s × 10 targets plus the
-# fuzz crates' build (about 2 min cold on 2 cores, seconds when warm): measured 3.6 min
-# warm, about 5.5 min cold.
+# installed like the tools above when nightly is there. Costs 10 s × 10 targets plus the
+# fuzz crates' build (about 2 min cold on 2 cores, seconds when warm) and, once, the
+# cargo-fuzz install (1–2 min): about 2 min warm, 4–5 min on a fresh machine. The long
+# runs are `scripts/fuzz.sh 600`.
 if cargo +nightly --version >/dev/null 2>&1; then
   if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "installing test tools: cargo-fuzz" >&2
     cargo install cargo-fuzz --locked
   fi
-  scripts/fuzz.sh --optional 20
+  scripts/fuzz.sh --optional 10
 else
   echo "fuzz smoke skipped: the nightly toolchain is not installed (rustup toolchain install nightly)" >&2
 fi

@@ -643,6 +643,57 @@ mod tests {
         assert_eq!(plan.hard_cap_ms, Millis::from_ms(3_600_000));
     }
 
+    /// Issue 14, fuzzing the TOML loader: whatever bytes the file holds — the example
+    /// config cut short and with bytes overwritten, or arbitrary text — loading answers
+    /// a config or errors, never a panic. (A property test rather than a cargo-fuzz
+    /// target: the loader lives in the daemon's binary crate, which has no library for a
+    /// fuzz crate to link.)
+    #[test]
+    fn the_loader_never_panics_on_mangled_configs() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+        let example = include_str!("../../config.example.toml").as_bytes();
+        let mut runner = TestRunner::new(RunnerConfig {
+            cases: 3000,
+            failure_persistence: None,
+            ..RunnerConfig::default()
+        });
+        let mangled = (
+            0..=example.len(),
+            proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+        );
+        runner
+            .run(&mangled, |(cut, flips)| {
+                let mut b = example[..cut].to_vec();
+                for (i, v) in flips {
+                    if !b.is_empty() {
+                        let n = b.len();
+                        b[i % n] = v;
+                    }
+                }
+                let _ = parse(&String::from_utf8_lossy(&b), None);
+                Ok(())
+            })
+            .expect("mangled example");
+        runner
+            .run(&"\\PC{0,400}", |text| {
+                let _ = parse(&text, None);
+                Ok(())
+            })
+            .expect("arbitrary text");
+        // Tables in odd shapes, which random text rarely builds.
+        for text in [
+            "[callback]\nevents = [99999999999]\n",
+            "[[publish_auth]]\ndomain = \"\"\ntx_secret_keys = [\"\"]\n",
+            "[rtmps]\nlisten = \"x\"\ncert = \"\"\nkey = \"\"\n",
+            "[[template]]\nid = -9223372036854775808\nflv = { enable = true, record_interval = 18446744073709551615 }\n",
+            "[ingest]\nring_seconds = nan\ntrack_wait = inf\n",
+            "[record]\nhard_cap_factor = -0.0\n",
+        ] {
+            let _ = parse(text, None);
+        }
+    }
+
     #[test]
     fn unknown_keys_are_errors_with_their_line() {
         let e = parse("[rtmp]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", None).unwrap_err();

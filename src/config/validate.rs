@@ -269,6 +269,8 @@ fn callback_url_problem(u: &str) -> Option<String> {
     }
 }
 
+const MAX_KEY_FILE_BYTES: u64 = 16 << 20;
+
 /// Reads each `[[publish_auth]]` entry's `stream_keys_file` into its `file_keys`: one key
 /// per line, blank lines and `#` comments skipped. A file that cannot be read is a
 /// problem of the config (a reload keeps the running one).
@@ -278,7 +280,20 @@ pub fn load_key_files(config: &mut Config) -> Vec<Problem> {
         let Some(path) = &a.stream_keys_file else {
             continue;
         };
-        match std::fs::read_to_string(path) {
+        // Bounded: a key file is lines of keys; a config naming /dev/zero or a huge file
+        // gets an error, not a hung load.
+        let read = std::fs::File::open(path).and_then(|f| {
+            use std::io::Read;
+            let mut text = String::new();
+            f.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text)?;
+            if text.len() as u64 > MAX_KEY_FILE_BYTES {
+                return Err(std::io::Error::other(format!(
+                    "larger than {MAX_KEY_FILE_BYTES} bytes"
+                )));
+            }
+            Ok(text)
+        });
+        match read {
             Ok(text) => {
                 a.file_keys = text
                     .lines()
