@@ -4,6 +4,7 @@
 # coverage (`cov:`) and features (`ft:`) from libFuzzer's final status line.
 #
 #   scripts/fuzz.sh [--optional] [SECONDS]
+#   FUZZ_TARGETS="flv/tag amf0/decode" FUZZ_TARGET_DIR=target/fuzz-b scripts/fuzz.sh 600
 #
 # Inputs: the committed seed corpus crates/<c>/fuzz/corpus/<target>/ (read, never written).
 # New inputs libFuzzer finds go to target/fuzz/corpus-new/<c>/<target>/ (ignored by git);
@@ -41,6 +42,16 @@ cargo +nightly fuzz --version >/dev/null 2>&1 \
 
 shopt -s nullglob
 targets=(crates/*/fuzz/fuzz_targets/*.rs)
+# FUZZ_TARGETS="crate/target …" runs only those: two halves can run at once, each with
+# its own FUZZ_TARGET_DIR, to use two cores for the long runs.
+if [ -n "${FUZZ_TARGETS:-}" ]; then
+  picked=()
+  for f in "${targets[@]}"; do
+    c=${f#crates/}; c=${c%%/*}; t=$(basename "$f" .rs)
+    case " $FUZZ_TARGETS " in *" $c/$t "*) picked+=("$f") ;; esac
+  done
+  targets=("${picked[@]}")
+fi
 [ ${#targets[@]} -gt 0 ] || { echo "fuzz: no targets found" >&2; exit 1; }
 
 # The fuzz crates are their own workspaces, but they share one target dir (FUZZ_TARGET_DIR,
