@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use media::repair::{Overwrite, ReadAt, ReadError, Repair, Window};
-use mp4_atom::{Decode, Moof, Moov};
+use mp4_atom::{Decode, Moof};
 use thiserror::Error;
 
 /// Our `moov` is a few KB; a larger one is not decoded (no duration, no patch).
@@ -90,6 +90,82 @@ fn find_mehd(moov: &[u8]) -> Option<(u64, u8)> {
     (field + field_len <= mehd_at + mehd.size).then_some((field, version))
 }
 
+/// What repair needs of the `moov`: the movie timescale (for `mehd`) and each track's
+/// id and media timescale.
+struct Timescales {
+    movie: u32,
+    tracks: Vec<TrackTimescale>,
+}
+
+struct TrackTimescale {
+    track_id: u32,
+    timescale: u32,
+}
+
+/// Reads [`Timescales`] by walking `moov/mvhd` and `moov/trak/{tkhd, mdia/mdhd}` — by
+/// hand, not with `mp4_atom::Moov::decode`: that decodes every box of the moov, and its
+/// `sgpd` decoder grows a vector by a count from the input without consuming bytes per
+/// entry (cargo-fuzz found a 1.3 KB moov that asks it for gigabytes, issue 14). Repair
+/// reads three fields; nothing here allocates more than one entry per `trak` box.
+fn timescales(moov: &[u8]) -> Option<Timescales> {
+    let top = box_header(moov, moov.len() as u64)?;
+    if &top.kind != b"moov" || top.size > moov.len() as u64 {
+        return None;
+    }
+    // A full box's version byte, then the u32 at `v0` (version 0) or `v1` (version 1)
+    // bytes into its body.
+    let field = |at: u64, h: &BoxHeader, v0: u64, v1: u64| -> Option<u32> {
+        let body = at + h.header_len;
+        let off = match *moov.get(usize::try_from(body).ok()?)? {
+            0 => v0,
+            1 => v1,
+            _ => return None,
+        };
+        let start = body + off;
+        if start + 4 > at + h.size {
+            return None;
+        }
+        let i = usize::try_from(start).ok()?;
+        Some(u32::from_be_bytes(moov.get(i..i + 4)?.try_into().ok()?))
+    };
+    let mut movie = None;
+    let mut tracks = Vec::new();
+    for (at, h) in children(moov, top.header_len, top.size) {
+        match &h.kind {
+            // version/flags, creation and modification time (4 or 8 bytes each), then
+            // the timescale; tkhd has the track id there instead.
+            b"mvhd" => movie = field(at, &h, 12, 20),
+            b"trak" => {
+                let inner = children(moov, at + h.header_len, at + h.size);
+                let mut track_id = None;
+                let mut timescale = None;
+                for (cat, ch) in inner {
+                    match &ch.kind {
+                        b"tkhd" => track_id = field(cat, &ch, 12, 20),
+                        b"mdia" => {
+                            timescale = children(moov, cat + ch.header_len, cat + ch.size)
+                                .find(|(_, m)| &m.kind == b"mdhd")
+                                .and_then(|(mat, m)| field(mat, &m, 12, 20));
+                        }
+                        _ => {}
+                    }
+                }
+                if let (Some(track_id), Some(timescale)) = (track_id, timescale) {
+                    tracks.push(TrackTimescale {
+                        track_id,
+                        timescale,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Timescales {
+        movie: movie?,
+        tracks,
+    })
+}
+
 /// ISO 4CCs are printable ASCII; anything else at the top level (zeroes left by a power
 /// loss, stale blocks) is not a box we wrote.
 fn plausible(kind: &[u8; 4]) -> bool {
@@ -164,17 +240,17 @@ pub fn repair<R: ReadAt + ?Sized>(file: &R) -> Result<Repair, RepairError> {
     let mut duration_ms = 0u64;
     let mut patches = Vec::new();
     if let Some((at, bytes)) = &moov {
-        if let Ok(m) = Moov::decode(&mut &bytes[..]) {
-            for t in &m.trak {
-                let ts = u128::from(t.mdia.mdhd.timescale.max(1));
-                if let Some(&end) = ends.get(&t.tkhd.track_id) {
+        if let Some(m) = timescales(bytes) {
+            for t in &m.tracks {
+                let ts = u128::from(t.timescale.max(1));
+                if let Some(&end) = ends.get(&t.track_id) {
                     let ms = (u128::from(end) * 1000).div_ceil(ts);
                     duration_ms = duration_ms.max(u64::try_from(ms).unwrap_or(u64::MAX));
                 }
             }
             if let Some((field, version)) = find_mehd(bytes) {
                 // mehd is in the movie timescale.
-                let value = u128::from(duration_ms) * u128::from(m.mvhd.timescale.max(1)) / 1000;
+                let value = u128::from(duration_ms) * u128::from(m.movie.max(1)) / 1000;
                 let value = u64::try_from(value).unwrap_or(u64::MAX);
                 let bytes = if version == 1 {
                     value.to_be_bytes().to_vec()
@@ -238,6 +314,48 @@ mod tests {
         b.extend_from_slice(&((body.len() + 16) as u64).to_be_bytes());
         b.extend_from_slice(body);
         b
+    }
+
+    /// Issue 14 fuzzing regression: a 1.3 KB file whose `moov` holds an `sgpd` with a
+    /// huge entry count. Decoding the moov with mp4-atom asked for gigabytes; repair now
+    /// reads only the timescales it needs and answers at once.
+    #[test]
+    fn an_sgpd_entry_count_does_not_allocate() {
+        let data = include_bytes!("../tests/data/sgpd-count-oom.bin");
+        let r = repair(&data[..]).expect("repair");
+        assert!(r.keep_len <= data.len() as u64);
+    }
+
+    /// The hand walk reads the same fields mp4-atom decodes, in both box versions.
+    #[test]
+    fn timescales_are_read_from_mvhd_tkhd_and_mdhd() {
+        let full = |kind: &[u8; 4], version: u8, fields: &[u8]| {
+            let mut body = vec![version, 0, 0, 0];
+            body.extend_from_slice(fields);
+            boxed(kind, &body)
+        };
+        // v0: two 4-byte times then the u32; v1: two 8-byte times then the u32.
+        let v0 = |x: u32| [&[0u8; 8][..], &x.to_be_bytes(), &[0; 8]].concat();
+        let v1 = |x: u32| [&[0u8; 16][..], &x.to_be_bytes(), &[0; 8]].concat();
+        let trak = |id: u32, ts: u32, version: u8| {
+            let f = if version == 0 { v0 } else { v1 };
+            let mdia = boxed(b"mdia", &full(b"mdhd", version, &f(ts)));
+            boxed(b"trak", &[full(b"tkhd", version, &f(id)), mdia].concat())
+        };
+        let moov = boxed(
+            b"moov",
+            &[
+                full(b"mvhd", 0, &v0(1000)),
+                trak(1, 90_000, 0),
+                trak(2, 48_000, 1),
+            ]
+            .concat(),
+        );
+        let t = timescales(&moov).expect("timescales");
+        assert_eq!(t.movie, 1000);
+        let got: Vec<_> = t.tracks.iter().map(|t| (t.track_id, t.timescale)).collect();
+        assert_eq!(got, [(1, 90_000), (2, 48_000)]);
+        assert!(timescales(&boxed(b"moov", &[])).is_none(), "no mvhd");
     }
 
     #[test]
