@@ -12,14 +12,19 @@ use testkit::chunk::msg_type;
 use testkit::conn::csid;
 use testkit::{PublishOptions, RawConn};
 
-const IDLE_S: u64 = 2;
+const IDLE_S: u64 = 6;
+/// A batch of pings blocked this long means the daemon stopped reading us, i.e. it is
+/// stuck writing to us: the state under test.
+const STALL: Duration = Duration::from_secs(1);
 
 /// Publishes `live/{name}` on a socket whose receive buffer is tiny, then sends ping
 /// requests without ever reading, until the daemon's answers back up into it. Returns
-/// the connection (still open on our side) once our own writes stall.
+/// the connection once our own writes stall.
 async fn stop_reading(addr: SocketAddr, name: &str) -> RawConn {
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.set_recv_buffer_size(2048).expect("rcvbuf");
+    // A small send buffer too, so our own writes stall soon after the daemon's do.
+    sock.set_send_buffer_size(4096).expect("sndbuf");
     let stream = sock.connect(addr).await.expect("connect");
     let mut c = RawConn::from_stream(stream).expect("conn");
     c.handshake().await.expect("handshake");
@@ -29,20 +34,29 @@ async fn stop_reading(addr: SocketAddr, name: &str) -> RawConn {
     let sid = c.create_stream().await.expect("createStream");
     let code = c.publish(sid, name).await.expect("publish");
     assert_eq!(code, "NetStream.Publish.Start");
-    // Ping requests (user control 6) the server answers; we never read the answers.
-    let ping = [0u8, 6, 0, 0, 0, 1];
+    // Ping requests (user control 6), a thousand per write: the daemon answers each
+    // with a ping response we never read, until its writes to us block. Pings are not
+    // media, so the idle deadline (IDLE_S from the publish) is the flood's budget; it
+    // stalls in well under a second on an idle machine.
+    let mut batch = Vec::new();
+    for _ in 0..1000 {
+        testkit::chunk::encode_message(
+            &mut batch,
+            csid::PROTOCOL,
+            msg_type::USER_CONTROL,
+            0,
+            0,
+            &[0, 6, 0, 0, 0, 1],
+            128,
+        );
+    }
     loop {
-        let sent = tokio::time::timeout(
-            Duration::from_millis(500),
-            c.send_message(csid::PROTOCOL, msg_type::USER_CONTROL, 0, 0, &ping),
-        )
-        .await;
-        match sent {
-            Ok(Ok(())) => continue,
+        match tokio::time::timeout(STALL, c.send_raw(&batch)).await {
+            Ok(Ok(())) => {}
             // Our writes stall: the daemon stopped reading us because its writes to us
             // stall. That is the state under test.
             Err(_) => return c,
-            Ok(Err(e)) => panic!("the daemon dropped us before we stalled: {e}"),
+            Ok(Err(e)) => panic!("the daemon dropped us before our flood stalled: {e}"),
         }
     }
 }
@@ -65,7 +79,7 @@ fn a_peer_that_stops_reading_is_dropped_within_idle_timeout_and_frees_its_name()
     let conn = rt.block_on(stop_reading(addr, "stuck"));
     // While it holds the name a second publisher is refused as a duplicate; within
     // idle_timeout (plus the time our flood took to stall) the name is free again.
-    let deadline = stalled_at + Duration::from_secs(IDLE_S + 15);
+    let deadline = stalled_at + Duration::from_secs(IDLE_S + 20);
     let freed = loop {
         if publish_ok(&d, "stuck").is_ok() {
             break Instant::now();
