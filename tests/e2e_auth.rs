@@ -8,9 +8,9 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::Daemon;
+use common::{now_s, rt, Daemon};
 use testkit::webhook::{md5_hex, Answer, Receiver};
 use testkit::PublishError;
 use testkit::PublishOptions;
@@ -18,21 +18,6 @@ use testkit::PublishOptions;
 const KEY1: &str = "tx-key-one";
 const KEY2: &str = "tx-key-two";
 const STREAM_KEY: &str = "s3cr3t-stream-key";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
 
 /// `?txSecret=md5(key + stream + txTime)&txTime=HEX` expiring at `expiry`.
 fn signed(key: &str, stream: &str, expiry: u64) -> String {

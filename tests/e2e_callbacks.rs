@@ -8,9 +8,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::Daemon;
+use common::{now_s, rt, Daemon};
 use serde_json::Value;
 use testkit::s3::S3Server;
 use testkit::webhook::{md5_sign, verify_standard_webhook, Answer, Received, Receiver};
@@ -20,14 +20,6 @@ use testkit::PublishOptions;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const WRONG_SECRET: &str = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 const KEY: &str = "k3y";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn callback_toml(url: &str, more: &str) -> String {
     format!("[callback]\nurl = \"{url}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n{more}\n")
@@ -86,11 +78,22 @@ fn recordings(d: &Daemon, query: &str) -> Vec<Value> {
     v["recordings"].as_array().cloned().unwrap_or_default()
 }
 
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
+/// An address where a receiver listened and no longer does (connection refused), and
+/// its URL: the endpoint is down until `Receiver::start_on` the address.
+fn receiver_down(rt: &tokio::runtime::Runtime) -> (std::net::SocketAddr, String) {
+    let recv = rt.block_on(Receiver::start()).expect("receiver");
+    let (addr, url) = (recv.addr(), recv.url());
+    rt.block_on(recv.stop());
+    (addr, url)
+}
+
+/// Waits until `query` lists at least `n` recordings.
+fn wait_recordings(d: &Daemon, query: &str, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while recordings(d, query).len() < n {
+        assert!(std::time::Instant::now() < deadline, "files not indexed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The bytes of an HLS recording: its playlist's segments.
@@ -323,20 +326,13 @@ fn a_failing_receiver_gets_the_same_event_until_it_takes_it_and_order_is_kept() 
 #[test]
 fn events_survive_kill9_while_the_receiver_is_down() {
     let rt = rt();
-    let recv = rt.block_on(Receiver::start()).expect("receiver");
-    let addr = recv.addr();
-    let url = recv.url();
-    rt.block_on(recv.stop());
+    let (addr, url) = receiver_down(&rt);
     let mut d = Daemon::start(&format!(
         "{}[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = {{ enable = true, record_interval = 4 }}\n",
         callback_toml(&url, "timeout = 1")
     ));
     push(&d, "cam", "avc_aac_2s.flv").expect("publish");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while recordings(&d, "stream=cam").len() < 5 {
-        assert!(std::time::Instant::now() < deadline, "files not indexed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_recordings(&d, "stream=cam", 5);
     let keys: Vec<String> = recordings(&d, "stream=cam")
         .iter()
         .map(|r| r["key"].as_str().expect("key").to_string())
@@ -529,10 +525,7 @@ fn a_full_spool_and_the_publish_it_refuses_are_status_events() {
 #[test]
 fn a_failed_event_is_listed_and_can_be_sent_again() {
     let rt = rt();
-    let recv = rt.block_on(Receiver::start()).expect("receiver");
-    let addr = recv.addr();
-    let url = recv.url();
-    rt.block_on(recv.stop());
+    let (addr, url) = receiver_down(&rt);
     let d = Daemon::start(&format!(
         "{}[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = {{ enable = true, record_interval = 600 }}\n",
         callback_toml(&url, "max_age = 2\nevents = [100]")
@@ -637,20 +630,13 @@ fn a_write_failure_is_a_record_error_event() {
 #[test]
 fn a_graceful_stop_delivers_pending_events_within_its_grace() {
     let rt = rt();
-    let recv = rt.block_on(Receiver::start()).expect("receiver");
-    let addr = recv.addr();
-    let url = recv.url();
-    rt.block_on(recv.stop());
+    let (addr, url) = receiver_down(&rt);
     let mut d = Daemon::start(&format!(
         "{}[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = {{ enable = true, record_interval = 4 }}\n",
         callback_toml(&url, "events = [100]")
     ));
     push(&d, "cam", "avc_aac_2s.flv").expect("publish");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while recordings(&d, "stream=cam").len() < 5 {
-        assert!(std::time::Instant::now() < deadline, "files not indexed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_recordings(&d, "stream=cam", 5);
     // The stream's first event has failed (connection refused) and waits for a retry;
     // the other four wait behind it (one stream, in order).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

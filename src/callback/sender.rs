@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::sign;
+use crate::clock::Clock as _;
 use crate::config::{CallbackConfig, RunningConfig};
 use crate::db::{Callback, Db};
 
@@ -271,7 +272,7 @@ fn backoff_ms(attempts: u32) -> i64 {
 }
 
 fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    crate::clock::SystemClock.now_ms()
 }
 
 #[cfg(test)]

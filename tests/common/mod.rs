@@ -478,3 +478,21 @@ pub fn discontinuities(playlist: &Path) -> usize {
         .filter(|l| l.trim() == "#EXT-X-DISCONTINUITY")
         .count()
 }
+
+/// A two-worker runtime for tests that run async helpers (a receiver, a publisher)
+/// beside the blocking daemon API.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Unix seconds now.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
