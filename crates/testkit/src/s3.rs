@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,6 +21,43 @@ pub const ACCESS_KEY: &str = "liverec-test";
 pub const SECRET_KEY: &str = "liverec-test-secret-key";
 pub const BUCKET: &str = "rec";
 pub const REGION: &str = "us-east-1";
+
+/// The s3s service with PUTs and DELETEs of one key taken one at a time (see above).
+#[derive(Clone)]
+struct KeyLocked {
+    inner: s3s::service::S3Service,
+    keys: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for KeyLocked {
+    type Response = <s3s::service::S3Service as hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+    >>::Response;
+    type Error = <s3s::service::S3Service as hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+    >>::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let writes = matches!(*req.method(), http::Method::PUT | http::Method::DELETE);
+        let lock = writes.then(|| {
+            let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            keys.entry(req.uri().path().to_string())
+                .or_default()
+                .clone()
+        });
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let _held = match &lock {
+                Some(l) => Some(l.lock().await),
+                None => None,
+            };
+            hyper::service::Service::call(&inner, req).await
+        })
+    }
+}
 
 pub struct S3Server {
     pub addr: SocketAddr,
@@ -51,6 +89,14 @@ impl S3Server {
                 let mut b = S3ServiceBuilder::new(fs);
                 b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
                 let service = b.build();
+                // s3s-fs checks If-None-Match / If-Match and then writes, with nothing
+                // in between held: two racing conditional PUTs of one key could both
+                // pass. Real S3 decides them atomically, and the cluster's leases rely
+                // on that, so writes of one key are serialized here.
+                let service = KeyLocked {
+                    inner: service,
+                    keys: Arc::default(),
+                };
                 // The port may still be held for a moment after a stop: retry briefly.
                 let mut listener = None;
                 for _ in 0..100 {
