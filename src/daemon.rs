@@ -149,9 +149,27 @@ pub async fn run(
     // The recordings catalog's copy in the store; it outlives the recorders at shutdown
     // so what they indexed last is published (or stays queued for the next start).
     let catalog_stop = CancellationToken::new();
+    let cluster = config.snapshot().config.cluster.as_ref().map(|c| {
+        let (store, prefix) = state.store();
+        crate::cluster::Cluster::new(
+            c,
+            store,
+            prefix,
+            Arc::new(ClusterLocal {
+                hub: hub.clone(),
+                splices: splices.clone(),
+                tasks: tasks.clone(),
+            }),
+            clock.now_ms(),
+        )
+    });
+    let change_log = cluster
+        .clone()
+        .map(|c| c as Arc<dyn crate::sink::catalog::ChangeLog>);
     let publisher = tokio::spawn(crate::sink::catalog::publisher(
         sink.db().clone(),
         state.clone(),
+        change_log,
         catalog_stop.clone(),
     ));
     tokio::spawn(crate::sink::catalog::rebuild_at_start(
@@ -186,6 +204,15 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    if let Some(c) = &cluster {
+        crate::cluster::spawn(
+            c.clone(),
+            sync_targets(&sink, &state, &tasks, &config, &supervisor_handle),
+            clock.clone(),
+            shutdown.clone(),
+        );
+    }
+
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         hub: hub.clone(),
@@ -196,6 +223,7 @@ pub async fn run(
         clock: clock.clone(),
         metrics,
         splices,
+        cluster: cluster.clone(),
     });
     let api_task = {
         let stop = shutdown.clone();
@@ -235,6 +263,7 @@ pub async fn run(
         clock,
         callbacks: sink.db().clone(),
         http: crate::callback::sender::client().map_err(DaemonError::Http)?,
+        cluster,
     });
     use crate::ingest::listener::{accept_loop, ConnLimits, Transport};
     let limits = ConnLimits::new(&ingest);
@@ -300,6 +329,97 @@ pub async fn run(
     sink.db().clone().close().await;
     info!("stopped");
     Ok(())
+}
+
+/// This node's state as the cluster sees it (`cluster::Local`).
+struct ClusterLocal {
+    hub: Arc<Hub>,
+    splices: Arc<crate::recording::Splices>,
+    tasks: Arc<Tasks>,
+}
+
+impl crate::cluster::Local for ClusterLocal {
+    fn streams(&self) -> Vec<crate::cluster::NodeStream> {
+        self.hub
+            .snapshot()
+            .into_iter()
+            .map(|s| crate::cluster::NodeStream {
+                domain: s.id.domain,
+                app: s.id.app,
+                stream: s.id.stream,
+                peer: s.peer.to_string(),
+                started: s
+                    .started
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            })
+            .collect()
+    }
+    fn is_publishing(&self, id: &crate::model::StreamId) -> bool {
+        self.hub.publisher(id).is_some()
+    }
+    fn end_publish(&self, id: &crate::model::StreamId) {
+        self.hub.cancel_publisher(id);
+    }
+    fn may_continue(&self, id: &crate::model::StreamId) -> bool {
+        self.splices.holds(id)
+    }
+    fn recording_tasks(&self) -> Vec<String> {
+        self.tasks
+            .list(&Default::default())
+            .into_iter()
+            .filter(|t| t.status == crate::model::TaskStatus::Recording)
+            .map(|t| t.task_id)
+            .collect()
+    }
+}
+
+/// What the cluster's sync changes on this node (`cluster::sync::SyncTargets`).
+fn sync_targets(
+    sink: &Arc<Sink>,
+    state: &crate::state::State,
+    tasks: &Arc<Tasks>,
+    config: &Arc<RunningConfig>,
+    supervisor: &crate::recording::supervisor::SupervisorHandle,
+) -> crate::cluster::sync::SyncTargets {
+    use futures::FutureExt;
+    let (st, t) = (state.clone(), tasks.clone());
+    let merge_tasks = Box::new(move || {
+        let (st, t) = (st.clone(), t.clone());
+        async move {
+            let stored = st.list("tasks").await.map_err(|e| e.to_string())?;
+            Ok(t.merge(stored))
+        }
+        .boxed()
+    });
+    let (st, cfg) = (state.clone(), config.clone());
+    let reload_items = Box::new(move || {
+        let (st, cfg) = (st.clone(), cfg.clone());
+        async move { crate::api::templates::load(&cfg, &st).await.map(|_| ()) }.boxed()
+    });
+    let sup = supervisor.clone();
+    let tasks_changed = Box::new(move || {
+        let sup = sup.clone();
+        async move { sup.tasks_changed().await }.boxed()
+    });
+    let (sk, st) = (sink.clone(), state.clone());
+    let rebuild = Box::new(move || {
+        let (sk, st) = (sk.clone(), st.clone());
+        async move {
+            crate::sink::catalog::rebuild(&sk, &st, Duration::from_secs(60))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    });
+    crate::cluster::sync::SyncTargets {
+        db: sink.db().clone(),
+        merge_tasks,
+        reload_items,
+        tasks_changed,
+        rebuild,
+    }
 }
 
 struct Signals {

@@ -3,6 +3,7 @@
 mod api;
 mod callback;
 mod clock;
+mod cluster;
 mod config;
 mod daemon;
 mod db;

@@ -56,6 +56,11 @@ impl State {
         })
     }
 
+    /// The store and the key prefix, for the cluster's own objects (R-SC-1).
+    pub fn store(&self) -> (Arc<dyn ObjectStore>, String) {
+        (self.store.clone(), self.prefix.clone())
+    }
+
     fn path(&self, kind: &str, id: &str) -> Result<ObjectPath, StateError> {
         Ok(ObjectPath::parse(format!(
             "{}.liverec/state/{kind}/{id}.json",
@@ -97,6 +102,24 @@ impl State {
             Err(object_store::Error::AlreadyExists { .. }) => {
                 Err(StateError::Exists(format!("{kind}/{id}")))
             }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One object, or None when there is none.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Option<T>, StateError> {
+        let path = match self.path(kind, id) {
+            Ok(p) => p,
+            // Not a key we could have written.
+            Err(_) => return Ok(None),
+        };
+        match self.store.get(&path).await {
+            Ok(g) => Ok(Some(serde_json::from_slice(&g.bytes().await?)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }

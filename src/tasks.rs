@@ -5,7 +5,6 @@
 //! argument everywhere, so the rules are unit-tested without waiting.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use tracing::info;
@@ -73,7 +72,6 @@ pub struct TaskFilter {
 #[derive(Default)]
 pub struct Tasks {
     entries: Mutex<HashMap<String, Task>>,
-    next: AtomicU64,
 }
 
 impl Tasks {
@@ -193,8 +191,9 @@ impl Tasks {
                 ),
             });
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let task_id = format!("t{:x}{n:04x}", cx.now_ms);
+        // UUIDv7 (R-SC-1): unique across nodes sharing a store without asking them, and
+        // time-ordered like the ids before it. The store's exclusive create checks it.
+        let task_id = uuid::Uuid::now_v7().to_string();
         let task = Task {
             task_id: task_id.clone(),
             domain: req.domain,
@@ -258,6 +257,35 @@ impl Tasks {
             entries.insert(t.task_id.clone(), t);
         }
         n
+    }
+
+    /// The stored tasks as another node left them (R-SC-1): tasks made elsewhere are
+    /// added (as `load` does) and a task that went final elsewhere (stopped through
+    /// another node, or its window closed there) is final here too; nothing else of a
+    /// stored task overrides this node's own state. True when something changed.
+    pub fn merge(&self, stored: Vec<Task>) -> bool {
+        let mut entries = self.lock();
+        let mut changed = false;
+        for mut t in stored {
+            match entries.get_mut(&t.task_id) {
+                Some(mine) => {
+                    if t.status.is_final() && !mine.status.is_final() {
+                        info!(task = %t.task_id, status = t.status.as_str(), "record task ended through another node");
+                        mine.status = t.status;
+                        changed = true;
+                    }
+                }
+                None => {
+                    if !t.status.is_final() {
+                        t.status = TaskStatus::Scheduled;
+                    }
+                    info!(task = %t.task_id, stream = %t.stream_id(), "record task created through another node");
+                    entries.insert(t.task_id.clone(), t);
+                    changed = true;
+                }
+            }
+        }
+        changed
     }
 
     pub fn get(&self, id: &str) -> Option<Task> {

@@ -41,9 +41,58 @@ pub struct Ctx {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Recordings in their continuation window (R-SP-1), for `/v1/streams`.
     pub splices: Arc<crate::recording::Splices>,
+    /// The other nodes sharing the store (R-SC-1); None: a single node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 type Ctxt = State<Arc<Ctx>>;
+
+impl Ctx {
+    /// Tells the other nodes sharing the store that tasks, templates or rules changed
+    /// (R-SC-1); nothing on a single node.
+    pub async fn shared_changed(&self) {
+        if let Some(c) = &self.cluster {
+            c.bump().await;
+        }
+    }
+
+    /// This node's id: `[cluster] node_id` (default the host name), also without a cluster.
+    fn node_id(&self) -> String {
+        match &self.cluster {
+            Some(c) => c.node_id.clone(),
+            None => crate::cluster::default_node_id(),
+        }
+    }
+
+    /// The other nodes' records (empty on a single node or when the store does not answer).
+    async fn peers(&self) -> Vec<crate::cluster::NodeRecord> {
+        match &self.cluster {
+            Some(c) => c.peers().await.unwrap_or_else(|e| {
+                tracing::warn!("cannot read the other nodes' records: {e}");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        }
+    }
+
+    /// A task as the cluster sees it: recording when another live node records it
+    /// (this node's own table only knows it is not live here).
+    fn task_view(
+        &self,
+        mut t: crate::model::Task,
+        peers: &[crate::cluster::NodeRecord],
+    ) -> crate::model::Task {
+        if !t.status.is_final()
+            && t.status != TaskStatus::Recording
+            && peers
+                .iter()
+                .any(|p| p.live && p.recording_tasks.contains(&t.task_id))
+        {
+            t.status = TaskStatus::Recording;
+        }
+        t
+    }
+}
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let token = {
@@ -55,6 +104,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/reload", post(reload))
         .route("/v1/streams", get(streams))
+        .route("/v1/nodes", get(nodes))
         .route("/v1/tasks", post(create_task).get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/stop", post(stop_task))
@@ -199,6 +249,8 @@ async fn reload(State(ctx): Ctxt) -> Reply {
 }
 
 async fn streams(State(ctx): Ctxt) -> Json<Value> {
+    let node_id = ctx.node_id();
+    let peers = ctx.peers().await;
     let streams: Vec<_> = ctx
         .hub
         .snapshot()
@@ -218,6 +270,7 @@ async fn streams(State(ctx): Ctxt) -> Json<Value> {
                 .collect();
             json!({
                 "domain": s.id.domain, "app": s.id.app, "stream": s.id.stream,
+                "node_id": node_id,
                 "state": "live",
                 "peer": s.peer.to_string(),
                 "started": s.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -236,6 +289,7 @@ async fn streams(State(ctx): Ctxt) -> Json<Value> {
     for (id, until_ms) in ctx.splices.waiting() {
         let j = json!({
             "domain": id.domain, "app": id.app, "stream": id.stream,
+            "node_id": node_id,
             "state": "waiting",
             "deadline": until_ms.div_euclid(1000),
             "deadline_ms": until_ms,
@@ -244,7 +298,58 @@ async fn streams(State(ctx): Ctxt) -> Json<Value> {
             streams.push(j);
         }
     }
+    // R-SC-1: the streams the other live nodes publish, as their records last said.
+    for p in peers.iter().filter(|p| p.live && p.node_id != node_id) {
+        for st in &p.streams {
+            let tasks: Vec<&String> = p
+                .recording_tasks
+                .iter()
+                .filter(|id| {
+                    ctx.tasks.get(id).is_some_and(|t| {
+                        t.domain == st.domain && t.app == st.app && t.stream == st.stream
+                    })
+                })
+                .collect();
+            streams.push(json!({
+                "domain": st.domain, "app": st.app, "stream": st.stream,
+                "node_id": p.node_id,
+                "state": "live",
+                "peer": st.peer,
+                "started": st.started,
+                "tasks": tasks,
+            }));
+        }
+    }
     Json(json!({ "streams": streams }))
+}
+
+/// `GET /v1/nodes` (R-SC-1): the live nodes sharing the store (this one alone without
+/// `[cluster]`).
+async fn nodes(State(ctx): Ctxt) -> Json<Value> {
+    let Some(_) = &ctx.cluster else {
+        return Json(json!({"nodes": [{
+            "node_id": ctx.node_id(),
+            "last_seen": ctx.clock.now_ms().div_euclid(1000),
+            "streams": ctx.hub.len(),
+        }]}));
+    };
+    let nodes: Vec<Value> = ctx
+        .peers()
+        .await
+        .into_iter()
+        .filter(|p| p.live)
+        .map(|p| {
+            json!({
+                "node_id": p.node_id,
+                "last_seen": p.last_seen_ms.div_euclid(1000),
+                "last_seen_ms": p.last_seen_ms,
+                "started": p.started_ms.div_euclid(1000),
+                "streams": p.streams.len(),
+                "version": p.version,
+            })
+        })
+        .collect();
+    Json(json!({ "nodes": nodes }))
 }
 
 async fn create_task(State(ctx): Ctxt, b: Result<Json<wire::CreateTask>, JsonRejection>) -> Reply {
@@ -254,7 +359,11 @@ async fn create_task(State(ctx): Ctxt, b: Result<Json<wire::CreateTask>, JsonRej
     };
     let created = {
         let config = ctx.config.snapshot();
-        let live = ctx.hub.publisher(&req.stream_id()).is_some();
+        let live = match &ctx.cluster {
+            // A real-time task for a stream another node records is recorded there.
+            Some(c) => c.is_live_anywhere(&req.stream_id()).await,
+            None => ctx.hub.publisher(&req.stream_id()).is_some(),
+        };
         let template_exists = |id: i64| config.config.templates.iter().any(|t| t.id == id);
         let cx = crate::tasks::CreateContext {
             now_ms: ctx.clock.now_ms(),
@@ -270,7 +379,8 @@ async fn create_task(State(ctx): Ctxt, b: Result<Json<wire::CreateTask>, JsonRej
             ctx.supervisor.tasks_changed().await;
             let t = ctx.tasks.get(&t.task_id).unwrap_or(t);
             // Persisted before it is acknowledged (R-TK-5).
-            if let Err(e) = ctx.state.put("tasks", &t.task_id, &t).await {
+            // An exclusive create: a task id is never anyone else's (R-SC-1).
+            if let Err(e) = ctx.state.create("tasks", &t.task_id, &t).await {
                 ctx.tasks.remove(&t.task_id);
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -278,6 +388,8 @@ async fn create_task(State(ctx): Ctxt, b: Result<Json<wire::CreateTask>, JsonRej
                     &format!("the task could not be stored: {e}"),
                 );
             }
+            ctx.shared_changed().await;
+            let t = ctx.task_view(t, &ctx.peers().await);
             (
                 StatusCode::CREATED,
                 Json(json!({"task_id": t.task_id, "task": t})),
@@ -297,6 +409,7 @@ async fn list_tasks(State(ctx): Ctxt, q: Result<Query<wire::TaskQuery>, QueryRej
         Err(e) => return e,
     };
     let all = ctx.tasks.list(&f.filter());
+    let peers = ctx.peers().await;
     let from = match f.page_token.as_deref().map(str::parse::<usize>) {
         None => 0,
         Some(Ok(n)) => n,
@@ -309,7 +422,13 @@ async fn list_tasks(State(ctx): Ctxt, q: Result<Query<wire::TaskQuery>, QueryRej
         }
     };
     let size = f.page_size.unwrap_or(100).clamp(1, 1000);
-    let page: Vec<_> = all.iter().skip(from).take(size).cloned().collect();
+    let page: Vec<_> = all
+        .iter()
+        .skip(from)
+        .take(size)
+        .cloned()
+        .map(|t| ctx.task_view(t, &peers))
+        .collect();
     let next = (from + size < all.len()).then(|| (from + size).to_string());
     (
         StatusCode::OK,
@@ -325,14 +444,43 @@ fn task_not_found(id: &str) -> Reply {
     )
 }
 
+/// A task this node has not synced yet (made through another node a moment ago) is
+/// read from the store, so every node answers alike (R-SC-1).
+async fn known_task(ctx: &Ctx, id: &str) -> bool {
+    if ctx.tasks.get(id).is_some() {
+        return true;
+    }
+    if ctx.cluster.is_none() {
+        return false;
+    }
+    match ctx.state.get::<crate::model::Task>("tasks", id).await {
+        Ok(Some(t)) => {
+            if ctx.tasks.merge(vec![t]) {
+                ctx.supervisor.tasks_changed().await;
+            }
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(task = id, "cannot read the task from the store: {e}");
+            false
+        }
+    }
+}
+
 async fn get_task(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
+    known_task(&ctx, &id).await;
     match ctx.tasks.get(&id) {
-        Some(t) => (StatusCode::OK, Json(json!(t))),
+        Some(t) => {
+            let t = ctx.task_view(t, &ctx.peers().await);
+            (StatusCode::OK, Json(json!(t)))
+        }
         None => task_not_found(&id),
     }
 }
 
 async fn stop_task(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
+    known_task(&ctx, &id).await;
     match ctx.tasks.stop(&id) {
         Some(t) => {
             // Its open files are finalized now (R-TK-4).
@@ -340,6 +488,7 @@ async fn stop_task(State(ctx): Ctxt, Path(id): Path<String>) -> Reply {
             if let Err(e) = ctx.state.put("tasks", &t.task_id, &t).await {
                 tracing::warn!(task = %t.task_id, "stopped, but the stop could not be stored: {e}");
             }
+            ctx.shared_changed().await;
             (StatusCode::OK, Json(json!(t)))
         }
         None => task_not_found(&id),

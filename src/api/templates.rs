@@ -95,6 +95,7 @@ pub async fn create_template(ctx: Arc<Ctx>, mut body: TemplateBody) -> Reply {
         return r;
     }
     info!(template = id, "template created over the API");
+    ctx.shared_changed().await;
     (StatusCode::CREATED, Json(api_template_json(&template)))
 }
 
@@ -127,6 +128,7 @@ pub async fn put_template(ctx: Arc<Ctx>, id: i64, mut body: TemplateBody) -> Rep
         template = id,
         "template replaced over the API; new pushes use it"
     );
+    ctx.shared_changed().await;
     (StatusCode::OK, Json(api_template_json(&template)))
 }
 
@@ -162,6 +164,7 @@ pub async fn delete_template(ctx: Arc<Ctx>, id: i64) -> Reply {
     }
     edit.keep(next);
     info!(template = id, "template deleted over the API");
+    ctx.shared_changed().await;
     (StatusCode::OK, Json(serde_json::json!({ "deleted": id })))
 }
 
@@ -195,6 +198,7 @@ pub async fn create_rule(ctx: Arc<Ctx>, mut body: RuleBody) -> Reply {
         return r;
     }
     info!(rule = %id, template = body.template_id, "rule created over the API");
+    ctx.shared_changed().await;
     (StatusCode::CREATED, Json(rule_json(&body, "api")))
 }
 
@@ -219,6 +223,7 @@ pub async fn delete_rule(ctx: Arc<Ctx>, id: String) -> Reply {
         return r;
     }
     info!(rule = %id, "rule deleted over the API");
+    ctx.shared_changed().await;
     (StatusCode::OK, Json(serde_json::json!({ "deleted": id })))
 }
 

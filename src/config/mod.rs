@@ -47,6 +47,8 @@ pub struct Config {
     pub callback: CallbackConfig,
     /// RTMPS ingest; off when absent.
     pub rtmps: Option<RtmpsConfig>,
+    /// Several nodes sharing one bucket (R-SC-1); a single node when absent.
+    pub cluster: Option<ClusterConfig>,
     #[serde(rename = "publish_auth")]
     pub publish_auth: Vec<PublishAuth>,
     #[serde(rename = "template")]
@@ -190,6 +192,33 @@ pub struct PublishAuth {
 
 fn default_hook_timeout() -> u64 {
     3
+}
+
+/// Several nodes sharing one S3 bucket (R-SC-1, `src/cluster/`). Absent: a single node
+/// that makes no cluster requests at all.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Unique per node; default the host name.
+    pub node_id: String,
+    /// Seconds within which a node sees tasks, templates, rules and recordings made
+    /// through another.
+    pub sync_interval: u64,
+    /// Seconds a stream lease (and a node's heartbeat) stays valid without a renewal.
+    pub lease_ttl: u64,
+    /// Seconds after which a silent node's files are another node's to expire.
+    pub orphan_after: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            sync_interval: 2,
+            lease_ttl: 15,
+            orphan_after: 3600,
+        }
+    }
 }
 
 /// Where and how file and status events are sent (R-CB-1…4). Off without a `url`

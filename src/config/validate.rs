@@ -68,6 +68,7 @@ pub fn check(config: &Config) -> Result<(SocketAddr, SocketAddr), Vec<Problem>> 
     check_spool(config, &mut err);
     check_record(config, &mut err);
     check_callback(config, &mut err);
+    check_cluster(config, &mut err);
     check_publish_auth(config, &mut err);
     let template_ids = check_templates(config, &mut err);
     check_rules(config, &template_ids, &mut err);
@@ -127,6 +128,52 @@ fn check_rtmp(config: &Config, err: &mut Err<'_>) {
         if v == 0 {
             err(Key::at(key), format!("{key} must be at least 1 second"));
         }
+    }
+}
+
+fn check_cluster(config: &Config, err: &mut Err<'_>) {
+    let Some(c) = &config.cluster else { return };
+    // Leases and task ids rely on the store's conditional writes (If-None-Match,
+    // If-Match), which only the S3 backend offers to several machines.
+    if config.storage.kind != "s3" {
+        err(
+            Key::at("cluster"),
+            "[cluster] needs storage.kind = \"s3\": the nodes share one bucket (its conditional writes hold the stream leases)".into(),
+        );
+    }
+    if !c.node_id.is_empty() && crate::model::validate_name(&c.node_id).is_err() {
+        err(
+            Key::at("cluster.node_id"),
+            format!(
+                "cluster.node_id = {:?} must be 1-128 bytes of [A-Za-z0-9._-] (it names objects in the bucket)",
+                c.node_id
+            ),
+        );
+    }
+    if c.sync_interval == 0 || c.sync_interval > 300 {
+        err(
+            Key::at("cluster.sync_interval"),
+            format!(
+                "cluster.sync_interval = {} must be 1-300 seconds",
+                c.sync_interval
+            ),
+        );
+    }
+    // Renewed every third of it: below 3 s a renewal would be due more than once a second.
+    if c.lease_ttl < 3 || c.lease_ttl > 600 {
+        err(
+            Key::at("cluster.lease_ttl"),
+            format!("cluster.lease_ttl = {} must be 3-600 seconds", c.lease_ttl),
+        );
+    }
+    if c.orphan_after < c.lease_ttl.max(60) {
+        err(
+            Key::at("cluster.orphan_after"),
+            format!(
+                "cluster.orphan_after = {} must be at least 60 seconds and at least cluster.lease_ttl",
+                c.orphan_after
+            ),
+        );
     }
 }
 

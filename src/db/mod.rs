@@ -579,6 +579,42 @@ impl Db {
         .await
     }
 
+    /// Recordings other nodes indexed (R-SC-1), applied to this node's index only: no
+    /// outbox row (the store has them already) and no retention entry (their owner
+    /// expires them). `cursor` (how far the shared change log was read) is saved in the
+    /// same transaction, so a restart goes on from there.
+    pub async fn apply_remote(&self, ops: Vec<Op>, cursor: String) -> Result<(), DbError> {
+        self.call("apply_remote", move |c| {
+            let tx = c.db.transaction().ctx("apply_remote", "")?;
+            for op in &ops {
+                match op {
+                    Op::Put(r) => put_recording(&tx, r)?,
+                    Op::Delete(k) => {
+                        tx.execute("DELETE FROM recordings WHERE key = ?1", [k])
+                            .ctx("apply_remote", k)?;
+                    }
+                }
+            }
+            set_meta(&tx, "cluster_catalog_cursor", &cursor)?;
+            tx.commit().ctx("apply_remote", "")?;
+            // A rebuild running meanwhile replaces the table with a listing that may
+            // predate these: they are replayed over it like local changes.
+            if let Some(j) = c.journal.as_mut() {
+                j.extend(ops);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// How far this node read the cluster's recordings change log (None: never).
+    pub async fn cluster_cursor(&self) -> Result<Option<String>, DbError> {
+        self.call("cluster_cursor", |c| {
+            get_meta(&c.db, "cluster_catalog_cursor")
+        })
+        .await
+    }
+
     /// Replaces the recordings with the store's listing plus the changes made since
     /// [`Db::rebuild_start`], in one transaction; returns how many there are. Retention
     /// and the outbox are left alone.

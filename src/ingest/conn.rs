@@ -560,11 +560,41 @@ impl Conn {
             query: query.clone(),
             config: config.clone(),
         };
+        // R-SC-1: one node records a stream. Asked after auth and the quota, so a refused
+        // publisher never holds a lease.
+        if let Some(cluster) = &self.ingest.cluster {
+            let takeover = cfg.on_duplicate == crate::config::OnDuplicate::Takeover;
+            match cluster
+                .claim(&id, takeover, self.ingest.clock.now_ms())
+                .await
+            {
+                Ok(crate::cluster::lease::Claim::Granted) => {}
+                Ok(crate::cluster::lease::Claim::HeldBy(node)) => {
+                    let reason = format!(
+                        "stream {id} is being published on node {node} (its cluster lease is live; rtmp.on_duplicate = \"takeover\" takes it over)"
+                    );
+                    warn!(conn = self.conn_id, peer = %self.peer, stream = %id, holder = %node, "refusing publish: {reason}");
+                    self.session.reject_publish(
+                        req.stream_id,
+                        "NetStream.Publish.BadName",
+                        &reason,
+                    );
+                    return Err(reason);
+                }
+                // Recording it twice beats losing it: the store is down, not the stream.
+                Err(e) => {
+                    warn!(conn = self.conn_id, stream = %id, "cluster: cannot take the stream's lease, recording without it: {e}")
+                }
+            }
+        }
         if let Err(e) =
             self.ingest
                 .hub
                 .register(id.clone(), entry, cfg.on_duplicate, cfg.max_streams)
         {
+            if let Some(cluster) = &self.ingest.cluster {
+                cluster.unbind(&id, 0);
+            }
             let reason = e.to_string();
             // A duplicate name is the publisher's problem (BadName, as nginx-rtmp and SRS
             // answer); a full server is not (Rejected).
@@ -585,6 +615,9 @@ impl Conn {
             self.session.reject_publish(req.stream_id, code, &reason);
             return Err(reason);
         }
+        if let Some(cluster) = &self.ingest.cluster {
+            cluster.bind(&id, self.conn_id);
+        }
         info!(conn = self.conn_id, peer = %self.peer, stream = %id, query = query.as_deref().unwrap_or(""), "publish started");
         self.session.accept_publish(req.stream_id);
         self.publishing = Some(Publishing::new(
@@ -602,6 +635,9 @@ impl Conn {
         if let Some(mut p) = self.publishing.take() {
             p.writer.close();
             self.ingest.hub.unregister(&p.id, self.conn_id);
+            if let Some(cluster) = &self.ingest.cluster {
+                cluster.unbind(&p.id, self.conn_id);
+            }
             info!(conn = self.conn_id, stream = %p.id, "publish ended");
             if let Some(url) = self.on_unpublish.take() {
                 super::auth::notify_unpublish(

@@ -151,6 +151,13 @@ impl Hub {
         });
     }
 
+    /// Ends the publish of `id` here (its cluster lease went to another node).
+    pub fn cancel_publisher(&self, id: &StreamId) {
+        if let Some(e) = self.lock().get(id) {
+            e.cancel.cancel();
+        }
+    }
+
     /// The connection publishing `id`, if it is live.
     pub fn publisher(&self, id: &StreamId) -> Option<u64> {
         self.lock().get(id).map(|e| e.conn_id)

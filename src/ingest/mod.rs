@@ -26,4 +26,6 @@ pub struct Ingest {
     /// The `on_publish` / `on_unpublish` hooks' client (the callbacks' kind: rustls, no
     /// redirects).
     pub http: reqwest::Client,
+    /// Stream leases when several nodes share the store (R-SC-1); None: a single node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }

@@ -141,6 +141,12 @@ impl Splices {
         self.lock().remove(key);
     }
 
+    /// Whether a recording of `id` may still continue with a new push (registered, or
+    /// in its continuation window): its cluster lease is kept meanwhile.
+    pub fn holds(&self, id: &StreamId) -> bool {
+        self.lock().keys().any(|k| k.id == *id)
+    }
+
     /// The streams with a recording in its continuation window, each with the latest
     /// end of their windows (unix ms), for `/v1/streams`.
     pub fn waiting(&self) -> Vec<(StreamId, i64)> {

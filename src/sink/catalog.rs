@@ -40,8 +40,20 @@ pub enum CatalogError {
     Db(#[from] DbError),
 }
 
+/// Where each published batch also goes when several nodes share the store: the
+/// cluster's change log (`cluster::sync`, R-SC-1), which the other nodes read
+/// incrementally. A trait so `sink` does not depend on `cluster`.
+pub trait ChangeLog: Send + Sync {
+    fn append<'a>(&'a self, ops: &'a [Op]) -> futures::future::BoxFuture<'a, Result<(), String>>;
+}
+
 /// Publishes queued catalog changes to the store, in order, until `stop`.
-pub async fn publisher(db: Db, state: State, stop: CancellationToken) {
+pub async fn publisher(
+    db: Db,
+    state: State,
+    log: Option<Arc<dyn ChangeLog>>,
+    stop: CancellationToken,
+) {
     loop {
         // A commit between this read and the wait below still wakes it: `notify_one` keeps
         // a permit when no one is waiting yet. (At worst a stale permit costs one extra,
@@ -66,8 +78,13 @@ pub async fn publisher(db: Db, state: State, stop: CancellationToken) {
         // Confirmed a batch at a time (one transaction); a crash mid-batch publishes the
         // confirmed-but-unrecorded changes again, which the store takes as no-ops.
         let mut done = Vec::with_capacity(ops.len());
+        let mut batch = Vec::with_capacity(ops.len());
         for (id, op) in ops {
             if !publish_one(&state, &op, &stop).await {
+                // The log has not seen them: confirmed only after it has, below.
+                if log.is_some() {
+                    return;
+                }
                 // Stopped: confirm what the store already has, so the next start does not
                 // publish it again.
                 if let Err(e) = db.published(done).await {
@@ -76,6 +93,22 @@ pub async fn publisher(db: Db, state: State, stop: CancellationToken) {
                 return;
             }
             done.push(id);
+            batch.push(op);
+        }
+        if let Some(log) = &log {
+            // Before the batch is confirmed: a crash in between appends it again, which
+            // the other nodes apply as no-ops.
+            let mut attempt = 0u32;
+            while let Err(e) = log.append(&batch).await {
+                attempt += 1;
+                if attempt == 1 {
+                    warn!("recordings index changes not yet in the cluster's log, retrying: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(super::upload::backoff(attempt)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
         }
         // A failure here leaves the rows queued: they are published again (idempotent puts
         // and deletes), never lost.
