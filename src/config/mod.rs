@@ -105,6 +105,11 @@ pub struct RtmpConfig {
     pub max_streams: usize,
     /// Our outgoing chunk size; large chunks cost the publisher less CPU.
     pub chunk_size: u32,
+    /// Every connection on the RTMP and RTMPS listeners starts with a PROXY protocol v1
+    /// or v2 header (HAProxy `send-proxy`, an AWS NLB), whose source address is the
+    /// client's for limits, auth hooks, logs and the API (issue 15, R-SC-1). Needs a
+    /// restart to change.
+    pub proxy_protocol: bool,
 }
 
 impl Default for RtmpConfig {
@@ -121,6 +126,7 @@ impl Default for RtmpConfig {
             max_connections_per_ip: 256,
             max_streams: 1000,
             chunk_size: 4096,
+            proxy_protocol: false,
         }
     }
 }

@@ -72,6 +72,7 @@ impl RunningConfig {
         if !fixed.is_empty() {
             // Keep what cannot change live, take the rest.
             new.rtmp_listen = old.rtmp_listen;
+            new.config.rtmp.proxy_protocol = old.config.rtmp.proxy_protocol;
             new.api_listen = old.api_listen;
             if old.rtmps.as_ref().map(|r| r.0) != new.rtmps.as_ref().map(|r| r.0) {
                 new.rtmps = old.rtmps.clone();
@@ -154,6 +155,11 @@ fn restart_only_changes(old: &Loaded, new: &Loaded) -> Vec<&'static str> {
     let mut v = Vec::new();
     if old.rtmp_listen != new.rtmp_listen {
         v.push("rtmp.listen");
+    }
+    // What is in front of the listeners: switching it live would cut every balancer
+    // connection in flight one way or the other.
+    if o.rtmp.proxy_protocol != n.rtmp.proxy_protocol {
+        v.push("rtmp.proxy_protocol");
     }
     // The certificate and key may change (they are re-read); the socket may not.
     if old.rtmps.as_ref().map(|r| r.0) != new.rtmps.as_ref().map(|r| r.0) {

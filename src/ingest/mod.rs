@@ -5,6 +5,7 @@ pub mod conn;
 pub mod hub;
 pub mod identity;
 pub mod listener;
+pub mod proxy;
 pub mod tls;
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! publisher (the other side of our server), a raw RTMP client for malformed-input tests,
 //! and checkers of produced files (ffprobe and our own FLV reader).
 //!
-//! - [`publisher`]: [`publish_flv`], [`publish_many`], [`PublishOptions`], [`PublishStats`]
+//! - [`publisher`]: [`publish_flv`], [`publish_flv_on`], [`publish_many`], [`PublishOptions`], [`PublishStats`]
 //! - [`conn::RawConn`]: step-by-step client
 //! - [`eflv`]: MP4 → Enhanced RTMP FLV (the HEVC and AV1 fixtures)
 //! - [`probe`]: [`require_tool`], [`ffprobe_errors`], [`probe_packets`],
@@ -31,7 +31,7 @@ pub use probe::{
     HashedPacket, ProbePacket, TagInfo, TagKind,
 };
 pub use publisher::{
-    publish_flv, publish_many, publish_many_prefixed, PublishOptions, PublishStats,
+    publish_flv, publish_flv_on, publish_many, publish_many_prefixed, PublishOptions, PublishStats,
 };
 pub use url::{RtmpUrl, UrlError};
 

@@ -154,6 +154,36 @@ pub async fn publish_flv(
     let tcp = tokio::time::timeout(opts.timeout, TcpStream::connect(u.addr()))
         .await
         .map_err(|_| PublishError::Timeout(format!("TCP connect to {}", u.addr())))??;
+    publish_on(tcp, u, tags, opts, started).await
+}
+
+/// Like [`publish_flv`], on a connection the caller opened — and may have written to
+/// first, e.g. a PROXY protocol header, as a load balancer in front of the server would
+/// (those bytes are not in [`PublishStats::bytes_sent`]). `url` gives the app, stream
+/// and tcUrl; its host is not connected to.
+pub async fn publish_flv_on(
+    tcp: TcpStream,
+    url: &str,
+    tags: &[FileTag],
+    opts: &PublishOptions,
+) -> Result<PublishStats, PublishError> {
+    let u = RtmpUrl::parse(url)?;
+    if u.stream.is_empty() {
+        return Err(PublishError::BadUrl(crate::url::UrlError {
+            url: url.to_string(),
+            reason: "no stream name",
+        }));
+    }
+    publish_on(tcp, u, tags, opts, Instant::now()).await
+}
+
+async fn publish_on(
+    tcp: TcpStream,
+    u: RtmpUrl,
+    tags: &[FileTag],
+    opts: &PublishOptions,
+    started: Instant,
+) -> Result<PublishStats, PublishError> {
     tcp.set_nodelay(true)?;
     let (rd, wr) = tcp.into_split();
     let mut rs = ReadSide::new(rd);
