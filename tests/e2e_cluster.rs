@@ -320,3 +320,53 @@ fn a_template_made_on_one_node_applies_on_another_and_every_node_lists_every_rec
         (!rules.to_string().contains(rule_id)).then_some(())
     });
 }
+
+/// The S3 requests an idle node makes over `secs` seconds, after it settled.
+fn idle_requests(s3: &S3Server, secs: u64) -> Vec<String> {
+    std::thread::sleep(Duration::from_secs(3));
+    let before = s3.requests().len();
+    std::thread::sleep(Duration::from_secs(secs));
+    s3.requests()[before..].to_vec()
+}
+
+#[test]
+fn a_single_node_makes_no_cluster_requests_and_an_idle_cluster_node_few() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let single = Daemon::start_full("", Some(&s3.storage_toml("")), TEMPLATES);
+    let idle = idle_requests(&s3, 6);
+    assert!(
+        idle.iter().all(|r| !r.contains(".liverec/cluster")),
+        "no [cluster]: no cluster requests: {idle:?}"
+    );
+    assert!(
+        idle.is_empty(),
+        "an idle single node asks the store nothing: {idle:?}"
+    );
+    drop(single);
+
+    // sync_interval = 1, lease_ttl = 3: per 6 s one HEAD of the change stamp and one LIST
+    // of the recordings log per second, a heartbeat PUT per second.
+    let n = node(&s3, "a", "");
+    let idle = idle_requests(&s3, 6);
+    let count = |m: &str, what: &str| {
+        idle.iter()
+            .filter(|r| r.starts_with(m) && r.contains(what))
+            .count()
+    };
+    let (heads, lists, puts) = (
+        count("HEAD", "changes.json"),
+        count("GET", "list-type=2"),
+        count("PUT", "nodes/a.json"),
+    );
+    eprintln!("idle cluster node, 6 s at sync_interval 1 s, lease_ttl 3 s: {} requests: {heads} HEAD stamp, {lists} LIST, {puts} PUT heartbeat", idle.len());
+    assert!((4..=8).contains(&heads), "{idle:?}");
+    assert!((4..=8).contains(&lists), "{idle:?}");
+    assert!((4..=8).contains(&puts), "{idle:?}");
+    assert_eq!(
+        idle.len(),
+        heads + lists + puts,
+        "nothing else at idle: {idle:?}"
+    );
+    drop(n);
+}

@@ -27,6 +27,7 @@ pub const REGION: &str = "us-east-1";
 struct KeyLocked {
     inner: s3s::service::S3Service,
     keys: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for KeyLocked {
@@ -41,6 +42,10 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for KeyLocke
     >;
 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{} {}", req.method(), req.uri()));
         let writes = matches!(*req.method(), http::Method::PUT | http::Method::DELETE);
         let lock = writes.then(|| {
             let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
@@ -64,6 +69,8 @@ pub struct S3Server {
     pub root: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// Every request served, as "METHOD uri", in arrival order.
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl S3Server {
@@ -78,6 +85,8 @@ impl S3Server {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let root2 = root.to_path_buf();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let requests2 = requests.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -96,6 +105,7 @@ impl S3Server {
                 let service = KeyLocked {
                     inner: service,
                     keys: Arc::default(),
+                    requests: requests2,
                 };
                 // The port may still be held for a moment after a stop: retry briefly.
                 let mut listener = None;
@@ -143,7 +153,16 @@ impl S3Server {
             root: root.to_path_buf(),
             stop: Some(stop_tx),
             thread: Some(thread),
+            requests,
         }
+    }
+
+    /// The requests served so far ("METHOD uri"), e.g. to count what an idle node costs.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn endpoint(&self) -> String {
