@@ -413,8 +413,18 @@ fn sync_targets(
         }
         .boxed()
     });
+    let (db, st) = (sink.db().clone(), state.clone());
+    let take_over_retention = Box::new(move |node: String| {
+        let (db, st) = (db.clone(), st.clone());
+        async move {
+            let files = db.expiring_of(node).await.map_err(|e| e.to_string())?;
+            Ok(crate::sink::catalog::expire_again(&db, &st, files).await)
+        }
+        .boxed()
+    });
     crate::cluster::sync::SyncTargets {
         db: sink.db().clone(),
+        take_over_retention,
         merge_tasks,
         reload_items,
         tasks_changed,

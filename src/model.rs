@@ -267,6 +267,11 @@ pub struct FileRecord {
     /// The interruptions a spliced file spans (R-SP-4); empty for an unspliced one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gaps: Vec<Gap>,
+    /// The node that stored it when several share the store (R-SC-1); empty for this
+    /// node's own files in its index. Its owner expires it, or after `orphan_after`
+    /// another node does.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
     /// Where the file's event goes once it is indexed (R-CB-1); carried with the file
     /// through the spool and the node database, never into the catalog or the API.
     /// Boxed: most records (every one read back from the index) carry none.

@@ -370,3 +370,44 @@ fn a_single_node_makes_no_cluster_requests_and_an_idle_cluster_node_few() {
     );
     drop(n);
 }
+
+#[test]
+fn a_gone_nodes_files_still_expire_from_another_node_after_orphan_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let storage = format!("{}retention_sweep_interval = 1\n", s3.storage_toml(""));
+    let cluster = |name: &str| {
+        Daemon::start_full(
+            "",
+            Some(&storage),
+            &format!(
+                "[cluster]\nnode_id = \"{name}\"\nsync_interval = 1\nlease_ttl = 3\norphan_after = 5\n[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = {{ enable = true, record_interval = 600, storage_time = 25, file_name = \"{{StreamID}}\" }}\nhls = {{ enable = true, record_interval = 600, segment_duration = 1, storage_time = 25, file_name = \"{{StreamID}}\" }}\n"
+            ),
+        )
+    };
+    let (mut a, b) = (cluster("a"), cluster("b"));
+    push(&a, "short_lived", 3).expect("push to A");
+    // B knows A's files (flv and hls) before A goes.
+    wait_until("B indexing A's files", Duration::from_secs(20), || {
+        let r = recordings(&b, "short_lived");
+        (r.len() == 2 && r.iter().all(|f| f["node_id"] == "a")).then_some(())
+    });
+    let stored = || {
+        s3.list()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("localhost/live/short_lived/"))
+            .count()
+    };
+    assert!(stored() >= 3, "an FLV, a playlist and its segments");
+    a.kill9();
+    // A never returns: B takes its retention over after orphan_after and deletes the
+    // files (segments included) when they expire.
+    wait_until("A's files expiring from B", Duration::from_secs(60), || {
+        (stored() == 0).then_some(())
+    });
+    assert!(
+        b.log().contains("its files now expire from this node"),
+        "{}",
+        b.log()
+    );
+}

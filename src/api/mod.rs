@@ -508,6 +508,7 @@ async fn recordings(
     let (f, page) = q.split();
     let cfg = ctx.config.snapshot();
     let base = cfg.config.storage.public_base_url.trim_end_matches('/');
+    let node_id = ctx.node_id();
     // The database thread does the reading; this task only awaits its answer.
     let (found, next) = match ctx.sink.db().query(f, page).await {
         Ok(r) => r,
@@ -543,6 +544,8 @@ async fn recordings(
                 "expire_time": (r.expires > 0).then_some(r.expires),
                 "gaps": r.gaps,
                 "url": url,
+                // R-SC-1: which node stored it (this one's own are indexed without it).
+                "node_id": if r.node.is_empty() { node_id.as_str() } else { r.node.as_str() },
             })
         })
         .collect();

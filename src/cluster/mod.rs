@@ -88,9 +88,12 @@ pub struct NodeRecord {
     /// record stays, so its files still become orphans after `orphan_after`.
     #[serde(default)]
     pub stopped: bool,
-    /// Set by `sync::peers` from the listing, not stored.
+    /// Set by `peers` from the listing, not stored.
     #[serde(skip)]
     pub live: bool,
+    /// How long before the newest record this one was last written (the store's clock).
+    #[serde(skip)]
+    pub silent_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -111,6 +114,7 @@ pub struct Cluster {
     instance: String,
     pub sync_interval: Duration,
     pub lease_ttl: Duration,
+    pub orphan_after: Duration,
     started_ms: i64,
     local: Arc<dyn Local>,
     pub(crate) leases: lease::Leases,
@@ -150,6 +154,7 @@ impl Cluster {
             instance: uuid::Uuid::new_v4().to_string(),
             sync_interval: Duration::from_secs(cfg.sync_interval.max(1)),
             lease_ttl: Duration::from_secs(cfg.lease_ttl.max(3)),
+            orphan_after: Duration::from_secs(cfg.orphan_after),
             started_ms: now_ms,
             local,
             leases: lease::Leases::default(),
@@ -208,6 +213,7 @@ impl Cluster {
             version: env!("CARGO_PKG_VERSION").to_string(),
             stopped: false,
             live: true,
+            silent_ms: 0,
         }
     }
 
@@ -264,6 +270,9 @@ impl Cluster {
             match serde_json::from_slice::<NodeRecord>(&bytes) {
                 Ok(mut r) => {
                     r.live = fresh && !r.stopped;
+                    r.silent_ms = newest
+                        .map(|n| (n - m.last_modified).num_milliseconds())
+                        .unwrap_or(0);
                     out.push(r);
                 }
                 Err(e) => warn!(key = %m.location, "skipping an unreadable node record: {e}"),

@@ -42,6 +42,9 @@ pub struct SyncTargets {
     pub reload_items: Box<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>,
     /// The supervisor acts on the merged tasks.
     pub tasks_changed: Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
+    /// Schedules here the expiry of the files a gone node stored; how many.
+    pub take_over_retention:
+        Box<dyn Fn(String) -> BoxFuture<'static, Result<usize, String>> + Send + Sync>,
     /// The local index rebuilt from the catalog objects (a node new to the log).
     pub rebuild: Box<dyn Fn() -> BoxFuture<'static, Result<usize, String>> + Send + Sync>,
 }
@@ -65,6 +68,9 @@ impl Cluster {
 }
 
 impl crate::sink::catalog::ChangeLog for Cluster {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
     fn append<'a>(&'a self, ops: &'a [Op]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let now_ms = chrono::Utc::now().timestamp_millis();
@@ -105,6 +111,7 @@ pub async fn run(
     let mut cursor: Option<Cursor> = None;
     let mut failing = false;
     let mut last_compaction: Option<tokio::time::Instant> = None;
+    let mut last_orphan_check: Option<tokio::time::Instant> = None;
     loop {
         let res = async {
             let stamp = cluster.stamp().await?;
@@ -122,6 +129,13 @@ pub async fn run(
             }
             if let Some(c) = cursor.as_mut() {
                 read_log(&cluster, &t.db, c).await?;
+            }
+            let orphan_every = (cluster.orphan_after / 4)
+                .min(Duration::from_secs(60))
+                .max(cluster.sync_interval);
+            if last_orphan_check.is_none_or(|at| at.elapsed() >= orphan_every) {
+                last_orphan_check = Some(tokio::time::Instant::now());
+                take_over_orphans(&cluster, &t, now_ms).await?;
             }
             if last_compaction.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
                 last_compaction = Some(tokio::time::Instant::now());
@@ -239,6 +253,52 @@ async fn read_log(cluster: &Cluster, db: &Db, c: &mut Cursor) -> Result<(), Clus
         c.newest_ms.saturating_sub(LOG_WINDOW_MS).max(0)
     );
     c.applied = c.applied.split_off(&floor);
+    Ok(())
+}
+
+/// Retention of a node silent longer than `orphan_after` (crashed for good, or stopped
+/// and never back): one live node — whoever creates `orphans/{node}-{instance}.json`
+/// first, an exclusive create — schedules its files' expiry in its own retention, so no
+/// file lives forever. If the node returns it expires them too (a second delete of a
+/// deleted file is a no-op).
+async fn take_over_orphans(
+    cluster: &Cluster,
+    t: &SyncTargets,
+    now_ms: i64,
+) -> Result<(), ClusterError> {
+    let orphan_ms = i64::try_from(cluster.orphan_after.as_millis()).unwrap_or(i64::MAX);
+    for p in cluster.peers().await? {
+        if p.node_id == cluster.node_id || p.silent_ms <= orphan_ms {
+            continue;
+        }
+        let key = format!("orphans/{}-{}.json", p.node_id, p.instance);
+        let body = serde_json::json!({"taken_by": cluster.node_id, "at_ms": now_ms});
+        let opts = object_store::PutOptions::from(object_store::PutMode::Create);
+        match cluster
+            .store
+            .put_opts(
+                &cluster.path(&key)?,
+                PutPayload::from(body.to_string().into_bytes()),
+                opts,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        match (t.take_over_retention)(p.node_id.clone()).await {
+            Ok(n) => info!(
+                node = %p.node_id,
+                silent_s = p.silent_ms / 1000,
+                files = n,
+                "cluster: node gone longer than orphan_after; its files now expire from this node"
+            ),
+            Err(e) => {
+                warn!(node = %p.node_id, "cluster: cannot take over the retention of a gone node: {e}")
+            }
+        }
+    }
     Ok(())
 }
 

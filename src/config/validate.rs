@@ -166,12 +166,12 @@ fn check_cluster(config: &Config, err: &mut Err<'_>) {
             format!("cluster.lease_ttl = {} must be 3-600 seconds", c.lease_ttl),
         );
     }
-    if c.orphan_after < c.lease_ttl.max(60) {
+    if c.orphan_after < c.lease_ttl {
         err(
             Key::at("cluster.orphan_after"),
             format!(
-                "cluster.orphan_after = {} must be at least 60 seconds and at least cluster.lease_ttl",
-                c.orphan_after
+                "cluster.orphan_after = {} must be at least cluster.lease_ttl ({})",
+                c.orphan_after, c.lease_ttl
             ),
         );
     }

@@ -155,6 +155,9 @@ pub struct PageRequest {
 /// `Delete("")`, which the publisher passes over, as it did a torn queue line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "lowercase")]
+// Ops live briefly, at most a publish batch (256) at a time; nearly all are puts, so a
+// box would cost an allocation each and save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Op {
     Put(FileRecord),
     Delete(String),
@@ -603,6 +606,32 @@ impl Db {
                 j.extend(ops);
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// The recordings `node` stored that expire (R-SC-1 retention takeover): key,
+    /// format and expiry.
+    pub async fn expiring_of(&self, node: String) -> Result<Vec<FileRecord>, DbError> {
+        self.call("expiring_of", move |c| {
+            let mut st =
+                c.db.prepare(
+                    "SELECT key, format, expires FROM recordings WHERE node = ?1 AND expires > 0",
+                )
+                .ctx("expiring_of", &node)?;
+            let rows = st
+                .query_map([&node], |r| {
+                    Ok(FileRecord {
+                        key: r.get(0)?,
+                        format: r.get(1)?,
+                        expires: r.get(2)?,
+                        node: node.clone(),
+                        ..Default::default()
+                    })
+                })
+                .ctx("expiring_of", &node)?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .ctx("expiring_of", &node)
         })
         .await
     }
@@ -1103,8 +1132,8 @@ fn put_recording(tx: &Transaction<'_>, r: &FileRecord) -> Result<(), DbError> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO recordings
              (key, format, domain, app, stream, task_id, start_ms, end_ms, duration_ms, size,
-              expires, gaps)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+              expires, gaps, node)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )
     .and_then(|mut st| {
         // Plain data: serializing it cannot fail, and a gap list is never worth
@@ -1124,7 +1153,8 @@ fn put_recording(tx: &Transaction<'_>, r: &FileRecord) -> Result<(), DbError> {
             r.duration_ms,
             clamp_i64(r.size),
             r.expires,
-            gaps
+            gaps,
+            r.node
         ])
     })
     .ctx("put recording", &r.key)?;
@@ -1168,7 +1198,7 @@ fn set_meta(tx: &Transaction<'_>, name: &str, value: &str) -> Result<(), DbError
 }
 
 const RECORD_COLUMNS: &str = "SELECT key, format, domain, app, stream, task_id, start_ms, \
-                              end_ms, duration_ms, size, expires, gaps FROM recordings";
+                              end_ms, duration_ms, size, expires, gaps, node FROM recordings";
 
 /// The recordings matching `f` after `(start_ms, key)`, in that order, at most `limit`.
 fn query_in(
@@ -1241,6 +1271,7 @@ fn query_in(
                     .and_then(|j| serde_json::from_str(&j).ok())
                     .unwrap_or_default(),
                 notice: None,
+                node: r.get(12)?,
             })
         })
         .ctx("query", "")?;

@@ -123,6 +123,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX callbacks_pending ON callbacks (order_key, id) WHERE status = 'pending';
     CREATE INDEX callbacks_by_status ON callbacks (status, id);
     "#,
+    // Version 5: the node that stored a recording, when several share a store (R-SC-1);
+    // '' for this node's own. Its files' expiry is another node's job once it is gone
+    // longer than `orphan_after`.
+    r#"
+    ALTER TABLE recordings ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -18,6 +18,7 @@ fn rec(key: &str, start_ms: i64, end_ms: i64) -> FileRecord {
         expires: 0,
         gaps: Vec::new(),
         notice: None,
+        node: String::new(),
     }
 }
 

@@ -44,6 +44,9 @@ pub enum CatalogError {
 /// cluster's change log (`cluster::sync`, R-SC-1), which the other nodes read
 /// incrementally. A trait so `sink` does not depend on `cluster`.
 pub trait ChangeLog: Send + Sync {
+    /// This node's id, written into its catalog entries so every node knows whose
+    /// files they are (retention stays with the owner, R-SC-1).
+    fn node_id(&self) -> &str;
     fn append<'a>(&'a self, ops: &'a [Op]) -> futures::future::BoxFuture<'a, Result<(), String>>;
 }
 
@@ -79,7 +82,12 @@ pub async fn publisher(
         // confirmed-but-unrecorded changes again, which the store takes as no-ops.
         let mut done = Vec::with_capacity(ops.len());
         let mut batch = Vec::with_capacity(ops.len());
-        for (id, op) in ops {
+        for (id, mut op) in ops {
+            if let (Some(log), Op::Put(r)) = (&log, &mut op) {
+                if r.node.is_empty() {
+                    r.node = log.node_id().to_string();
+                }
+            }
             if !publish_one(&state, &op, &stop).await {
                 // The log has not seen them: confirmed only after it has, below.
                 if log.is_some() {
@@ -241,6 +249,19 @@ async fn restore_retention(db: &Db, state: &State) {
             return;
         }
     };
+    let n = expire_again(db, state, all).await;
+    if n > 0 {
+        info!(
+            files = n,
+            "retention restored for files stored before the index was lost"
+        );
+    }
+}
+
+/// Schedules the expiry of stored recordings in this node's retention (an HLS
+/// recording's segments from its stored playlist): after a rebuild, or for the files of
+/// a node gone longer than `[cluster] orphan_after` (R-SC-1). Returns how many files.
+pub async fn expire_again(db: &Db, state: &State, all: Vec<FileRecord>) -> usize {
     let mut n = 0usize;
     let mut expire = |key: String, at: i64| {
         let db = db.clone();
@@ -277,10 +298,5 @@ async fn restore_retention(db: &Db, state: &State) {
         }
         expire(r.key.clone(), r.expires).await;
     }
-    if n > 0 {
-        info!(
-            files = n,
-            "retention restored for files stored before the index was lost"
-        );
-    }
+    n
 }

@@ -126,6 +126,7 @@ impl RecMeta {
             expires: 0,
             gaps: Vec::new(),
             notice: self.notice.clone().map(Box::new),
+            node: String::new(),
         }
     }
 
