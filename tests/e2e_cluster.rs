@@ -265,8 +265,11 @@ fn a_template_made_on_one_node_applies_on_another_and_every_node_lists_every_rec
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::start(&dir.path().join("s3"));
     let (a, b, c) = (node(&s3, "a", ""), node(&s3, "b", ""), node(&s3, "c", ""));
-    let nodes = json(&c, "/v1/nodes");
-    assert_eq!(nodes["nodes"].as_array().map(Vec::len), Some(3), "{nodes}");
+    // Each node's first heartbeat follows its ready line by a moment.
+    let nodes = wait_until("three live nodes", Duration::from_secs(10), || {
+        let nodes = json(&c, "/v1/nodes");
+        (nodes["nodes"].as_array().map(Vec::len) == Some(3)).then_some(nodes)
+    });
     for n in nodes["nodes"].as_array().unwrap() {
         assert!(
             n["last_seen"].as_i64().unwrap() > 0 && n["streams"] == 0,
