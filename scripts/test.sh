@@ -15,6 +15,10 @@ if ! command -v gst-launch-1.0 >/dev/null 2>&1 || ! gst-inspect-1.0 rtmp2sink >/
 fi
 # systemd-analyze checks the shipped unit file (R-OP-2).
 command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
+# The console's browser tests (tests/e2e_console.rs) drive headless Chromium through
+# chromedriver (Debian's packages; the driver matches the browser's version).
+command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || pkgs+=(chromium-driver)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "installing test tools: ${pkgs[*]}" >&2
   SUDO=""
@@ -22,7 +26,7 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
-for tool in ffmpeg ffprobe gst-launch-1.0 systemd-analyze; do
+for tool in ffmpeg ffprobe gst-launch-1.0 systemd-analyze chromium chromedriver; do
   command -v "$tool" >/dev/null 2>&1 || { echo "$tool still not found after install" >&2; exit 1; }
 done
 
