@@ -5,6 +5,7 @@
 //! against this router.
 
 pub mod templates;
+pub mod ui;
 pub mod wire;
 
 use std::sync::Arc;
@@ -119,6 +120,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/rules/{id}", delete(delete_rule))
         .route("/v1/callbacks", get(list_callbacks))
         .route("/v1/callbacks/{id}/retry", post(retry_callback))
+        .route("/v1/files/{*key}", get(ui::stored))
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{*path}", get(ui::file))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let token = token.clone();
@@ -128,8 +133,9 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .with_state(ctx)
 }
 
-/// R-OP-4: with `api.token` set, every route but `/healthz` needs
-/// `Authorization: Bearer <token>`.
+/// R-OP-4: with `api.token` set, every route but `/healthz` and the console's static
+/// files (`/ui/…`, issue 16: the page must load to ask for the token; it holds no data)
+/// needs `Authorization: Bearer <token>`.
 async fn check_token(
     token: Option<&str>,
     req: axum::extract::Request,
@@ -138,7 +144,8 @@ async fn check_token(
     let Some(token) = token else {
         return next.run(req).await;
     };
-    if req.uri().path() == "/healthz" {
+    let path = req.uri().path();
+    if path == "/healthz" || path == "/ui" || path.starts_with("/ui/") {
         return next.run(req).await;
     }
     let given = req
@@ -210,6 +217,9 @@ async fn healthz(State(ctx): Ctxt) -> Json<Value> {
             "failed": cb.failed,
             "oldest_pending_ms": cb.oldest_pending_ms,
         },
+        "version": env!("CARGO_PKG_VERSION"),
+        "config_source": ctx.config.source(),
+        "node_id": ctx.node_id(),
     }))
 }
 
@@ -251,11 +261,18 @@ async fn reload(State(ctx): Ctxt) -> Reply {
 async fn streams(State(ctx): Ctxt) -> Json<Value> {
     let node_id = ctx.node_id();
     let peers = ctx.peers().await;
+    let now_ms = ctx.clock.now_ms();
     let streams: Vec<_> = ctx
         .hub
         .snapshot()
         .into_iter()
         .map(|s| {
+            let tracks = s.info.tracks();
+            let (kbps, fps) = s.info.rates(now_ms);
+            let started_ms = s
+                .started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
             let tasks: Vec<String> = ctx
                 .tasks
                 .list(&crate::tasks::TaskFilter {
@@ -275,8 +292,14 @@ async fn streams(State(ctx): Ctxt) -> Json<Value> {
                 "peer": s.peer.to_string(),
                 "started": s.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                 "stream_param": s.query,
+                "uptime_s": now_ms.saturating_sub(started_ms).max(0) / 1000,
                 "ring": {"bytes": s.ring.bytes, "gops": s.ring.gops, "duration_ms": s.ring.duration_ms.as_ms(), "readers": s.ring.readers},
                 "tasks": tasks,
+                "video": tracks.video,
+                "audio": tracks.audio,
+                "bitrate_kbps": kbps,
+                "fps": fps,
+                "recordings": ctx.sink.open_files(&s.id),
             })
         })
         .collect::<Vec<_>>();

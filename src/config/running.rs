@@ -26,6 +26,15 @@ struct Sources {
 }
 
 impl RunningConfig {
+    /// Where the config comes from, as `/healthz` says it: the file's path, or
+    /// `embedded defaults`.
+    pub fn source(&self) -> String {
+        match &self.path {
+            Some(p) => p.display().to_string(),
+            None => "embedded defaults".into(),
+        }
+    }
+
     pub fn new(file: Loaded, path: Option<PathBuf>) -> Arc<Self> {
         let file = Arc::new(file);
         Arc::new(RunningConfig {

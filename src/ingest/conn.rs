@@ -63,6 +63,8 @@ struct Publishing {
     /// `resume_at` (the stalled recorder's cursor falls out of the ring and stops
     /// counting), so one hung recorder costs one warning and one `stall_timeout`.
     stalled: bool,
+    /// Tracks, bitrate and frame rate for `/v1/streams` (issue 16).
+    meter: super::meter::Meter,
 }
 
 /// Backpressure marks, as fractions of `ring_max_bytes`. The issue asks to stop reading
@@ -96,6 +98,7 @@ impl Publishing {
         max_timestamp_jump: Millis,
         ring_max_bytes: usize,
         stall_timeout: Duration,
+        info: Arc<super::meter::LiveInfo>,
     ) -> Publishing {
         let (pause_above, resume_at) = backpressure_marks(ring_max_bytes);
         Publishing {
@@ -112,6 +115,7 @@ impl Publishing {
             resume_at,
             stall_timeout,
             stalled: false,
+            meter: super::meter::Meter::new(info),
         }
     }
 
@@ -448,8 +452,12 @@ impl Conn {
                             p.writer.push_deferred(MediaEvent::Discontinuity, arrival);
                         }
                         pkt.dts = m.dts;
+                        p.meter.packet(arrival.as_unix_ms(), body_len, video);
                     }
-                    MediaEvent::Config(c) => c.dts = p.timeline.map_config(c.kind(), c.dts),
+                    MediaEvent::Config(c) => {
+                        c.dts = p.timeline.map_config(c.kind(), c.dts);
+                        p.meter.config(c);
+                    }
                     MediaEvent::Metadata(_) | MediaEvent::Discontinuity => {}
                 }
                 p.unwoken_bytes += body_len;
@@ -551,6 +559,7 @@ impl Conn {
             max_bytes: ingest.ring_max_bytes,
         });
         let query = req.query.as_deref().map(identity::redact_query);
+        let info = Arc::new(super::meter::LiveInfo::default());
         let entry = LiveStream {
             conn_id: self.conn_id,
             peer: self.peer,
@@ -559,6 +568,7 @@ impl Conn {
             ring: handle,
             query: query.clone(),
             config: config.clone(),
+            info: info.clone(),
         };
         // R-SC-1: one node records a stream. Asked after auth and the quota, so a refused
         // publisher never holds a lease.
@@ -627,6 +637,7 @@ impl Conn {
             Millis::from_secs_f64(config.config.ingest.max_timestamp_jump),
             ingest.ring_max_bytes,
             stall_timeout,
+            info,
         ));
         Ok(())
     }
@@ -671,6 +682,7 @@ mod tests {
             Millis::from_secs(10),
             ring_max_bytes,
             stall_timeout,
+            Arc::default(),
         );
         (p, handle)
     }

@@ -24,6 +24,8 @@ pub struct LiveStream {
     /// The config as of the publish: rules and templates apply when a push starts and
     /// the recording keeps them (R-TP-6).
     pub config: Arc<Loaded>,
+    /// Its tracks and rates, as its connection measures them (issue 16).
+    pub info: Arc<super::meter::LiveInfo>,
 }
 
 pub struct StreamInfo {
@@ -32,6 +34,7 @@ pub struct StreamInfo {
     pub started: SystemTime,
     pub query: Option<String>,
     pub ring: ring::RingStats,
+    pub info: Arc<super::meter::LiveInfo>,
 }
 
 /// What the hub announces, in the order the registry changed.
@@ -176,6 +179,7 @@ impl Hub {
                 started: v.started,
                 query: v.query.clone(),
                 ring: v.ring.stats(),
+                info: v.info.clone(),
             })
             .collect()
     }

@@ -5,6 +5,7 @@ pub mod conn;
 pub mod hub;
 pub mod identity;
 pub mod listener;
+pub mod meter;
 pub mod proxy;
 pub mod tls;
 

@@ -239,6 +239,7 @@ impl Launch for Recorders {
                 plan.format.ext(),
             );
             let notice = notice.clone();
+            let template = template.clone();
             self.tracker.spawn(async move {
                 let policy = CutPolicy {
                     interval_ms: plan.record_interval_ms,
@@ -254,6 +255,7 @@ impl Launch for Recorders {
                     storage_time: plan.storage_time,
                     utc_offset_s,
                     notice,
+                    template,
                 };
                 let spool = match sink.begin(meta).await {
                     Ok(r) => r,
@@ -1084,6 +1086,7 @@ mod tests {
             storage_time: 0,
             utc_offset_s: 0,
             notice: None,
+            template: String::new(),
         };
         let spool = sink.begin(meta).await.unwrap();
         let policy = CutPolicy {

@@ -415,6 +415,7 @@ mod tests {
                 ring: handle,
                 query: None,
                 config: self.config.snapshot(),
+                info: Default::default(),
             };
             self.hub
                 .register(id(), entry, crate::config::OnDuplicate::Reject, 10)
@@ -609,6 +610,7 @@ mod tests {
             ring: handle,
             query: None,
             config: r.config.snapshot(),
+            info: Default::default(),
         };
         r.hub
             .register(id(), entry, crate::config::OnDuplicate::Takeover, 10)

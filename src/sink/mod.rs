@@ -27,7 +27,7 @@ pub mod retention;
 pub mod store;
 mod upload;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -106,6 +106,9 @@ pub struct RecMeta {
     /// finalized by recovery after a crash is announced too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<crate::model::Notice>,
+    /// Which template (and rule) made the recording, for `/v1/streams` (issue 16).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub template: String,
 }
 
 impl RecMeta {
@@ -215,6 +218,31 @@ pub struct Sink {
     taken: Mutex<HashSet<String>>,
     /// When open files' buffers are written (`[spool] flush_interval`, `flush.rs`).
     flush: FlushPolicy,
+    /// The recordings being written, by spool tag, for `/v1/streams` (issue 16).
+    open: Mutex<HashMap<String, OpenRec>>,
+}
+
+/// A recording being written, as `/v1/streams` and the console show it (issue 16). Its
+/// current file has no key yet: the name is rendered when it closes (R-ST-3).
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenFile {
+    /// The template and what chose it, e.g. `1 (archive) by record.default_template`.
+    pub template: String,
+    pub task_id: String,
+    pub format: String,
+    /// The recording's file number (from 0) and, HLS, its segment number.
+    pub file_seq: u64,
+    pub segment: Option<u64>,
+    /// The current file's (HLS: segment's) start, unix ms; 0 before its first file.
+    pub file_started_ms: i64,
+    /// Bytes appended to the current file (or segment) so far.
+    pub bytes: u64,
+}
+
+struct OpenRec {
+    id: StreamId,
+    shown: OpenFile,
+    bytes: Arc<AtomicU64>,
 }
 
 /// An open spool file. Appends are buffered and written by [`FlushPolicy`]: what a crash
@@ -239,6 +267,8 @@ pub struct SpoolFile {
     /// more is written to it — appending after the tear would bury it mid-file — until
     /// the owner ends it with [`SpoolFile::cut_back`].
     failed: bool,
+    /// Bytes appended, as `/v1/streams` shows them (shared with [`Sink::open_files`]).
+    shown: Arc<AtomicU64>,
 }
 
 impl SpoolFile {
@@ -291,6 +321,7 @@ impl SpoolFile {
         self.quota.add(r.keep_len.saturating_sub(self.written));
         self.quota.sub(self.written.saturating_sub(r.keep_len));
         self.written = r.keep_len;
+        self.shown.store(r.keep_len, Ordering::Relaxed);
         Ok(r)
     }
 
@@ -315,6 +346,7 @@ impl SpoolFile {
             return Ok(());
         }
         let now = tokio::time::Instant::now();
+        let before = self.pending_len;
         for b in bufs {
             if b.is_empty() {
                 continue;
@@ -324,6 +356,8 @@ impl SpoolFile {
             self.pending_len += b.len();
             self.pending.push(b);
         }
+        self.shown
+            .fetch_add((self.pending_len - before) as u64, Ordering::Relaxed);
         if self
             .policy
             .is_due(self.pending_len, self.pending_since, now)
@@ -480,6 +514,7 @@ impl Sink {
             next_id: AtomicU64::new(0),
             boot,
             taken: Mutex::new(HashSet::new()),
+            open: Mutex::default(),
             flush: FlushPolicy::new(config.spool.flush_interval()),
         });
         let report = recover::run(&sink).await;
@@ -526,6 +561,26 @@ impl Sink {
             dir,
             tag: format!("r{}-{n}", self.boot),
         };
+        self.open_recs().insert(
+            rec.tag.clone(),
+            OpenRec {
+                id: rec.meta.id(),
+                shown: OpenFile {
+                    template: rec.meta.template.clone(),
+                    task_id: rec.meta.task_id.clone(),
+                    // As `/v1/recordings` names it: an HLS recording is `hls`.
+                    format: match rec.meta.ext.as_str() {
+                        "m3u8" => "hls".into(),
+                        e => e.into(),
+                    },
+                    file_seq: 0,
+                    segment: None,
+                    file_started_ms: 0,
+                    bytes: 0,
+                },
+                bytes: Arc::default(),
+            },
+        );
         let path = rec.manifest();
         let json = serde_json::to_vec(&rec.meta).map_err(|e| SinkError::Spool {
             path: path.clone(),
@@ -540,7 +595,31 @@ impl Sink {
 
     /// The recording is over; its manifest goes (its finished files carry their keys).
     pub async fn end(&self, rec: Rec) {
+        self.open_recs().remove(&rec.tag);
         let _ = tokio::fs::remove_file(rec.manifest()).await;
+    }
+
+    fn open_recs(&self) -> std::sync::MutexGuard<'_, HashMap<String, OpenRec>> {
+        // Each critical section is one insert, update or read: a panic elsewhere cannot
+        // leave the map half-changed.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The recordings of `id` being written now, with their current files (issue 16).
+    pub fn open_files(&self, id: &StreamId) -> Vec<OpenFile> {
+        let mut v: Vec<OpenFile> = self
+            .open_recs()
+            .values()
+            .filter(|r| &r.id == id)
+            .map(|r| OpenFile {
+                bytes: r.bytes.load(Ordering::Relaxed),
+                ..r.shown.clone()
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            (&a.task_id, &a.template, &a.format).cmp(&(&b.task_id, &b.template, &b.format))
+        });
+        v
     }
 
     /// Opens the spool file of file `seq` of a recording (`segment`: HLS segment number).
@@ -581,6 +660,13 @@ impl Sink {
             }
             _ => None,
         };
+        let shown = Arc::new(AtomicU64::new(0));
+        if let Some(r) = self.open_recs().get_mut(&rec.tag) {
+            r.shown.file_seq = seq;
+            r.shown.segment = segment;
+            r.shown.file_started_ms = ms;
+            r.bytes = shown.clone();
+        }
         Ok(SpoolFile {
             path,
             file: Some(file),
@@ -592,6 +678,7 @@ impl Sink {
             written: 0,
             stream,
             failed: false,
+            shown,
         })
     }
 
@@ -1274,6 +1361,7 @@ mod tests {
             storage_time: 0,
             utc_offset_s: 0,
             notice: None,
+            template: String::new(),
         };
         let rec = sink.begin(meta.clone()).await.unwrap();
         let started = Utc::now();
@@ -1349,6 +1437,7 @@ mod tests {
             storage_time: 0,
             utc_offset_s: 0,
             notice: None,
+            template: String::new(),
         };
         let rec = sink.begin(meta.clone()).await.unwrap();
         let mut f = sink.create(&rec, 0, Utc::now(), None).await.unwrap();

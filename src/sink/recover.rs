@@ -369,6 +369,7 @@ async fn recover_dir(sink: &Arc<Sink>, dir: &Path, mut d: Dir, report: &mut Reco
                 utc_offset_s: 0,
                 // Without its marker the recording's callback target is unknown.
                 notice: None,
+                template: String::new(),
             })
         });
         let Some(meta) = meta else {

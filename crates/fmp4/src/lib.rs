@@ -593,7 +593,7 @@ fn describe(want: TrackKind, cfg: &TrackConfig, id: u32) -> Result<(init::TrackD
                 VideoCodec::H264 => {
                     let avc = media::avc::AvcConfig::parse(&cfg.record)
                         .map_err(|e| format!("{name}: {e}"))?;
-                    if let Some((w, h)) = avc.sps.first().and_then(|s| sps_size(s)) {
+                    if let Some((w, h)) = avc.sps.first().and_then(|s| media::avc::sps_size(s)) {
                         d.width = w;
                         d.height = h;
                     }
@@ -650,120 +650,4 @@ fn describe(want: TrackKind, cfg: &TrackConfig, id: u32) -> Result<(init::TrackD
         }
     };
     Ok((d, frame_ticks))
-}
-
-/// Picture size from an H.264 SPS, for tkhd and the sample entry (players that trust the
-/// container rather than the bitstream, e.g. some hardware pipelines, need it). `None`
-/// when the SPS uses features this small reader does not follow; the decoder still finds
-/// the size in the bitstream.
-fn sps_size(sps: &[u8]) -> Option<(u16, u16)> {
-    // Strip emulation prevention bytes (00 00 03) first.
-    let mut rbsp = Vec::with_capacity(sps.len());
-    let mut zeros = 0;
-    for &b in sps.get(1..)? {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-        rbsp.push(b);
-    }
-    let mut r = BitReader { b: &rbsp, pos: 0 };
-    let profile = r.bits(8)?;
-    r.bits(16)?; // constraint flags + level
-    r.ue()?; // sps id
-    let mut chroma_format_idc = 1;
-    if matches!(
-        profile,
-        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
-    ) {
-        chroma_format_idc = r.ue()?;
-        if chroma_format_idc == 3 {
-            r.bits(1)?;
-        }
-        r.ue()?;
-        r.ue()?;
-        r.bits(1)?;
-        if r.bits(1)? == 1 {
-            // Scaling matrices: rare in live encoders; skip parsing them.
-            return None;
-        }
-    }
-    r.ue()?; // log2_max_frame_num
-    match r.ue()? {
-        0 => {
-            r.ue()?;
-        }
-        1 => {
-            r.bits(1)?;
-            r.se()?;
-            r.se()?;
-            let n = r.ue()?;
-            if n > 255 {
-                return None;
-            }
-            for _ in 0..n {
-                r.se()?;
-            }
-        }
-        _ => {}
-    }
-    r.ue()?; // max_num_ref_frames
-    r.bits(1)?;
-    let w_mbs = r.ue()? + 1;
-    let h_units = r.ue()? + 1;
-    let frame_mbs_only = r.bits(1)?;
-    if frame_mbs_only == 0 {
-        r.bits(1)?;
-    }
-    r.bits(1)?;
-    let (mut cl, mut cr, mut ct, mut cb) = (0, 0, 0, 0);
-    if r.bits(1)? == 1 {
-        cl = r.ue()?;
-        cr = r.ue()?;
-        ct = r.ue()?;
-        cb = r.ue()?;
-    }
-    let (sub_w, sub_h) = match chroma_format_idc {
-        1 => (2, 2),
-        2 => (2, 1),
-        _ => (1, 1),
-    };
-    let crop_y = sub_h * (2 - frame_mbs_only);
-    let w = (w_mbs * 16).checked_sub((cl + cr) * sub_w)?;
-    let h = (h_units * 16 * (2 - frame_mbs_only)).checked_sub((ct + cb) * crop_y)?;
-    Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
-}
-
-struct BitReader<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl BitReader<'_> {
-    fn bits(&mut self, n: u32) -> Option<u64> {
-        let mut v = 0u64;
-        for _ in 0..n {
-            let byte = *self.b.get(self.pos / 8)?;
-            v = (v << 1) | u64::from((byte >> (7 - (self.pos % 8))) & 1);
-            self.pos += 1;
-        }
-        Some(v)
-    }
-
-    fn ue(&mut self) -> Option<u64> {
-        let mut zeros = 0;
-        while self.bits(1)? == 0 {
-            zeros += 1;
-            if zeros > 31 {
-                return None;
-            }
-        }
-        Some((1u64 << zeros) - 1 + self.bits(zeros)?)
-    }
-
-    fn se(&mut self) -> Option<i64> {
-        let v = self.ue()? as i64;
-        Some(if v % 2 == 1 { (v + 1) / 2 } else { -(v / 2) })
-    }
 }
