@@ -291,7 +291,7 @@
     if (!recs || recs.length === 0) return '';
     return el('ul', { class: 'files' }, recs.map((r) => el('li', {
       'data-format': r.format,
-      title: `template ${r.template}${r.task_id ? `, task ${r.task_id}` : ''}, since ${fmtTime(r.file_started_ms)}`,
+      title: `template ${r.template}${r.task_id ? `, task ${r.task_id}` : ''}${r.file_started_ms ? `, since ${fmtTime(r.file_started_ms)}` : ''}`,
       text: `${r.format} #${r.file_seq}${r.segment !== null && r.segment !== undefined ? ` seg ${r.segment}` : ''}, ${fmtBytes(r.bytes)}`,
     })));
   }
