@@ -95,6 +95,7 @@ impl Browser {
         let chromedriver = require_tool("chromedriver");
         let dir = tempfile::tempdir().expect("tempdir");
         let profile = dir.path().join("profile");
+        let downloads = dir.path().join("downloads");
         let port = free_port();
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
@@ -133,6 +134,11 @@ impl Browser {
                     "--window-size=1400,1000",
                     format!("--user-data-dir={}", profile.display()),
                 ],
+                // Downloads (the FLV button) land in the test's own directory.
+                "prefs": {
+                    "download.default_directory": downloads.display().to_string(),
+                    "download.prompt_for_download": false,
+                },
             },
         });
         let caps = caps.as_object().cloned().expect("object");
@@ -150,6 +156,11 @@ impl Browser {
             });
         b.client = Some(client);
         b
+    }
+
+    /// Where the browser saves downloads.
+    fn downloads(&self) -> PathBuf {
+        self.dir.path().join("downloads")
     }
 
     fn c(&self) -> &Client {
@@ -627,7 +638,7 @@ async fn a_clip_made_on_the_tasks_page_records_a_file() {
         ("app", "live"),
         ("stream", "nope"),
         ("preroll", "2"),
-        ("next", "2"),
+        ("next", "3"),
     ] {
         fill(c, &format!("#clip-form input[name=\"{name}\"]"), value).await;
     }
@@ -679,11 +690,11 @@ async fn a_clip_made_on_the_tasks_page_records_a_file() {
     assert_eq!(ffprobe_errors(&path), "", "{}", path.display());
     assert_eq!(probe_codecs(&path), ["h264", "aac"], "{}", path.display());
     let secs = probe_duration(&path);
-    // The next 2 s, and what the ring held of the last 2 s (it keeps the newest GOP,
+    // The next 3 s, and what the ring held of the last 2 s (it keeps the newest GOP,
     // 2 s in this fixture, so the preroll starts at a keyframe up to 2 s back).
     assert!(
-        (1.8..10.0).contains(&secs),
-        "up to 2 s of preroll and 2 s after: {secs} s in {}",
+        (2.5..12.0).contains(&secs),
+        "up to 2 s of preroll and 3 s after: {secs} s in {}; {recs:?}",
         path.display()
     );
 
@@ -818,6 +829,138 @@ async fn a_recorded_mp4_plays_natively() {
         v["src"].as_str().is_some_and(|s| s.starts_with("blob:")),
         "{v}"
     );
+    b.close().await;
+}
+
+/// The Recordings page's filter (format) narrows the list; a recorded AAC plays in
+/// `<audio>` and an FLV is offered as a download of its exact bytes, both fetched with
+/// the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_aac_plays_and_an_flv_downloads() {
+    let d = blocking(|| {
+        Daemon::start_api(
+            &format!("token = \"{TOKEN}\""),
+            &template(
+                "aac = { enable = true, record_interval = 600 }\n\
+                 flv = { enable = true, record_interval = 600 }\n",
+            ),
+        )
+    });
+    blocking(|| push_file(&d, "cam"));
+    blocking(|| wait_recordings(&d, Some(TOKEN), "format=aac"));
+    let flv = blocking(|| wait_recordings(&d, Some(TOKEN), "format=flv")).remove(0);
+    let b = Browser::start().await;
+    let c = b.c();
+    open_and_log_in(c, &format!("{}#recordings", console_url(&d)), TOKEN).await;
+    let formats = |want: &str| {
+        format!(
+            "return Array.from(document.querySelectorAll('#rec-table tbody tr')) \
+               .map((r) => r.dataset.format).sort().join(',') === '{want}';"
+        )
+    };
+    wait_for(
+        c,
+        "both recordings",
+        &formats("aac,flv"),
+        Duration::from_secs(20),
+    )
+    .await;
+    // Only the AAC one after filtering by format.
+    js(
+        c,
+        "document.querySelector('#rec-format').value = 'aac'; return null;",
+    )
+    .await;
+    click(c, "#rec-search").await;
+    wait_for(
+        c,
+        "the AAC recording alone",
+        &formats("aac"),
+        Duration::from_secs(20),
+    )
+    .await;
+    click(
+        c,
+        "#rec-table tr[data-format=\"aac\"] button[data-action=\"play\"]",
+    )
+    .await;
+    wait_for(
+        c,
+        "the audio to play past 1 s",
+        "const a = document.querySelector('#player audio'); return a && a.currentTime > 1;",
+        Duration::from_secs(60),
+    )
+    .await;
+    let a = js(
+        c,
+        "const a = document.querySelector('#player audio'); \
+         return {error: a.error && a.error.code, src: a.src, errors: window.liverecConsole.playerErrors};",
+    )
+    .await;
+    assert_eq!(a["error"], Value::Null, "{a}");
+    assert_eq!(a["errors"], json!([]), "{a}");
+    assert!(
+        a["src"].as_str().is_some_and(|s| s.starts_with("blob:")),
+        "{a}"
+    );
+
+    js(
+        c,
+        "document.querySelector('#rec-format').value = 'flv'; return null;",
+    )
+    .await;
+    click(c, "#rec-search").await;
+    wait_for(
+        c,
+        "the FLV recording alone",
+        &formats("flv"),
+        Duration::from_secs(20),
+    )
+    .await;
+    click(
+        c,
+        "#rec-table tr[data-format=\"flv\"] button[data-action=\"play\"]",
+    )
+    .await;
+    wait_for(
+        c,
+        "the download link",
+        "return !!document.querySelector('#player-download');",
+        Duration::from_secs(20),
+    )
+    .await;
+    let got = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; \
+             const a = document.querySelector('#player-download'); \
+             fetch(a.href).then((r) => r.arrayBuffer()).then((b) => done({ \
+               name: a.download, size: b.byteLength, \
+               magic: String.fromCharCode(...new Uint8Array(b.slice(0, 3))) }));",
+            vec![],
+        )
+        .await
+        .expect("read the download");
+    let key = flv["key"].as_str().expect("key");
+    assert_eq!(
+        got["name"],
+        json!(key.rsplit('/').next().expect("name")),
+        "{got}"
+    );
+    assert_eq!(got["size"], flv["size"], "{got}");
+    assert_eq!(got["magic"], json!("FLV"), "{got}");
+    // The browser saved it: the stored file's exact bytes.
+    let saved = b.downloads().join(got["name"].as_str().expect("name"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stored = std::fs::read(d.root().join(key)).expect("stored FLV");
+    while std::fs::read(&saved).ok().as_ref() != Some(&stored) {
+        assert!(
+            Instant::now() < deadline,
+            "{} not saved with the stored bytes; downloads: {:?}",
+            saved.display(),
+            common::walk(&b.downloads())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     b.close().await;
 }
 

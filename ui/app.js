@@ -589,7 +589,8 @@
     const f = ev.target.elements;
     const body = taskBase(f);
     body.preroll_seconds = Number(f.preroll.value);
-    body.end_time = Math.floor(Date.now() / 1000) + Number(f.next.value || 5);
+    // Rounded up: at least the next M seconds.
+    body.end_time = Math.ceil(Date.now() / 1000) + Number(f.next.value || 5);
     createTask(body);
   });
 
