@@ -511,11 +511,16 @@ async fn the_console_asks_for_the_token_and_refuses_a_wrong_one() {
 }
 
 /// A live ffmpeg push on the Live page: codec, resolution, fps, bitrate, client address
-/// and open file from the DOM, updated by polling (the page is not reloaded) until the
-/// push ends and the row goes.
+/// and open file from the DOM, updated by polling (the page is not reloaded): when the
+/// push ends the stream waits out its `continue_timeout` with a deadline, then goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_push_shows_on_the_live_page() {
-    let d = blocking(|| Daemon::start(""));
+    // The FLV waits 3 s for the stream to come back after the push ends.
+    let d = blocking(|| {
+        Daemon::start(&template(
+            "flv = { enable = true, record_interval = 600, continue_timeout = 3 }\n",
+        ))
+    });
     let push = push_live(&d, "cam");
     blocking(|| wait_stream(&d, None, "cam", |_| true));
     let b = Browser::start().await;
@@ -577,9 +582,25 @@ async fn a_live_push_shows_on_the_live_page() {
     );
     // Polling: the push ends, the row goes, the page stays the same page.
     drop(push);
+    let waiting = wait_for(
+        c,
+        "the stream waiting for its push to return",
+        &live_check(id, "state", "t.startsWith('waiting until ') ? t : null"),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        js(
+            c,
+            &format!("return document.querySelector('#live-table tr[data-stream=\"{id}\"]').dataset.state;")
+        )
+        .await,
+        json!("waiting"),
+        "{waiting}"
+    );
     wait_for(
         c,
-        "the row to go after the push ended",
+        "the row to go after the window",
         &format!(
             "return !document.querySelector('#live-table tr[data-stream=\"{id}\"]') && \
                     !document.querySelector('#live-empty').hidden;"
@@ -832,14 +853,16 @@ async fn a_recorded_mp4_plays_natively() {
     b.close().await;
 }
 
-/// The Recordings page's filter (format) narrows the list; a recorded AAC plays in
-/// `<audio>` and an FLV is offered as a download of its exact bytes, both fetched with
-/// the token.
+/// The Recordings page: each row's file URL (this API) and public URL, a page at a time
+/// with `next_page_token`, the format filter; a recorded AAC plays in `<audio>` and an
+/// FLV is downloaded with its exact bytes, both fetched with the token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_aac_plays_and_an_flv_downloads() {
     let d = blocking(|| {
-        Daemon::start_api(
+        Daemon::start_config(
+            "",
             &format!("token = \"{TOKEN}\""),
+            Some("[storage]\nroot = \"{root}\"\npublic_base_url = \"https://cdn.example/rec\"\n"),
             &template(
                 "aac = { enable = true, record_interval = 600 }\n\
                  flv = { enable = true, record_interval = 600 }\n",
@@ -865,6 +888,50 @@ async fn a_recorded_aac_plays_and_an_flv_downloads() {
         Duration::from_secs(20),
     )
     .await;
+    // Each row's URLs: the file through this API, and the public one.
+    let urls = js(
+        c,
+        "return Array.from(document.querySelectorAll('#rec-table tbody tr')).map((r) => [r.dataset.key, \
+           r.querySelector('input[data-url=\"file\"]').value, \
+           r.querySelector('input[data-url=\"public\"]').value]);",
+    )
+    .await;
+    for row in urls.as_array().expect("rows") {
+        let key = row[0].as_str().expect("key");
+        assert_eq!(
+            row[1],
+            json!(format!("http://{}/v1/files/{key}", d.api)),
+            "{urls}"
+        );
+        assert_eq!(
+            row[2],
+            json!(format!("https://cdn.example/rec/{key}")),
+            "{urls}"
+        );
+    }
+    // A page at a time: one per page, then the next page.
+    fill(c, "#rec-page-size", "1").await;
+    click(c, "#rec-search").await;
+    let one = "const r = document.querySelectorAll('#rec-table tbody tr'); \
+               return r.length === 1 && !document.querySelector('#rec-next').hidden ? r[0].dataset.format : null;";
+    let first = wait_for(c, "the first page of one", one, Duration::from_secs(20)).await;
+    click(c, "#rec-next").await;
+    let second = wait_for(
+        c,
+        "the second page",
+        &format!(
+            "const r = document.querySelectorAll('#rec-table tbody tr'); \
+             return r.length === 1 && r[0].dataset.format !== '{}' && \
+               !document.querySelector('#rec-first').hidden ? r[0].dataset.format : null;",
+            first.as_str().unwrap_or("")
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    let mut both = [first, second].map(|v| v.as_str().unwrap_or("").to_string());
+    both.sort();
+    assert_eq!(both, ["aac", "flv"]);
+    fill(c, "#rec-page-size", "50").await;
     // Only the AAC one after filtering by format.
     js(
         c,
@@ -1125,11 +1192,20 @@ async fn start_proxy(upstream: SocketAddr) -> Proxy {
 }
 
 /// Behind a reverse proxy under `/lr/` on another host name (`localhost`, the daemon is
-/// on 127.0.0.1): `/lr/ui` redirects to `/lr/ui/`, the page logs in and lists the live
-/// stream, and every request it makes stays under the prefix.
+/// on 127.0.0.1): `/lr/ui` redirects to `/lr/ui/`, the page logs in, lists the live
+/// stream and plays an HLS recording, and every request it makes stays under the prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_behind_a_proxy_under_a_path_prefix() {
-    let d = blocking(|| Daemon::start_api(&format!("token = \"{TOKEN}\""), ""));
+    let d = blocking(|| {
+        Daemon::start_api(
+            &format!("token = \"{TOKEN}\""),
+            &template("hls = { enable = true, record_interval = 600, segment_duration = 2 }\n"),
+        )
+    });
+    // A finished HLS recording to play, and a live stream.
+    blocking(|| push_file(&d, "old"));
+    let old = blocking(|| wait_recordings(&d, Some(TOKEN), "stream=old&format=hls")).remove(0);
+    let old_key = old["key"].as_str().expect("key").to_string();
     let _push = push_live(&d, "cam");
     blocking(|| wait_stream(&d, Some(TOKEN), "cam", |_| true));
     let proxy = start_proxy(d.api).await;
@@ -1148,7 +1224,33 @@ async fn the_console_works_behind_a_proxy_under_a_path_prefix() {
         Duration::from_secs(20),
     )
     .await;
+    // The HLS recording plays through the proxy: the file URL is under the prefix, and
+    // hls.js fetches the playlist and its segments there with the token.
+    click(c, "#nav a[data-view=\"recordings\"]").await;
+    let row = format!("#rec-table tr[data-key=\"{old_key}\"]");
+    let url = wait_for(
+        c,
+        "the HLS recording through the proxy",
+        &format!(
+            "const i = document.querySelector('{row} input[data-url=\"file\"]'); return i && i.value;"
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(url, json!(format!("{origin}/lr/v1/files/{old_key}")));
+    click(c, &format!("{row} button[data-action=\"play\"]")).await;
+    assert_plays_past(c, 1.0).await;
     let seen = proxy.seen.lock().expect("seen").clone();
+    assert!(
+        seen.iter()
+            .any(|(_, p, bearer)| *p == format!("/lr/v1/files/{old_key}") && *bearer),
+        "the playlist through the proxy with the token: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(_, p, bearer)| p.starts_with("/lr/v1/files/") && p.ends_with(".ts") && *bearer),
+        "segments through the proxy with the token: {seen:?}"
+    );
     let strays: Vec<_> = seen
         .iter()
         .filter(|(_, p, _)| !p.starts_with("/lr/"))

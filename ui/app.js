@@ -320,6 +320,8 @@
       const t = unixOf(f[k].value);
       if (t !== null) p.set(k, String(t));
     }
+    const size = Number(f.page_size.value);
+    if (size > 0) p.set('page_size', String(size));
     state.rec = { params: p, token: null, pages: [] };
     run('recordings');
   });
@@ -338,7 +340,7 @@
 
   async function loadRecordings() {
     const p = new URLSearchParams(state.rec.params);
-    p.set('page_size', String(PAGE_SIZE));
+    if (!p.has('page_size')) p.set('page_size', String(PAGE_SIZE));
     if (state.rec.token) p.set('page_token', state.rec.token);
     const { recordings, next_page_token: next } = await api(`v1/recordings?${p}`);
     if (state.loginShown) return;
