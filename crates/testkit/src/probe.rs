@@ -22,8 +22,14 @@ pub fn require_tool(name: &str) -> PathBuf {
             return p;
         }
     }
+    let package = match name {
+        "chromium" => "chromium",
+        "chromedriver" => "chromium-driver",
+        "ffmpeg" | "ffprobe" => "ffmpeg",
+        other => other,
+    };
     panic!(
-        "\n\n*** {name} not found: install ffmpeg (apt-get install -y ffmpeg); tests must not skip ***\n\n"
+        "\n\n*** {name} not found: install it (apt-get install -y {package}; scripts/test.sh installs every tool the tests use); tests must not skip ***\n\n"
     );
 }
 
