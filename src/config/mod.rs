@@ -582,7 +582,13 @@ impl Loaded {
                     .map(|f| Plan::new(format, f, factor))
             })
             .collect();
-            return (plans, format!("{id} ({})", t.name));
+            // An unnamed template is its id alone, not `1 ()`.
+            let name = if t.name.is_empty() {
+                id.to_string()
+            } else {
+                format!("{id} ({})", t.name)
+            };
+            return (plans, name);
         }
         (vec![Plan::builtin(factor)], "0 (built-in)".to_string())
     }
