@@ -24,6 +24,7 @@ const STREAMS: &str = "liverec_streams";
 const CONNECTIONS_TOTAL: &str = "liverec_connections_total";
 const CONNECTIONS: &str = "liverec_connections";
 const BYTES_IN: &str = "liverec_bytes_in_total";
+const SOCKET_READS: &str = "liverec_ingest_socket_reads_total";
 const RECORDINGS_OPEN: &str = "liverec_recordings_open";
 const FILES_FINALIZED: &str = "liverec_files_finalized_total";
 const FILES_FAILED: &str = "liverec_files_failed_total";
@@ -100,6 +101,10 @@ pub fn describe() {
         ),
         (CONNECTIONS_TOTAL, "RTMP connections accepted."),
         (BYTES_IN, "Bytes read from RTMP connections."),
+        (
+            SOCKET_READS,
+            "Socket reads of RTMP connections ([ingest] read_interval gathers a publisher's frames into fewer).",
+        ),
         (FILES_FINALIZED, "Files finalized and handed to storage."),
         (FILES_FAILED, "Files whose finalization failed."),
         (
@@ -202,6 +207,7 @@ pub fn connection_closed() {
 
 pub fn bytes_in(n: usize) {
     counter!(BYTES_IN).increment(n as u64);
+    counter!(SOCKET_READS).increment(1);
 }
 
 pub fn ingest_pause() {
@@ -357,6 +363,7 @@ mod tests {
             (CONNECTIONS_TOTAL, "counter"),
             (CONNECTIONS, "gauge"),
             (BYTES_IN, "counter"),
+            (SOCKET_READS, "counter"),
             (RECORDINGS_OPEN, "gauge"),
             (FILES_FINALIZED, "counter"),
             (FILES_FAILED, "counter"),

@@ -425,6 +425,10 @@ pub struct IngestConfig {
     /// Seconds a recording's first file waits for a track that is announced (or may
     /// still come) before it starts without it (issue 12).
     pub track_wait: f64,
+    /// Seconds a publishing connection lets media gather in its socket after a short
+    /// read before it reads again (issue 17): one read per interval instead of one per
+    /// frame. 0 = read as data arrives.
+    pub read_interval: f64,
 }
 
 impl Default for IngestConfig {
@@ -435,6 +439,7 @@ impl Default for IngestConfig {
             stall_timeout: 10,
             max_timestamp_jump: 10.0,
             track_wait: 2.0,
+            read_interval: 0.1,
         }
     }
 }
@@ -771,6 +776,24 @@ mod tests {
         }
         let l = parse("[ingest]\nstall_timeout = 600\n", None).unwrap();
         assert_eq!(l.config.ingest.stall_timeout, 600);
+    }
+
+    #[test]
+    fn read_interval_is_checked_with_its_line() {
+        assert_eq!(load(None).unwrap().config.ingest.read_interval, 0.1);
+        for bad in ["-0.1", "1.5", "nan"] {
+            let text = format!("[ingest]\nring_seconds = 2.0\nread_interval = {bad}\n");
+            let e = parse(&text, None).unwrap_err();
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].location.as_ref().unwrap().line, 3);
+            assert!(
+                e[0].message.contains("ingest.read_interval"),
+                "{}",
+                e[0].message
+            );
+        }
+        let l = parse("[ingest]\nread_interval = 0\n", None).unwrap();
+        assert_eq!(l.config.ingest.read_interval, 0.0);
     }
 
     #[test]

@@ -301,6 +301,13 @@ fn check_record(config: &Config, err: &mut Err<'_>) {
             format!("ingest.track_wait = {w} must be 0..=10 (seconds)"),
         );
     }
+    let i = config.ingest.read_interval;
+    if !(i.is_finite() && (0.0..=1.0).contains(&i)) {
+        err(
+            Key::at("ingest.read_interval"),
+            format!("ingest.read_interval = {i} must be 0..=1 (seconds)"),
+        );
+    }
 }
 
 /// Checks every template; returns the ids declared.

@@ -90,6 +90,28 @@ const STALL_CHECK: Duration = Duration::from_secs(1);
 const WAKE_BYTES: usize = 64 * 1024;
 const WAKE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// A publishing connection's read that returns less than this (and less than the room
+/// in its buffer) means the socket is drained: the next read waits for the next slot of
+/// `[ingest] read_interval` instead of returning with each frame the encoder sends (SRS
+/// calls this "merged read"). An encoder sends a frame every ~10-20 ms, and each read
+/// cost an epoll wake-up, a task poll and often a hand-off between the runtime's threads
+/// — the largest CPU cost in the profile (benches/README.md, issue 17). A read of more
+/// than this reads again at once, so a stream faster than the kernel's receive window
+/// per interval is never throttled: the hold only follows a read that emptied the socket.
+const HOLD_BELOW: usize = 32 * 1024;
+
+/// The next read slot: every connection's slots fall on one grid, so one timer tick of
+/// the runtime serves all of them in one turn rather than waking it once per connection.
+fn next_read_slot(interval: Duration) -> Instant {
+    static GRID: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let grid = *GRID.get_or_init(Instant::now);
+    let now = Instant::now();
+    let step = interval.as_nanos().max(1);
+    let slots = now.duration_since(grid).as_nanos() / step + 1;
+    // u64 nanoseconds last 584 years of uptime.
+    grid + Duration::from_nanos(u64::try_from(slots * step).unwrap_or(u64::MAX))
+}
+
 impl Publishing {
     fn new(
         id: StreamId,
@@ -265,6 +287,9 @@ impl Conn {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut was_publishing = false;
         let shutdown = self.ingest.shutdown.clone();
+        let read_interval = Duration::from_secs_f64(config.config.ingest.read_interval);
+        // Whether the last read drained the socket (see HOLD_BELOW).
+        let mut hold = false;
         loop {
             if let Some(p) = &mut self.publishing {
                 if p.should_pause() {
@@ -274,9 +299,17 @@ impl Conn {
                     deadline = Instant::now() + idle_timeout;
                 }
             }
+            if hold {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next_read_slot(read_interval)) => {}
+                    _ = self.cancel.cancelled() => return Err(ConnEnd::Cancelled),
+                    _ = shutdown.cancelled() => return Err(ConnEnd::Cancelled),
+                }
+            }
             if buf.capacity() - buf.len() < 16 * 1024 {
                 buf.reserve(64 * 1024);
             }
+            let room = buf.capacity() - buf.len();
             // One timer serves both the connection deadline and the recorders' wake-up:
             // data from a publisher that went quiet still reaches the files.
             let wake_at = self
@@ -303,6 +336,9 @@ impl Conn {
             if n == 0 {
                 return Err(ConnEnd::Closed);
             }
+            // Only media is held back: the handshake and commands are answered at once.
+            hold =
+                self.publishing.is_some() && !read_interval.is_zero() && n < HOLD_BELOW.min(room);
             crate::metrics::bytes_in(n);
             // Every event decoded from this read arrived now: files take their wall-clock
             // start and end from these stamps, not from when a writer opens (issue 10).
@@ -785,6 +821,24 @@ mod tests {
             stuck.try_next(),
             Some(ring::Item::Lagged { skipped }) if skipped > 100
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_slots_fall_on_one_grid_after_now() {
+        let step = Duration::from_millis(100);
+        let a = next_read_slot(step);
+        tokio::time::sleep(Duration::from_millis(130)).await;
+        let b = next_read_slot(step);
+        let now = Instant::now();
+        assert!(
+            b > now && b <= now + step,
+            "{b:?} is the next slot after {now:?}"
+        );
+        // Two connections asking at different moments get slots a whole number of
+        // steps apart: the same timer tick wakes them.
+        assert!(b > a, "{a:?} then {b:?}");
+        let apart = b.duration_since(a).as_nanos() % step.as_nanos();
+        assert_eq!(apart, 0, "{a:?} and {b:?} are off the grid");
     }
 
     #[tokio::test(start_paused = true)]
