@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{ordered, Daemon};
+use common::{metric, ordered, Daemon};
 use flv::{FileTag, TagType};
 use media::TrackKind;
 use testkit::{flv_summary, probe_packets, require_tool, PublishOptions};
@@ -80,13 +80,6 @@ fn frames_of(files: &[PathBuf]) -> (usize, usize) {
         );
         (v + s.video_frames, a + s.audio_frames)
     })
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
 const RING_MAX_BYTES: u64 = 4 << 20;

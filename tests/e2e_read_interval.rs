@@ -8,15 +8,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_follows_input, ordered, Daemon};
+use common::{assert_follows_input, metric, ordered, Daemon};
 use testkit::require_tool;
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-}
 
 /// Pushes the 20 s fixture in real time, one packet per write (`-flush_packets 1`, as
 /// an encoder sends its frames); returns how long ffmpeg took.

@@ -11,7 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{metric, Daemon};
 use testkit::{ffprobe_errors, media_duration, probe_duration, probe_packets, PublishOptions};
 
 /// 800 blocks: dash's `ulimit -f` counts 512-byte blocks, so 400 KiB (the test reads the
@@ -44,13 +44,6 @@ fn file_size_limit(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(3))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no file size limit in:\n{limits}"))
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
 #[test]

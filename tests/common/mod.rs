@@ -490,6 +490,14 @@ pub fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Unix seconds now.
+/// A counter or gauge of a `/metrics` text, by its exact series name.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
 pub fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
