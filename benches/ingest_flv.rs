@@ -15,8 +15,15 @@
 //! * `ingest_flv/session` — `ServerSession` alone (same input, events drained).
 //! * `ingest_flv/tag_parse` — `parse_audio`/`parse_video` + timestamp unwrapping over the
 //!   session's media messages. Throughput = tag body bytes.
+//! * `ingest_flv/full_hls`, `ingest_flv/full_all` — the same path with an HLS recorder,
+//!   and with four recorders (FLV, HLS, fMP4, AAC), each on its own ring reader as the
+//!   daemon's recording tasks are: the per-packet cost of the formats an operator enables.
 //! * `ingest_flv/ring` — push every media event into a ring and read it back.
-//! * `ingest_flv/recorder` — `Recorder` alone over the parsed events, outputs drained.
+//! * `ingest_flv/recorder` — `Recorder` alone over the parsed events, outputs drained;
+//!   `mux_mp4`, `mux_hls`, `mux_aac` the same per format.
+//!
+//! Before measuring, every format's output over the fixture is printed with its size and
+//! an FNV-1a digest: a change meant to be faster, not different, must leave them equal.
 //!
 //! Run: `cargo bench --bench ingest_flv` (see benches/README.md).
 
@@ -39,6 +46,7 @@ const CHUNK: usize = 4096;
 /// Bytes handed to `handle_input` at a time (the daemon reads up to 64 KiB).
 const PIECE: usize = 64 * 1024;
 const INTERVAL_MS: i64 = 10_000;
+const ALL_FORMATS: [Format; 4] = [Format::Flv, Format::Hls, Format::Mp4, Format::Aac];
 
 // Client chunk stream ids (as testkit's publisher and ffmpeg use them).
 const CSID_PROTOCOL: u32 = 2;
@@ -265,24 +273,42 @@ struct Drained {
 }
 
 fn drain(rec: &mut Recorder, d: &mut Drained) {
+    drain_with(rec, d, |_| {});
+}
+
+/// [`drain`], handing every output buffer to `data` in order (for the digest).
+fn drain_with(rec: &mut Recorder, d: &mut Drained, mut data: impl FnMut(&[u8])) {
     while let Some(o) = rec.poll_output() {
         match o {
             Output::Open { .. } => d.opened += 1,
             Output::Skipped { reason } => panic!("the recorder skipped the fixture: {reason}"),
             Output::SegmentOpen { .. } => d.opened += 1,
-            Output::SegmentData { bufs, .. } => {
-                d.bytes += bufs.iter().map(|b| b.len() as u64).sum::<u64>()
+            Output::SegmentData { bufs, .. } | Output::Data { bufs, .. } => {
+                for b in &bufs {
+                    d.bytes += b.len() as u64;
+                    data(b);
+                }
             }
             Output::SegmentClose { .. } => d.closed += 1,
-            Output::Data { bufs, .. } => {
-                d.bytes += bufs.iter().map(|b| b.len() as u64).sum::<u64>()
-            }
             Output::Close { patches, .. } => {
                 d.closed += 1;
                 black_box(patches);
             }
         }
     }
+}
+
+/// FNV-1a over every byte a recorder wrote (patches left out: they rewrite header
+/// fields in place and are the same code for every change this guards).
+fn fnv1a(hash: &mut u64, bytes: &[u8]) {
+    for &b in bytes {
+        *hash ^= u64::from(b);
+        *hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+fn recorder(format: Format) -> Recorder {
+    Recorder::new(format, policy()).with_segment_duration(Millis::from_ms(4000))
 }
 
 /// Feeds the whole input through a session; calls `on_event` for each event. Returns the
@@ -305,23 +331,28 @@ fn run_session(input: &[u8], mut on_event: impl FnMut(&mut ServerSession, Server
     out_bytes
 }
 
-/// The whole path: session → tag parsing → ring → reader → recorder → outputs.
-fn full_pipeline(input: &[u8]) -> Drained {
+/// The whole path: session → tag parsing → ring → one reader and recorder per format →
+/// outputs. Returns what all recorders produced together.
+fn full_pipeline(input: &[u8], formats: &[Format]) -> Drained {
     let mut session = new_session();
     let (mut writer, handle) = ring::ring(ring::RingConfig::default());
-    let mut reader = handle.subscribe();
-    let mut rec = Recorder::new(Format::Flv, policy());
+    let mut recs: Vec<(ring::Reader, Recorder)> = formats
+        .iter()
+        .map(|&f| (handle.subscribe(), recorder(f)))
+        .collect();
     let mut clock = TimestampUnwrapper::new();
     let mut d = Drained::default();
     let mut publishing = false;
     let mut buf = BytesMut::with_capacity(PIECE * 2);
-    let read = |reader: &mut ring::Reader, rec: &mut Recorder, d: &mut Drained| {
-        while let Some(item) = reader.try_next() {
-            match item {
-                ring::Item::Event(ev, at) => rec.handle_event(ev, at),
-                ring::Item::Lagged { .. } => rec.finish(),
+    let read = |recs: &mut Vec<(ring::Reader, Recorder)>, d: &mut Drained| {
+        for (reader, rec) in recs.iter_mut() {
+            while let Some(item) = reader.try_next() {
+                match item {
+                    ring::Item::Event(ev, at) => rec.handle_event(ev, at),
+                    ring::Item::Lagged { .. } => rec.finish(),
+                }
+                drain(rec, d);
             }
-            drain(rec, d);
         }
     };
     for piece in input.chunks(PIECE) {
@@ -372,12 +403,14 @@ fn full_pipeline(input: &[u8]) -> Drained {
         while let Some(o) = session.take_output() {
             black_box(o);
         }
-        read(&mut reader, &mut rec, &mut d);
+        read(&mut recs, &mut d);
     }
     writer.close();
-    read(&mut reader, &mut rec, &mut d);
-    rec.finish();
-    drain(&mut rec, &mut d);
+    read(&mut recs, &mut d);
+    for (_, rec) in &mut recs {
+        rec.finish();
+        drain(rec, &mut d);
+    }
     d
 }
 
@@ -433,7 +466,7 @@ fn benches(c: &mut Criterion) {
     let input = build_input();
 
     // Sanity: the whole path records what came in (20 s at a 10 s interval → 2–3 files).
-    let d = full_pipeline(&input.rtmp);
+    let d = full_pipeline(&input.rtmp, &[Format::Flv]);
     assert!(d.opened >= 2 && d.closed == d.opened, "{d:?}");
     assert!(
         d.bytes >= input.media_bytes,
@@ -452,11 +485,34 @@ fn benches(c: &mut Criterion) {
         d.bytes
     );
 
+    for format in ALL_FORMATS {
+        let mut rec = recorder(format);
+        let mut d = Drained::default();
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for ev in &input.events {
+            rec.handle_event(ev.clone(), WallMillis::default());
+            drain_with(&mut rec, &mut d, |b| fnv1a(&mut hash, b));
+        }
+        rec.finish();
+        drain_with(&mut rec, &mut d, |b| fnv1a(&mut hash, b));
+        assert!(d.bytes > 0 && d.closed == d.opened, "{format:?}: {d:?}");
+        eprintln!(
+            "ingest_flv: {format:?}: {} files, {} bytes, fnv1a {hash:016x}",
+            d.opened, d.bytes
+        );
+    }
+
     let mut g = c.benchmark_group("ingest_flv");
     g.throughput(Throughput::Bytes(input.rtmp.len() as u64));
-    g.bench_function("full", |b| {
-        b.iter(|| black_box(full_pipeline(black_box(&input.rtmp))))
-    });
+    for (name, formats) in [
+        ("full", &[Format::Flv][..]),
+        ("full_hls", &[Format::Hls][..]),
+        ("full_all", &ALL_FORMATS[..]),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(full_pipeline(black_box(&input.rtmp), formats)))
+        });
+    }
 
     g.throughput(Throughput::Bytes(input.rtmp.len() as u64));
     g.bench_function("session", |b| {
@@ -523,8 +579,7 @@ fn benches(c: &mut Criterion) {
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {
-                let mut rec =
-                    Recorder::new(format, policy()).with_segment_duration(Millis::from_ms(4000));
+                let mut rec = recorder(format);
                 let mut d = Drained::default();
                 for ev in &input.events {
                     rec.handle_event(ev.clone(), WallMillis::default());
