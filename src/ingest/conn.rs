@@ -216,8 +216,19 @@ impl Publishing {
 }
 
 /// The byte stream of one connection: plain TCP, or TLS over it (RTMPS).
-pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP socket when its bytes are the RTMP stream itself (not TLS): a publishing
+    /// connection then reads it on the grid without per-frame wake-ups (`slot_read`).
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
+}
+impl Socket for tokio::net::TcpStream {
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self)
+    }
+}
+impl Socket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
 
 pub async fn handle(ingest: Arc<Ingest>, socket: impl Socket, peer: SocketAddr, conn_id: u64) {
     // This connection's settings: a reload applies to connections that start later.
@@ -290,6 +301,8 @@ impl Conn {
         let read_interval = Duration::from_secs_f64(config.config.ingest.read_interval);
         // Whether the last read drained the socket (see HOLD_BELOW).
         let mut hold = false;
+        // Whether the socket's low-water mark is raised (slot reads, `slot_read`).
+        let mut quiet = false;
         loop {
             if let Some(p) = &mut self.publishing {
                 if p.should_pause() {
@@ -310,28 +323,67 @@ impl Conn {
                 buf.reserve(64 * 1024);
             }
             let room = buf.capacity() - buf.len();
-            // One timer serves both the connection deadline and the recorders' wake-up:
-            // data from a publisher that went quiet still reaches the files.
-            let wake_at = self
-                .publishing
-                .as_ref()
-                .filter(|p| p.unwoken_bytes > 0)
-                .map(|p| p.last_wake + WAKE_INTERVAL);
-            let timer = wake_at.map_or(deadline, |w| w.min(deadline));
-            let n = tokio::select! {
-                r = socket.read_buf(&mut buf) => r?,
-                _ = tokio::time::sleep_until(timer) => {
-                    let now = Instant::now();
-                    if now < deadline {
+            let slot_reads = self.publishing.is_some() && !read_interval.is_zero();
+            if let Some(tcp) = socket.plain_tcp() {
+                if slot_reads && !quiet {
+                    quiet = true;
+                    if let Err(e) = super::slot_read::quiet(tcp) {
+                        debug!(
+                            conn = self.conn_id,
+                            "SO_RCVLOWAT not set, frames wake the runtime: {e}"
+                        );
+                    }
+                } else if !slot_reads && quiet {
+                    // Before any read goes through the runtime's readiness again.
+                    quiet = false;
+                    super::slot_read::restore(tcp)?;
+                }
+            }
+            let n = if let Some(tcp) = socket.plain_tcp().filter(|_| quiet) {
+                match super::slot_read::read_now(tcp, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Nothing arrived in this slot: the timers a waiting read would
+                        // have raced are checked here, once per slot.
+                        hold = true;
+                        let now = Instant::now();
+                        if now >= deadline {
+                            return Err(ConnEnd::Idle(idle_timeout));
+                        }
                         if let Some(p) = &mut self.publishing {
-                            p.wake(now);
+                            if p.wake_due(now) {
+                                p.wake(now);
+                            }
                         }
                         continue;
                     }
-                    return Err(if self.publishing.is_some() { ConnEnd::Idle(idle_timeout) } else { ConnEnd::HandshakeTimeout(handshake_timeout) });
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e.into()),
                 }
-                _ = self.cancel.cancelled() => return Err(ConnEnd::Cancelled),
-                _ = shutdown.cancelled() => return Err(ConnEnd::Cancelled),
+            } else {
+                // One timer serves both the connection deadline and the recorders'
+                // wake-up: data from a publisher that went quiet still reaches the files.
+                let wake_at = self
+                    .publishing
+                    .as_ref()
+                    .filter(|p| p.unwoken_bytes > 0)
+                    .map(|p| p.last_wake + WAKE_INTERVAL);
+                let timer = wake_at.map_or(deadline, |w| w.min(deadline));
+                tokio::select! {
+                    r = socket.read_buf(&mut buf) => r?,
+                    _ = tokio::time::sleep_until(timer) => {
+                        let now = Instant::now();
+                        if now < deadline {
+                            if let Some(p) = &mut self.publishing {
+                                p.wake(now);
+                            }
+                            continue;
+                        }
+                        return Err(if self.publishing.is_some() { ConnEnd::Idle(idle_timeout) } else { ConnEnd::HandshakeTimeout(handshake_timeout) });
+                    }
+                    _ = self.cancel.cancelled() => return Err(ConnEnd::Cancelled),
+                    _ = shutdown.cancelled() => return Err(ConnEnd::Cancelled),
+                }
             };
             if n == 0 {
                 return Err(ConnEnd::Closed);

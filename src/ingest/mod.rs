@@ -7,6 +7,7 @@ pub mod identity;
 pub mod listener;
 pub mod meter;
 pub mod proxy;
+pub mod slot_read;
 pub mod tls;
 
 use std::sync::Arc;
