@@ -264,18 +264,29 @@ impl Default for CallbackConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Async worker threads; 0 = one per core (tokio's default). In the peer benchmark
-    /// (100 hd streams, FLV + HLS) one worker and two cost the same CPU within noise.
+    /// Async worker threads; 0 = one per two cores, at least one (see [`Self::threads`]).
     pub worker_threads: usize,
 }
 
 impl RuntimeConfig {
+    /// The runtime's worker threads. Not one per core (tokio's default): the runtime only
+    /// decodes, muxes and hands buffers on — about 0.03 % of a core per hd stream — while
+    /// file writes run on the blocking pool whatever this is. Every worker more is a
+    /// thread that other workers wake (futex, context switch) whenever they have queued
+    /// work, and once the reads were gathered per slot those hand-offs were the largest
+    /// cost left: at 100 hd streams (FLV + HLS) on 2 cores, one worker used 8 % less CPU
+    /// than two (benches/README.md, issue 17). Half the cores keeps room for many more
+    /// streams on larger machines.
     pub fn threads(&self) -> usize {
         if self.worker_threads > 0 {
             return self.worker_threads;
         }
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        default_worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
+}
+
+fn default_worker_threads(cores: usize) -> usize {
+    (cores / 2).max(1)
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -674,6 +685,16 @@ fn checked(
 mod tests {
     use super::*;
     use media::Millis;
+
+    #[test]
+    fn worker_threads_default_to_half_the_cores_and_a_setting_wins() {
+        assert_eq!(default_worker_threads(1), 1);
+        assert_eq!(default_worker_threads(2), 1);
+        assert_eq!(default_worker_threads(3), 1);
+        assert_eq!(default_worker_threads(16), 8);
+        let set = RuntimeConfig { worker_threads: 3 };
+        assert_eq!(set.threads(), 3);
+    }
 
     #[test]
     fn embedded_defaults_match_the_spec() {
