@@ -340,6 +340,10 @@ impl Conn {
                 }
             }
             let n = if let Some(tcp) = socket.plain_tcp().filter(|_| quiet) {
+                // A direct read is invisible to tokio's cooperative budget, which makes a
+                // task that always finds data yield now and then: count it, or a
+                // publisher faster than this task starves every other task on its worker.
+                tokio::task::consume_budget().await;
                 match super::slot_read::read_now(tcp, &mut buf) {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -413,6 +417,16 @@ impl Conn {
             let publishing = self.publishing.is_some();
             if publishing && (got_media || !was_publishing) {
                 deadline = Instant::now() + idle_timeout;
+            }
+            if publishing && !was_publishing {
+                // The supervisor subscribes the recordings when the hub announces the
+                // publish. On a single worker it runs only when this task yields, and a
+                // relay bursts its first second of audio before the video's sequence
+                // header: read on without yielding, and the recorders would subscribe
+                // after the video arrived and miss that audio (the ring lets only
+                // readers that were waiting before the video start at it). Yield once,
+                // so they subscribe before the next read.
+                tokio::task::yield_now().await;
             }
             was_publishing = publishing;
         }
