@@ -148,6 +148,10 @@ fn a_connection_that_stops_publishing_answers_its_next_commands_at_once() {
         )
         .await
         .expect("deleteStream");
+        // Until the daemon has answered and gone quiet, so createStream arrives alone, to
+        // a connection that has stopped publishing (sent together, one slot read would
+        // take both).
+        while c.read_message(Duration::from_millis(300)).await.is_some() {}
         c.create_stream()
             .await
             .unwrap_or_else(|e| panic!("createStream after the unpublish: {e}\n{}", d.log()));
