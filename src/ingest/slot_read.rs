@@ -28,12 +28,14 @@ use std::os::fd::AsRawFd;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-/// Queued bytes at which a publishing socket signals readability anyway. Large enough
-/// that a real-time stream never reaches it between two slots (100 ms of a 20 Mb/s
-/// stream is 250 KB), so it wakes nothing; Linux also raises the receive buffer to twice
-/// the mark when it is smaller, so the receive window never limits a stream below that
-/// rate (a faster one is read continuously: reads of 32 KiB or more are not held).
-const LOW_WATER_MARK: i32 = 256 * 1024;
+/// Queued bytes at which a publishing socket signals readability anyway: more than a
+/// real-time stream queues between two slots (100 ms of 5 Mb/s is 62 KB), so such a
+/// stream wakes nothing; a faster one wakes the runtime once per 64 KiB, still far from
+/// once per frame. Not higher: Linux raises the socket's receive buffer to about twice
+/// the mark when that is more than it has (`tcp_set_rcvlowat`), and a larger buffer keeps
+/// taking a peer's bytes long after we stopped reading it (issue 14's flood of pings from
+/// a peer that never reads our answers then did not stall within `idle_timeout`).
+const LOW_WATER_MARK: i32 = 64 * 1024;
 
 /// Raises the socket's receive low-water mark (see the module docs).
 pub fn quiet(tcp: &TcpStream) -> io::Result<()> {
