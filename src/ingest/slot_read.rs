@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 /// the mark when that is more than it has (`tcp_set_rcvlowat`), and a larger buffer keeps
 /// taking a peer's bytes long after we stopped reading it (issue 14's flood of pings from
 /// a peer that never reads our answers then did not stall within `idle_timeout`).
-const LOW_WATER_MARK: i32 = 64 * 1024;
+const LOW_WATER_MARK: libc::c_int = 64 * 1024;
 
 /// Raises the socket's receive low-water mark (see the module docs).
 pub fn quiet(tcp: &TcpStream) -> io::Result<()> {
@@ -47,8 +47,7 @@ pub fn restore(tcp: &TcpStream) -> io::Result<()> {
     set_rcvlowat(tcp, 1)
 }
 
-fn set_rcvlowat(tcp: &TcpStream, bytes: i32) -> io::Result<()> {
-    let value: libc::c_int = bytes;
+fn set_rcvlowat(tcp: &TcpStream, value: libc::c_int) -> io::Result<()> {
     // SAFETY: the descriptor is open for as long as `tcp` is borrowed, and the option
     // value is a live c_int whose size is passed with it.
     let r = unsafe {

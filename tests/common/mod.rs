@@ -489,7 +489,6 @@ pub fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Unix seconds now.
 /// A counter or gauge of a `/metrics` text, by its exact series name.
 pub fn metric(text: &str, name: &str) -> u64 {
     text.lines()
@@ -498,6 +497,7 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
+/// Unix seconds now.
 pub fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
