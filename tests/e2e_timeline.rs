@@ -10,12 +10,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use amf0::Value;
 use common::Daemon;
 use flv::{FileTag, TagType};
 use media::TrackKind;
+use testkit::chunk::{encode_message, msg_type};
+use testkit::conn::csid;
 use testkit::{
     ffprobe_errors, media_duration, probe_codecs, probe_packet_hashes, probe_packets, require_tool,
-    HashedPacket, PublishOptions,
+    HashedPacket, PublishOptions, RawConn,
 };
 
 const FIXTURE: &str = "avc_aac_2s.flv";
@@ -248,6 +251,13 @@ fn relayed_order(base: &[FileTag]) -> Vec<FileTag> {
 fn audio_relayed_ahead_of_the_video_header_does_not_split_or_hide_the_video() {
     require_tool("ffprobe");
     let d = Daemon::start(ALL_FORMATS);
+    push(&d, "relayed", relayed_with_meta());
+    assert_relayed_recorded(&d, "relayed");
+}
+
+/// The fixture in a relay's order (`relayed_order`), behind the fixture's onMetaData as
+/// the relay passes it on: it announces both tracks.
+fn relayed_with_meta() -> Vec<FileTag> {
     let base = testkit::fixture_tags(FIXTURE);
     let tags = relayed_order(&base);
     assert_eq!(
@@ -259,19 +269,22 @@ fn audio_relayed_ahead_of_the_video_header_does_not_split_or_hide_the_video() {
         ),
         "the test's own order: audio first"
     );
-    // The publisher sends the fixture's onMetaData first, as the relay passes it on: it
-    // announces both tracks.
     let mut with_meta: Vec<FileTag> = base
         .iter()
         .filter(|t| t.tag_type == TagType::Script)
         .cloned()
         .collect();
     with_meta.extend(tags);
-    push(&d, "relayed", with_meta);
+    with_meta
+}
+
+/// One A/V file per format holding every frame of the fixture, audio ahead of the video
+/// header included.
+fn assert_relayed_recorded(d: &Daemon, stream: &str) {
     let want = continuous(1);
     for ext in ["flv", "mp4"] {
         // One file: no audio-only file before the A/V one.
-        let f = one(&d, "relayed", ext);
+        let f = one(d, stream, ext);
         let codecs = probe_codecs(&f);
         assert!(
             codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
@@ -282,7 +295,7 @@ fn audio_relayed_ahead_of_the_video_header_does_not_split_or_hide_the_video() {
         // all of it, the fixture's audio starts after its first keyframe).
         common::assert_follows_packets(std::slice::from_ref(&f), &want, true, 1.0);
     }
-    let playlist = one(&d, "relayed", "m3u8");
+    let playlist = one(d, stream, "m3u8");
     let codecs = probe_codecs(&playlist);
     assert!(
         codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
@@ -298,4 +311,78 @@ fn audio_relayed_ahead_of_the_video_header_does_not_split_or_hide_the_video() {
         codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
         "first segment: {codecs:?}"
     );
+}
+
+/// The same relay, sending `publish`, its first second of audio, the video header and
+/// the rest without waiting for the publish to be answered, in one write: the daemon
+/// reads the publish and the media behind it in one read, before the recording for the
+/// publish has been started. That recording still begins where the push did (the ring's
+/// start, which the hub's start reader holds), not at the first keyframe — which, the
+/// video header having arrived, is where any reader subscribing now would start.
+/// One runtime worker (the default on 2 cores, set so a larger machine tests the same):
+/// the connection then reads all of it before the supervisor runs.
+#[test]
+fn publish_and_relayed_media_in_one_read_still_record_from_the_start() {
+    require_tool("ffprobe");
+    let d = Daemon::start(&format!("{ALL_FORMATS}[runtime]\nworker_threads = 1\n"));
+    let tags = relayed_with_meta();
+    let addr = d.rtmp;
+    common::rt().block_on(async {
+        let mut c = RawConn::connect(addr).await.expect("TCP connect");
+        c.handshake().await.expect("handshake");
+        c.connect_app("live", &format!("rtmp://{addr}/live"))
+            .await
+            .expect("connect");
+        c.announce_chunk_size(4096).await.expect("chunk size");
+        let sid = c.create_stream().await.expect("createStream");
+        let mut burst = Vec::new();
+        let command = |name: &str, txn: f64, args: &[Value]| {
+            let mut v = vec![Value::from(name), Value::Number(txn)];
+            v.extend_from_slice(args);
+            amf0::encode_all(&v)
+        };
+        encode_message(
+            &mut burst,
+            csid::STREAM_COMMAND,
+            msg_type::COMMAND_AMF0,
+            sid,
+            0,
+            &command("publish", 5.0, &[Value::Null, "cam".into(), "live".into()]),
+            4096,
+        );
+        let mut video_header_end = None;
+        for t in &tags {
+            let (cs, ty) = match t.tag_type {
+                TagType::Audio => (csid::AUDIO, msg_type::AUDIO),
+                TagType::Video => (csid::VIDEO, msg_type::VIDEO),
+                TagType::Script => (csid::DATA, msg_type::DATA_AMF0),
+                TagType::Other(_) => continue,
+            };
+            encode_message(&mut burst, cs, ty, sid, t.timestamp, &t.body, 4096);
+            if t.tag_type == TagType::Video {
+                video_header_end.get_or_insert(burst.len());
+            }
+        }
+        // The daemon reads into at least 16 KiB of room.
+        let video_header_end = video_header_end.expect("the fixture has video");
+        assert!(
+            video_header_end <= 16 * 1024,
+            "the publish, the early audio and the video header fit in one read: {video_header_end} bytes"
+        );
+        encode_message(
+            &mut burst,
+            csid::STREAM_COMMAND,
+            msg_type::COMMAND_AMF0,
+            sid,
+            0,
+            &command("deleteStream", 6.0, &[Value::Null, Value::Number(f64::from(sid))]),
+            4096,
+        );
+        c.send_raw(&burst).await.expect("the burst");
+        let status = c.read_status(Duration::from_secs(10)).await;
+        assert_eq!(status.as_deref(), Some("NetStream.Publish.Start"));
+        // Until the daemon has read it all and gone quiet.
+        while c.read_message(Duration::from_millis(500)).await.is_some() {}
+    });
+    assert_relayed_recorded(&d, "cam");
 }

@@ -418,16 +418,6 @@ impl Conn {
             if publishing && (got_media || !was_publishing) {
                 deadline = Instant::now() + idle_timeout;
             }
-            if publishing && !was_publishing {
-                // The supervisor subscribes the recordings when the hub announces the
-                // publish. On a single worker it runs only when this task yields, and a
-                // relay bursts its first second of audio before the video's sequence
-                // header: read on without yielding, and the recorders would subscribe
-                // after the video arrived and miss that audio (the ring lets only
-                // readers that were waiting before the video start at it). Yield once,
-                // so they subscribe before the next read.
-                tokio::task::yield_now().await;
-            }
             was_publishing = publishing;
         }
     }

@@ -21,9 +21,11 @@ use crate::sink::{PlaylistHandle, Rec, RecMeta, Sink, SinkError, SpoolFile};
 /// Where a recording starts in the stream's ring.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum StartAt {
-    /// The first keyframe the ring holds: for a publish that just began, the stream's
-    /// first (the hub's start reader keeps it until the recordings are started).
-    Oldest,
+    /// Where the push began (`RingHandle::subscribe_from_start`): for a publish that just
+    /// began, however much the connection read before the supervisor got here (the hub's
+    /// start reader keeps it until the recordings are started), audio that came ahead of
+    /// the video's sequence header included; the first keyframe held once that is gone.
+    FromStart,
     /// The newest keyframe (a real-time task, R-TK-3).
     Newest,
     /// A keyframe at least this many ms back, or the oldest held (pre-roll, R-TK-6).
@@ -167,7 +169,7 @@ impl Splices {
 
 fn subscribe(ring: &ring::RingHandle, at: StartAt) -> ring::Reader {
     match at {
-        StartAt::Oldest => ring.subscribe_preroll(Millis::MAX),
+        StartAt::FromStart => ring.subscribe_from_start(),
         StartAt::Newest => ring.subscribe(),
         StartAt::Preroll(ms) => ring.subscribe_preroll(ms),
         StartAt::Since(ms) => ring.subscribe_since(ms),

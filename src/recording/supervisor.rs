@@ -163,7 +163,7 @@ impl Supervisor {
                 template,
                 utc_offset_s: config.config.utc_offset_s(),
                 track_wait: Millis::from_secs_f64(config.config.ingest.track_wait),
-                at: StartAt::Oldest,
+                at: StartAt::FromStart,
                 task: None,
                 notice,
             });
@@ -470,7 +470,7 @@ mod tests {
         r.publish(1).await;
         let v = r.launched.take();
         assert_eq!(v.len(), 1);
-        assert_eq!(v[0].at, StartAt::Oldest);
+        assert_eq!(v[0].at, StartAt::FromStart);
         assert!(v[0].task.is_none());
         let formats: Vec<_> = v[0].plans.iter().map(|p| p.format).collect();
         assert_eq!(formats, vec![record::Format::Flv, record::Format::Hls]);
@@ -649,7 +649,7 @@ mod tests {
     async fn the_publish_start_reader_keeps_the_first_keyframe_for_late_starts() {
         // The hub's start reader pins the ring's beginning until the supervisor has
         // launched, so a recording started after several GOPs arrived still gets the
-        // first one (subscribing at the oldest join point).
+        // first one (subscribing from the start, as the daemon does).
         let (mut writer, handle) = ring::ring(ring::RingConfig {
             max_duration_ms: Millis::from_ms(100),
             max_bytes: 1 << 20,
@@ -668,7 +668,7 @@ mod tests {
                 media::WallMillis::from_unix_ms(i * 1000),
             );
         }
-        let mut late = handle.subscribe_preroll(Millis::MAX);
+        let mut late = handle.subscribe_from_start();
         drop(pin);
         let first = loop {
             match late.try_next() {

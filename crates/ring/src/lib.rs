@@ -616,6 +616,15 @@ impl Shared {
             inner.reader_state(join)
         };
         let pos = Position { state, pending };
+        Self::register_locked(self, inner, pos)
+    }
+
+    /// Gives the reader at `pos` a cursor slot (the caller counted it in `readers`).
+    fn register_locked(
+        self: &Arc<Self>,
+        mut inner: MutexGuard<'_, Inner>,
+        pos: Position,
+    ) -> Reader {
         let slot = match inner.cursors.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -642,6 +651,29 @@ impl Shared {
             let target = inner.newest_dts()?.saturating_sub(ms.max(Millis::ZERO));
             inner.joins.iter().find(|j| j.dts >= target)
         })
+    }
+
+    fn subscribe_from_start(self: &Arc<Self>) -> Reader {
+        let mut inner = self.lock();
+        inner.readers += 1;
+        let pos = if inner.base_seq == 0 {
+            // Nothing evicted yet: the stream's first stored event is still held, and a
+            // reader waiting since before it is exactly one that subscribed when the
+            // ring was made (pre-video audio join points included).
+            Position {
+                state: State::Waiting {
+                    from: 0,
+                    lost: false,
+                },
+                pending: Vec::new(),
+            }
+        } else {
+            // The start is gone: the oldest join point held, as `subscribe_preroll(MAX)`;
+            // nothing is reported lost, the reader never had it.
+            let (state, pending) = inner.reader_state(inner.joins.front());
+            Position { state, pending }
+        };
+        Self::register_locked(self, inner, pos)
     }
 
     fn subscribe_preroll(self: &Arc<Self>, ms: Millis) -> Reader {
@@ -833,6 +865,11 @@ impl Writer {
         self.shared.subscribe()
     }
 
+    /// A reader from the stream's start; see [`RingHandle::subscribe_from_start`].
+    pub fn subscribe_from_start(&self) -> Reader {
+        self.shared.subscribe_from_start()
+    }
+
     /// A reader starting `ms` back; see [`RingHandle::subscribe_preroll`].
     pub fn subscribe_preroll(&self, ms: Millis) -> Reader {
         self.shared.subscribe_preroll(ms)
@@ -869,6 +906,19 @@ impl RingHandle {
     /// not delivered.
     pub fn subscribe(&self) -> Reader {
         self.shared.subscribe()
+    }
+
+    /// A reader positioned as if it had subscribed when the ring was made, while nothing
+    /// has been evicted yet (else at the oldest join point held, like
+    /// `subscribe_preroll(Millis::MAX)`). The difference is the audio that came before
+    /// the video's sequence header: join points for a reader that was waiting then, and
+    /// only for one (see `Inner::pre_video_joins`). A recording the supervisor starts
+    /// for a new publish, while the hub's start reader keeps the ring from evicting,
+    /// thus starts where the push did however many reads the ingest task made first —
+    /// a relay's burst of its first second of audio and then the video header can come
+    /// in the same read as the publish itself.
+    pub fn subscribe_from_start(&self) -> Reader {
+        self.shared.subscribe_from_start()
     }
 
     /// A reader starting at the newest join point whose dts is at most `newest dts - ms`,

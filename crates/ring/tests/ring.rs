@@ -266,6 +266,62 @@ fn a_reader_waiting_before_video_appeared_still_starts_at_the_audio() {
     assert_eq!(dts_of(&drain(&mut late)[2]), Some(0));
 }
 
+/// The recording of a new publish subscribes from the stream's start: a relay's first
+/// second of audio and the video's sequence header may all have been pushed (one socket
+/// read with the publish itself) before the supervisor got to subscribe, and it must
+/// still start at that audio, as a reader waiting from the start would.
+#[test]
+fn a_reader_from_the_start_gets_the_audio_that_came_before_the_video() {
+    let (mut w, h) = ring(big());
+    w.push(config(AAC, 1), AT);
+    w.push(audio(0), AT);
+    w.push(audio(23), AT);
+    w.push(config(H264, 1), AT);
+    w.push(video(0, true, 10), AT);
+    w.push(audio(46), AT);
+    let whole = vec![
+        ev(config(AAC, 1)),
+        ev(audio(0)),
+        ev(audio(23)),
+        ev(config(H264, 1)),
+        ev(video(0, true, 10)),
+        ev(audio(46)),
+    ];
+    assert_eq!(drain(&mut h.subscribe_from_start()), whole);
+    assert_eq!(drain(&mut w.subscribe_from_start()), whole);
+    // The oldest keyframe is where any other reader starts: the audio before it is
+    // what the old way of starting a publish's recording lost.
+    let oldest = drain(&mut h.subscribe_preroll(Millis::MAX));
+    assert_eq!(dts_of(&oldest[2]), Some(0));
+    assert!(is_key(&oldest[2]), "{oldest:?}");
+    assert_eq!(oldest.len(), 4, "{oldest:?}");
+    // Before anything is pushed it waits, like any reader of an empty ring, and then
+    // reads from the first event on.
+    let (mut w2, h2) = ring(big());
+    let mut early = h2.subscribe_from_start();
+    assert!(drain(&mut early).is_empty());
+    w2.push(config(AAC, 1), AT);
+    w2.push(audio(0), AT);
+    assert_eq!(drain(&mut early), vec![ev(config(AAC, 1)), ev(audio(0))]);
+}
+
+/// Once the ring evicted the stream's start, a reader "from the start" begins at the
+/// oldest keyframe held and is told nothing was lost: it never had what went.
+#[test]
+fn a_reader_from_the_start_after_eviction_starts_at_the_oldest_keyframe() {
+    let (mut w, h) = ring(RingConfig {
+        max_duration_ms: Millis::from_ms(4000),
+        max_bytes: usize::MAX,
+    });
+    start(&mut w);
+    push_video(&mut w, 0, 20_960, 2000, 100);
+    let from_start = drain(&mut h.subscribe_from_start());
+    assert_eq!(from_start, drain(&mut h.subscribe_preroll(Millis::MAX)));
+    assert_eq!(&from_start[..3], &preamble(1, 1, 1)[..]);
+    assert_eq!(dts_of(&from_start[3]), Some(18_000));
+    assert!(!from_start.iter().any(|i| matches!(i, Item::Lagged { .. })));
+}
+
 #[test]
 fn audio_only_eviction_groups_audio_in_about_one_second() {
     let (mut w, h) = ring(RingConfig {
