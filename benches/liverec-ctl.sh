@@ -6,7 +6,8 @@
 #   liverec-ctl.sh kill9 [WORKDIR]                          -> SIGKILL, by PID
 # MODE: flv | hls | both (as nginx-ctl.sh) | all (FLV + HLS + fMP4 + AAC, each with
 # the FLV interval for MP4/AAC).  WORKERS is accepted for interface
-# compatibility and ignored (liverec is one process; tokio uses one thread per core).
+# compatibility and ignored (liverec is one process; `[runtime] worker_threads`, by
+# default one runtime worker per two cores, set it through EXTRA_TOML).
 # Env: LIVEREC (binary; default <repo>/target/release/liverec, built with
 #      `cargo build --release` if missing, into $CARGO_TARGET_DIR when that is set),
 #      RECORD_INTERVAL (FLV record_interval in seconds, default 10),

@@ -289,6 +289,10 @@ fn default_worker_threads(cores: usize) -> usize {
     (cores / 2).max(1)
 }
 
+fn default_io_threads(cores: usize) -> usize {
+    cores.max(4)
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
@@ -352,6 +356,9 @@ pub struct SpoolConfig {
     /// Seconds an open file's bytes may wait in memory before they are written to the
     /// kernel: what a `kill -9` can cost at any bitrate (issue 11, R-ST-4).
     pub flush_interval: f64,
+    /// Threads writing spool files (`sink/spool_io.rs`); 0 = as many as the cores, at
+    /// least 4.
+    pub io_threads: usize,
 }
 
 impl Default for SpoolConfig {
@@ -360,11 +367,22 @@ impl Default for SpoolConfig {
             dir: PathBuf::from("./spool"),
             max_bytes: 10 << 30,
             flush_interval: 1.0,
+            io_threads: 0,
         }
     }
 }
 
 impl SpoolConfig {
+    /// The spool's write threads. A flush is a page-cache copy, which more threads than
+    /// cores cannot speed up; at least 4, so a write held in the kernel's dirty-page
+    /// throttling does not hold up every other file.
+    pub fn io_threads(&self) -> usize {
+        if self.io_threads > 0 {
+            return self.io_threads;
+        }
+        default_io_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
     /// `flush_interval` as a duration; validation keeps it within 0.1..=10 s, and an
     /// unvalidated value out of that range is clamped into it rather than panicking.
     pub fn flush_interval(&self) -> std::time::Duration {
@@ -685,6 +703,21 @@ fn checked(
 mod tests {
     use super::*;
     use media::Millis;
+
+    #[test]
+    fn spool_io_threads_default_to_the_cores_at_least_four_and_a_setting_wins() {
+        assert_eq!(default_io_threads(1), 4);
+        assert_eq!(default_io_threads(2), 4);
+        assert_eq!(default_io_threads(16), 16);
+        let l = parse("[spool]\nio_threads = 2\n", None).unwrap();
+        assert_eq!(l.config.spool.io_threads(), 2);
+        assert!(load(None).unwrap().config.spool.io_threads() >= 4);
+        let e = parse("[spool]\nio_threads = 5000\n", None).unwrap_err();
+        assert!(
+            e[0].message.contains("spool.io_threads") && e[0].message.contains("1024"),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn worker_threads_default_to_half_the_cores_and_a_setting_wins() {

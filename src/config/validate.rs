@@ -250,6 +250,13 @@ fn check_spool(config: &Config, err: &mut Err<'_>) {
             format!("spool.flush_interval = {f} must be 0.1..=10 seconds"),
         );
     }
+    let t = config.spool.io_threads;
+    if t > 1024 {
+        err(
+            Key::at("spool.io_threads"),
+            format!("spool.io_threads = {t} must be 0 (as many as the cores, at least 4) to 1024"),
+        );
+    }
 }
 
 fn check_record(config: &Config, err: &mut Err<'_>) {

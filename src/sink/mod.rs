@@ -24,6 +24,7 @@ pub mod catalog;
 mod flush;
 mod recover;
 pub mod retention;
+mod spool_io;
 pub mod store;
 mod upload;
 
@@ -220,6 +221,8 @@ pub struct Sink {
     flush: FlushPolicy,
     /// The recordings being written, by spool tag, for `/v1/streams` (issue 16).
     open: Mutex<HashMap<String, OpenRec>>,
+    /// The threads spool files are created, written and patched on.
+    io: spool_io::SpoolIo,
 }
 
 /// A recording being written, as `/v1/streams` and the console show it (issue 16). Its
@@ -269,6 +272,7 @@ pub struct SpoolFile {
     failed: bool,
     /// Bytes appended, as `/v1/streams` shows them (shared with [`Sink::open_files`]).
     shown: Arc<AtomicU64>,
+    io: spool_io::SpoolIo,
 }
 
 impl SpoolFile {
@@ -312,7 +316,9 @@ impl SpoolFile {
         // the handle aborts it) and the cut file is uploaded whole.
         drop(self.stream.take());
         let (path, ext) = (self.path.clone(), ext.to_string());
-        let r = tokio::task::spawn_blocking(move || recover::repair_path(&path, &ext))
+        let r = self
+            .io
+            .run(move || recover::repair_path(&path, &ext))
             .await?
             .map_err(spool_err(&self.path))?;
         // The quota counted what was written successfully: it now counts what is kept
@@ -386,11 +392,13 @@ impl SpoolFile {
         let Some(mut file) = self.file.take() else {
             return Ok(());
         };
-        let (file, res) = tokio::task::spawn_blocking(move || {
-            let res = write_all_vectored(&mut file, &bufs);
-            (file, res)
-        })
-        .await?;
+        let (file, res) = self
+            .io
+            .run(move || {
+                let res = write_all_vectored(&mut file, &bufs);
+                (file, res)
+            })
+            .await?;
         self.file = Some(file);
         if let Err(e) = res {
             // Part of the batch may be on disk, ending in a torn unit: no further write
@@ -504,6 +512,7 @@ impl Sink {
             Backend::Local { .. } => None,
         };
         let boot = Utc::now().timestamp_millis().max(0) as u64;
+        let io = spool_io::SpoolIo::new(config.spool.io_threads()).map_err(spool_err(&spool))?;
         let sink = Arc::new(Sink {
             spool,
             backend,
@@ -516,6 +525,7 @@ impl Sink {
             taken: Mutex::new(HashSet::new()),
             open: Mutex::default(),
             flush: FlushPolicy::new(config.spool.flush_interval()),
+            io,
         });
         let report = recover::run(&sink).await;
         Ok((sink, report))
@@ -587,7 +597,8 @@ impl Sink {
             source: std::io::Error::other(e),
         })?;
         let p2 = path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&p2, &json, n))
+        self.io
+            .run(move || write_atomic(&p2, &json, n))
             .await?
             .map_err(spool_err(&path))?;
         Ok(rec)
@@ -637,15 +648,17 @@ impl Sink {
         };
         let path = rec.dir.join(name);
         let (dir, p2) = (rec.dir.clone(), path.clone());
-        let file = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .open(&p2)
-        })
-        .await?
-        .map_err(spool_err(&path))?;
+        let file = self
+            .io
+            .run(move || {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::OpenOptions::new()
+                    .create_new(true)
+                    .write(true)
+                    .open(&p2)
+            })
+            .await?
+            .map_err(spool_err(&path))?;
         // HLS segments are small whole objects; other files follow their spool file up.
         let stream = match (&self.uploader, segment) {
             (Some(u), None) => {
@@ -679,6 +692,7 @@ impl Sink {
             stream,
             failed: false,
             shown,
+            io: self.io.clone(),
         })
     }
 
@@ -706,7 +720,8 @@ impl Sink {
         };
         let patches = patches.to_vec();
         let path = f.path.clone();
-        tokio::task::spawn_blocking(move || patch_file(file, &patches))
+        self.io
+            .run(move || patch_file(file, &patches))
             .await?
             .map_err(spool_err(&path))?;
         crate::failpoint::hit("file.closed");
@@ -800,7 +815,12 @@ impl Sink {
         info: Option<FileRecord>,
     ) -> Result<String, SinkError> {
         let key = self.claim_key(id, name, ext).await?;
-        let size = tokio::fs::metadata(path).await.map_or(0, |m| m.len());
+        let p = path.to_path_buf();
+        let size = self
+            .io
+            .run(move || std::fs::metadata(p).map_or(0, |m| m.len()))
+            .await
+            .unwrap_or(0);
         let info = info.map(|mut i| {
             i.key = key.clone();
             i.size = size;
@@ -911,7 +931,8 @@ impl Sink {
     ) -> Result<upload::Job, SinkError> {
         let up = path.with_extension("up");
         let (src, up2) = (path.to_path_buf(), up.clone());
-        tokio::task::spawn_blocking(move || std::fs::rename(&src, &up2))
+        self.io
+            .run(move || std::fs::rename(&src, &up2))
             .await?
             .map_err(spool_err(path))?;
         crate::failpoint::hit("s3.renamed");
@@ -962,33 +983,33 @@ impl Sink {
     async fn move_into_root(&self, src: &Path, root: &Path, key: &str) -> Result<(), SinkError> {
         let dest = root.join(key);
         let (src2, dest2) = (src.to_path_buf(), dest.clone());
-        let size = tokio::fs::metadata(src).await.map(|m| m.len()).unwrap_or(0);
-        let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if let Some(parent) = dest2.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            match std::fs::rename(&src2, &dest2) {
-                Ok(()) => Ok(()),
-                // EXDEV: spool and recordings live on different filesystems; copy, then
-                // drop the spool copy only once the copy is complete.
-                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
-                    let tmp = dest2.with_extension(format!("tmp-{}", std::process::id()));
-                    std::fs::copy(&src2, &tmp)?;
-                    std::fs::rename(&tmp, &dest2)?;
-                    std::fs::remove_file(&src2)
+        let res = self
+            .io
+            .run(move || -> std::io::Result<u64> {
+                let size = std::fs::metadata(&src2).map_or(0, |m| m.len());
+                if let Some(parent) = dest2.parent() {
+                    std::fs::create_dir_all(parent)?;
                 }
-                Err(e) => Err(e),
-            }
-        })
-        .await?
-        .map_err(|source| SinkError::Store {
-            key: key.into(),
-            source,
-        });
-        if res.is_ok() {
-            self.quota.sub(size);
-        }
-        res
+                match std::fs::rename(&src2, &dest2) {
+                    Ok(()) => Ok(size),
+                    // EXDEV: spool and recordings live on different filesystems; copy, then
+                    // drop the spool copy only once the copy is complete.
+                    Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                        let tmp = dest2.with_extension(format!("tmp-{}", std::process::id()));
+                        std::fs::copy(&src2, &tmp)?;
+                        std::fs::rename(&tmp, &dest2)?;
+                        std::fs::remove_file(&src2).map(|()| size)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?
+            .map_err(|source| SinkError::Store {
+                key: key.into(),
+                source,
+            })?;
+        self.quota.sub(res);
+        Ok(())
     }
 
     /// Opens an HLS playlist starting at `start` (its first packet's arrival): claims
@@ -1019,12 +1040,14 @@ impl Sink {
         })?;
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (dir, m2) = (rec.dir.clone(), marker.clone());
-        let res = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir)?;
-            write_atomic(&m2, &json, n)
-        })
-        .await?
-        .map_err(spool_err(&marker));
+        let res = self
+            .io
+            .run(move || {
+                std::fs::create_dir_all(&dir)?;
+                write_atomic(&m2, &json, n)
+            })
+            .await?
+            .map_err(spool_err(&marker));
         if let Err(e) = res {
             self.release_key(&key);
             return Err(e);
@@ -1156,7 +1179,8 @@ impl Sink {
     async fn write_copy(&self, path: &Path, data: &[u8]) -> Result<(), SinkError> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (p2, d) = (path.to_path_buf(), data.to_vec());
-        tokio::task::spawn_blocking(move || write_atomic(&p2, &d, n))
+        self.io
+            .run(move || write_atomic(&p2, &d, n))
             .await?
             .map_err(spool_err(path))
     }
@@ -1168,7 +1192,8 @@ impl Sink {
         })?;
         let dest = root.join(key);
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || write_atomic(&dest, &data, n))
+        self.io
+            .run(move || write_atomic(&dest, &data, n))
             .await?
             .map_err(|source| SinkError::Store {
                 key: key.into(),
@@ -1209,7 +1234,13 @@ impl Sink {
     /// assumed free rather than stalling the recorder.
     async fn key_exists(&self, key: &str) -> bool {
         match &*self.backend {
-            Backend::Local { root } => tokio::fs::try_exists(root.join(key)).await.unwrap_or(true),
+            Backend::Local { root } => {
+                let p = root.join(key);
+                self.io
+                    .run(move || std::fs::exists(p).unwrap_or(true))
+                    .await
+                    .unwrap_or(true)
+            }
             Backend::S3(s3) => {
                 let stored = self.db.recently_stored(key).await.unwrap_or_else(|e| {
                     // Taken rather than risk overwriting: the next name is used.
