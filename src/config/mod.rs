@@ -356,8 +356,8 @@ pub struct SpoolConfig {
     /// Seconds an open file's bytes may wait in memory before they are written to the
     /// kernel: what a `kill -9` can cost at any bitrate (issue 11, R-ST-4).
     pub flush_interval: f64,
-    /// Threads writing spool files (`sink/spool_io.rs`); 0 = as many as the cores, at
-    /// least 4.
+    /// Threads doing the sink's file work: spool files, local stores, playlists
+    /// (`sink/spool_io.rs`); 0 = as many as the cores, at least 4.
     pub io_threads: usize,
 }
 

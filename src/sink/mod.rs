@@ -221,7 +221,7 @@ pub struct Sink {
     flush: FlushPolicy,
     /// The recordings being written, by spool tag, for `/v1/streams` (issue 16).
     open: Mutex<HashMap<String, OpenRec>>,
-    /// The threads spool files are created, written and patched on.
+    /// The threads the sink's file work runs on (spool files, local stores, playlists).
     io: spool_io::SpoolIo,
 }
 
@@ -981,9 +981,8 @@ impl Sink {
     }
 
     async fn move_into_root(&self, src: &Path, root: &Path, key: &str) -> Result<(), SinkError> {
-        let dest = root.join(key);
-        let (src2, dest2) = (src.to_path_buf(), dest.clone());
-        let res = self
+        let (src2, dest2) = (src.to_path_buf(), root.join(key));
+        let size = self
             .io
             .run(move || -> std::io::Result<u64> {
                 let size = std::fs::metadata(&src2).map_or(0, |m| m.len());
@@ -1008,7 +1007,7 @@ impl Sink {
                 key: key.into(),
                 source,
             })?;
-        self.quota.sub(res);
+        self.quota.sub(size);
         Ok(())
     }
 

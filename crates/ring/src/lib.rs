@@ -609,8 +609,7 @@ impl Shared {
     }
 
     fn subscribe_at(self: &Arc<Self>, pick: impl FnOnce(&Inner) -> Option<&Join>) -> Reader {
-        let mut inner = self.lock();
-        inner.readers += 1;
+        let inner = self.lock();
         let (state, pending) = {
             let join = pick(&inner);
             inner.reader_state(join)
@@ -619,12 +618,13 @@ impl Shared {
         Self::register_locked(self, inner, pos)
     }
 
-    /// Gives the reader at `pos` a cursor slot (the caller counted it in `readers`).
+    /// Counts the reader at `pos` and gives it a cursor slot.
     fn register_locked(
         self: &Arc<Self>,
         mut inner: MutexGuard<'_, Inner>,
         pos: Position,
     ) -> Reader {
+        inner.readers += 1;
         let slot = match inner.cursors.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -654,8 +654,7 @@ impl Shared {
     }
 
     fn subscribe_from_start(self: &Arc<Self>) -> Reader {
-        let mut inner = self.lock();
-        inner.readers += 1;
+        let inner = self.lock();
         let pos = if inner.base_seq == 0 {
             // Nothing evicted yet: the stream's first stored event is still held, and a
             // reader waiting since before it is exactly one that subscribed when the
