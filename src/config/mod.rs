@@ -458,6 +458,11 @@ pub struct IngestConfig {
     /// read before it reads again (issue 17): one read per interval instead of one per
     /// frame. 0 = read as data arrives.
     pub read_interval: f64,
+    /// Lanes of the read grid (issue 17): connections read at `read_lanes` different
+    /// instants of each interval, so streams started together do not close their files,
+    /// and queue their uploads, all in the same instant. 1 = one instant for all (least
+    /// CPU, burstiest uploads).
+    pub read_lanes: u32,
 }
 
 impl Default for IngestConfig {
@@ -469,6 +474,7 @@ impl Default for IngestConfig {
             max_timestamp_jump: 10.0,
             track_wait: 2.0,
             read_interval: 0.1,
+            read_lanes: 4,
         }
     }
 }
@@ -848,6 +854,24 @@ mod tests {
         }
         let l = parse("[ingest]\nread_interval = 0\n", None).unwrap();
         assert_eq!(l.config.ingest.read_interval, 0.0);
+    }
+
+    #[test]
+    fn read_lanes_is_checked_with_its_line() {
+        assert_eq!(load(None).unwrap().config.ingest.read_lanes, 4);
+        for bad in ["0", "101"] {
+            let text = format!("[ingest]\nring_seconds = 2.0\nread_lanes = {bad}\n");
+            let e = parse(&text, None).unwrap_err();
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].location.as_ref().unwrap().line, 3);
+            assert!(
+                e[0].message.contains("ingest.read_lanes"),
+                "{}",
+                e[0].message
+            );
+        }
+        let l = parse("[ingest]\nread_lanes = 1\n", None).unwrap();
+        assert_eq!(l.config.ingest.read_lanes, 1);
     }
 
     #[test]

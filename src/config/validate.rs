@@ -315,6 +315,13 @@ fn check_record(config: &Config, err: &mut Err<'_>) {
             format!("ingest.read_interval = {i} must be 0..=1 (seconds)"),
         );
     }
+    let l = config.ingest.read_lanes;
+    if !(1..=100).contains(&l) {
+        err(
+            Key::at("ingest.read_lanes"),
+            format!("ingest.read_lanes = {l} must be 1..=100"),
+        );
+    }
 }
 
 /// Checks every template; returns the ids declared.

@@ -100,16 +100,27 @@ const WAKE_INTERVAL: Duration = Duration::from_millis(250);
 /// per interval is never throttled: the hold only follows a read that emptied the socket.
 const HOLD_BELOW: usize = 32 * 1024;
 
-/// The next read slot: every connection's slots fall on one grid, so one timer tick of
-/// the runtime serves all of them in one turn rather than waking it once per connection.
-fn next_read_slot(interval: Duration) -> Instant {
+/// The next read slot of connection `conn_id`: slots fall on a process-wide grid of
+/// `interval`, each connection on the phase of its lane (`[ingest] read_lanes`), so one
+/// timer tick of the runtime serves a whole lane's connections in one turn rather than
+/// waking it once per connection. With a single lane, streams started together (a
+/// relay, an ABR ladder with aligned keyframes) cut and close their files in the same
+/// slot and their uploads queue behind each other: close -> stored doubled; more lanes
+/// cost CPU (each lane is a wake-up of the runtime and of the file threads). Measured
+/// in benches/README.md, issue 17 step 5.
+fn next_read_slot(interval: Duration, lanes: u32, conn_id: u64) -> Instant {
     static GRID: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let grid = *GRID.get_or_init(Instant::now);
-    let now = Instant::now();
     let step = interval.as_nanos().max(1);
-    let slots = now.duration_since(grid).as_nanos() / step + 1;
+    let lanes = u64::from(lanes.max(1));
+    let phase = step * u128::from(conn_id % lanes) / u128::from(lanes);
     // u64 nanoseconds last 584 years of uptime.
-    grid + Duration::from_nanos(u64::try_from(slots * step).unwrap_or(u64::MAX))
+    let at = |nanos: u128| grid + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+    let since = Instant::now().duration_since(grid).as_nanos();
+    if since < phase {
+        return at(phase);
+    }
+    at(phase + ((since - phase) / step + 1) * step)
 }
 
 impl Publishing {
@@ -299,6 +310,7 @@ impl Conn {
         let mut was_publishing = false;
         let shutdown = self.ingest.shutdown.clone();
         let read_interval = Duration::from_secs_f64(config.config.ingest.read_interval);
+        let read_lanes = config.config.ingest.read_lanes;
         // Whether the last read drained the socket (see HOLD_BELOW).
         let mut hold = false;
         // Whether the socket's low-water mark is raised (slot reads, `slot_read`).
@@ -314,7 +326,7 @@ impl Conn {
             }
             if hold {
                 tokio::select! {
-                    () = tokio::time::sleep_until(next_read_slot(read_interval)) => {}
+                    () = tokio::time::sleep_until(next_read_slot(read_interval, read_lanes, self.conn_id)) => {}
                     _ = self.cancel.cancelled() => return Err(ConnEnd::Cancelled),
                     _ = shutdown.cancelled() => return Err(ConnEnd::Cancelled),
                 }
@@ -882,19 +894,47 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn read_slots_fall_on_one_grid_after_now() {
         let step = Duration::from_millis(100);
-        let a = next_read_slot(step);
+        // The grid's origin is process-wide and may come from another test's runtime:
+        // a minute of paused time puts this one's clock past it.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let a = next_read_slot(step, 4, 7);
         tokio::time::sleep(Duration::from_millis(130)).await;
-        let b = next_read_slot(step);
+        let b = next_read_slot(step, 4, 7);
         let now = Instant::now();
         assert!(
             b > now && b <= now + step,
             "{b:?} is the next slot after {now:?}"
         );
-        // Two connections asking at different moments get slots a whole number of
-        // steps apart: the same timer tick wakes them.
+        // Connections of one lane asking at different moments get slots a whole number
+        // of steps apart: the same timer tick wakes them.
+        let c = next_read_slot(step, 4, 7 + 4);
+        assert_eq!(c, b, "two connections of one lane share the slot");
         assert!(b > a, "{a:?} then {b:?}");
         let apart = b.duration_since(a).as_nanos() % step.as_nanos();
         assert_eq!(apart, 0, "{a:?} and {b:?} are off the grid");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_lanes_spread_connections_over_the_interval() {
+        let step = Duration::from_millis(100);
+        // The grid's origin is process-wide and may come from another test's runtime:
+        // a minute of paused time puts this one's clock past it.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        const LANES: u32 = 4;
+        let mut slots: Vec<Instant> = (0..u64::from(LANES))
+            .map(|c| next_read_slot(step, LANES, c))
+            .collect();
+        let now = Instant::now();
+        assert!(slots.iter().all(|s| *s > now && *s <= now + step));
+        slots.sort();
+        slots.dedup();
+        // Each lane its own instant, a quarter of the interval apart: files that cut in
+        // the same read interval close at four different moments.
+        assert_eq!(slots.len(), LANES as usize);
+        for w in slots.windows(2) {
+            let gap = w[1].duration_since(w[0]).as_nanos() % step.as_nanos();
+            assert_eq!(gap, step.as_nanos() / u128::from(LANES), "{w:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
