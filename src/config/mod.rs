@@ -820,19 +820,24 @@ mod tests {
         assert!(e[1].message.contains("token"));
     }
 
+    /// `[ingest] key = bad` is refused with one error naming the key, on its line.
+    fn assert_ingest_value_refused_with_its_line(key: &str, bad: &str) {
+        let text = format!("[ingest]\nring_seconds = 2.0\n{key} = {bad}\n");
+        let e = parse(&text, None).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].location.as_ref().unwrap().line, 3);
+        assert!(
+            e[0].message.contains(&format!("ingest.{key}")),
+            "{}",
+            e[0].message
+        );
+    }
+
     #[test]
     fn stall_timeout_is_checked_with_its_line() {
         assert_eq!(load(None).unwrap().config.ingest.stall_timeout, 10);
         for bad in ["0", "601"] {
-            let text = format!("[ingest]\nring_seconds = 2.0\nstall_timeout = {bad}\n");
-            let e = parse(&text, None).unwrap_err();
-            assert_eq!(e.len(), 1, "{e:?}");
-            assert_eq!(e[0].location.as_ref().unwrap().line, 3);
-            assert!(
-                e[0].message.contains("ingest.stall_timeout"),
-                "{}",
-                e[0].message
-            );
+            assert_ingest_value_refused_with_its_line("stall_timeout", bad);
         }
         let l = parse("[ingest]\nstall_timeout = 600\n", None).unwrap();
         assert_eq!(l.config.ingest.stall_timeout, 600);
@@ -842,15 +847,7 @@ mod tests {
     fn read_interval_is_checked_with_its_line() {
         assert_eq!(load(None).unwrap().config.ingest.read_interval, 0.1);
         for bad in ["-0.1", "1.5", "nan"] {
-            let text = format!("[ingest]\nring_seconds = 2.0\nread_interval = {bad}\n");
-            let e = parse(&text, None).unwrap_err();
-            assert_eq!(e.len(), 1, "{e:?}");
-            assert_eq!(e[0].location.as_ref().unwrap().line, 3);
-            assert!(
-                e[0].message.contains("ingest.read_interval"),
-                "{}",
-                e[0].message
-            );
+            assert_ingest_value_refused_with_its_line("read_interval", bad);
         }
         let l = parse("[ingest]\nread_interval = 0\n", None).unwrap();
         assert_eq!(l.config.ingest.read_interval, 0.0);
@@ -860,15 +857,7 @@ mod tests {
     fn read_lanes_is_checked_with_its_line() {
         assert_eq!(load(None).unwrap().config.ingest.read_lanes, 4);
         for bad in ["0", "101"] {
-            let text = format!("[ingest]\nring_seconds = 2.0\nread_lanes = {bad}\n");
-            let e = parse(&text, None).unwrap_err();
-            assert_eq!(e.len(), 1, "{e:?}");
-            assert_eq!(e[0].location.as_ref().unwrap().line, 3);
-            assert!(
-                e[0].message.contains("ingest.read_lanes"),
-                "{}",
-                e[0].message
-            );
+            assert_ingest_value_refused_with_its_line("read_lanes", bad);
         }
         let l = parse("[ingest]\nread_lanes = 1\n", None).unwrap();
         assert_eq!(l.config.ingest.read_lanes, 1);

@@ -116,11 +116,9 @@ fn next_read_slot(interval: Duration, lanes: u32, conn_id: u64) -> Instant {
     let phase = step * u128::from(conn_id % lanes) / u128::from(lanes);
     // u64 nanoseconds last 584 years of uptime.
     let at = |nanos: u128| grid + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+    // The first slot of the lane after now; phase < step, so this never underflows.
     let since = Instant::now().duration_since(grid).as_nanos();
-    if since < phase {
-        return at(phase);
-    }
-    at(phase + ((since - phase) / step + 1) * step)
+    at(phase + (since + step - phase) / step * step)
 }
 
 impl Publishing {
