@@ -14,6 +14,7 @@
 #      HLS_FRAGMENT (HLS segment_duration in seconds, default 4, like nginx-ctl.sh);
 #      an HLS recording is one playlist per push (record_interval 86400, as nginx's
 #      hls_playlist_length 24h),
+#      DIRECT_IO (`[spool] direct_io`: auto | on | off, default auto),
 #      LOG_LEVEL (default info), STOP_TIMEOUT (seconds to wait after SIGTERM, default 60),
 #      EXTRA_TOML (a file appended to the generated config, e.g. one holding
 #      `[ingest]` / `ring_seconds = 1.0`, for experiments; leave unset for comparisons).
@@ -68,6 +69,7 @@ root = "$WORKDIR/out"
 
 [spool]
 dir = "$WORKDIR/spool"
+direct_io = "${DIRECT_IO:-auto}"
 
 [record]
 default_template = 1

@@ -19,6 +19,8 @@ command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
 # chromedriver (Debian's packages; the driver matches the browser's version).
 command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || pkgs+=(chromium-driver)
+# fincore (util-linux) tells the direct-I/O test which file pages the page cache holds.
+command -v fincore >/dev/null 2>&1 || pkgs+=(util-linux-extra)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "installing test tools: ${pkgs[*]}" >&2
   SUDO=""
@@ -26,7 +28,7 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
-for tool in ffmpeg ffprobe gst-launch-1.0 systemd-analyze chromium chromedriver; do
+for tool in ffmpeg ffprobe gst-launch-1.0 systemd-analyze chromium chromedriver fincore; do
   command -v "$tool" >/dev/null 2>&1 || { echo "$tool still not found after install" >&2; exit 1; }
 done
 

@@ -359,6 +359,32 @@ pub struct SpoolConfig {
     /// Threads doing the sink's file work: spool files, local stores, playlists
     /// (`sink/spool_io.rs`); 0 = as many as the cores, at least 4.
     pub io_threads: usize,
+    /// Whether spool files are written around the page cache with `O_DIRECT`
+    /// (`sink/spool_write.rs`, issue 17).
+    pub direct_io: DirectIo,
+}
+
+/// `[spool] direct_io`: `"auto"` writes around the page cache when the files are stored
+/// locally (nothing reads them back) and through it with S3 (the uploader reads each
+/// spool file as it grows); `"on"` and `"off"` force it.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectIo {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl DirectIo {
+    /// Whether spool files are written directly, given whether storage is local.
+    pub fn applies(self, local_storage: bool) -> bool {
+        match self {
+            Self::Auto => local_storage,
+            Self::On => true,
+            Self::Off => false,
+        }
+    }
 }
 
 impl Default for SpoolConfig {
@@ -368,6 +394,7 @@ impl Default for SpoolConfig {
             max_bytes: 10 << 30,
             flush_interval: 1.0,
             io_threads: 0,
+            direct_io: DirectIo::Auto,
         }
     }
 }
@@ -861,6 +888,30 @@ mod tests {
         }
         let l = parse("[ingest]\nread_lanes = 1\n", None).unwrap();
         assert_eq!(l.config.ingest.read_lanes, 1);
+    }
+
+    #[test]
+    fn direct_io_takes_auto_on_off_and_auto_means_local_storage_only() {
+        assert_eq!(load(None).unwrap().config.spool.direct_io, DirectIo::Auto);
+        for (text, want) in [
+            ("auto", DirectIo::Auto),
+            ("on", DirectIo::On),
+            ("off", DirectIo::Off),
+        ] {
+            let l = parse(&format!("[spool]\ndirect_io = \"{text}\"\n"), None).unwrap();
+            assert_eq!(l.config.spool.direct_io, want);
+        }
+        let e = parse(
+            "[spool]\nmax_bytes = 1000000000\ndirect_io = \"yes\"\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].location.as_ref().unwrap().line, 3, "{e:?}");
+        assert!(e[0].message.contains("auto"), "{}", e[0].message);
+        // Local storage reads nothing back; the S3 uploader reads each spool file.
+        assert!(DirectIo::Auto.applies(true) && !DirectIo::Auto.applies(false));
+        assert!(DirectIo::On.applies(false) && !DirectIo::Off.applies(true));
     }
 
     #[test]

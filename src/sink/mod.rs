@@ -25,11 +25,12 @@ mod flush;
 mod recover;
 pub mod retention;
 mod spool_io;
+mod spool_write;
 pub mod store;
 mod upload;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{IoSlice, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,7 @@ use crate::config::Config;
 use crate::db::{Db, DbError, FileState, NewFile};
 use crate::ingest::identity::StreamId;
 use crate::model::FileRecord;
+use spool_write::SpoolWriter;
 use store::Backend;
 use upload::{HlsLane, Uploader};
 
@@ -223,6 +225,9 @@ pub struct Sink {
     open: Mutex<HashMap<String, OpenRec>>,
     /// The threads the sink's file work runs on (spool files, local stores, playlists).
     io: spool_io::SpoolIo,
+    /// Spool files are written around the page cache (`[spool] direct_io`,
+    /// `spool_write.rs`).
+    direct_io: bool,
 }
 
 /// A recording being written, as `/v1/streams` and the console show it (issue 16). Its
@@ -256,7 +261,7 @@ struct OpenRec {
 /// media.
 pub struct SpoolFile {
     path: PathBuf,
-    file: Option<std::fs::File>,
+    file: Option<SpoolWriter>,
     pending: Vec<Bytes>,
     pending_len: usize,
     /// When the oldest byte of `pending` was appended.
@@ -286,7 +291,8 @@ impl SpoolFile {
         self.file = std::fs::OpenOptions::new()
             .write(true)
             .open("/dev/full")
-            .ok();
+            .ok()
+            .map(|f| SpoolWriter::new(f, Path::new("/dev/full"), false));
     }
 
     /// Bytes written to the file so far.
@@ -395,7 +401,7 @@ impl SpoolFile {
         let (file, res) = self
             .io
             .run(move || {
-                let res = write_all_vectored(&mut file, &bufs);
+                let res = file.write_all(&bufs);
                 (file, res)
             })
             .await?;
@@ -413,34 +419,6 @@ impl SpoolFile {
         }
         Ok(())
     }
-}
-
-fn write_all_vectored(f: &mut std::fs::File, bufs: &[Bytes]) -> std::io::Result<()> {
-    let mut idx = 0;
-    let mut off = 0;
-    while idx < bufs.len() {
-        let slices: Vec<IoSlice<'_>> = std::iter::once(&bufs[idx][off..])
-            .chain(bufs[idx + 1..].iter().map(|b| &b[..]))
-            .take(1024)
-            .map(IoSlice::new)
-            .collect();
-        let mut n = f.write_vectored(&slices)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while idx < bufs.len() && n > 0 {
-            let left = bufs[idx].len() - off;
-            if n >= left {
-                n -= left;
-                idx += 1;
-                off = 0;
-            } else {
-                off += n;
-                n = 0;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so a reader or a crash
@@ -513,6 +491,21 @@ impl Sink {
         };
         let boot = Utc::now().timestamp_millis().max(0) as u64;
         let io = spool_io::SpoolIo::new(config.spool.io_threads()).map_err(spool_err(&spool))?;
+        // With S3 the uploader reads each spool file back as it grows: from the page
+        // cache, not the disk, unless the operator says otherwise.
+        let direct_io = config
+            .spool
+            .direct_io
+            .applies(matches!(*backend, Backend::Local { .. }));
+        info!(
+            direct_io = direct_io,
+            "spool files written {}",
+            if direct_io {
+                "around the page cache (O_DIRECT)"
+            } else {
+                "through the page cache"
+            }
+        );
         let sink = Arc::new(Sink {
             spool,
             backend,
@@ -525,6 +518,7 @@ impl Sink {
             taken: Mutex::new(HashSet::new()),
             open: Mutex::default(),
             flush: FlushPolicy::new(config.spool.flush_interval()),
+            direct_io,
             io,
         });
         let report = recover::run(&sink).await;
@@ -647,7 +641,7 @@ impl Sink {
             None => format!("{}.{seq}.{ms}.{}.part", rec.tag, rec.meta.ext),
         };
         let path = rec.dir.join(name);
-        let (dir, p2) = (rec.dir.clone(), path.clone());
+        let (dir, p2, direct) = (rec.dir.clone(), path.clone(), self.direct_io);
         let file = self
             .io
             .run(move || {
@@ -656,6 +650,7 @@ impl Sink {
                     .create_new(true)
                     .write(true)
                     .open(&p2)
+                    .map(|f| SpoolWriter::new(f, &p2, direct))
             })
             .await?
             .map_err(spool_err(&path))?;
@@ -721,7 +716,7 @@ impl Sink {
         let patches = patches.to_vec();
         let path = f.path.clone();
         self.io
-            .run(move || patch_file(file, &patches))
+            .run(move || patch_file(file.into_file(), &patches))
             .await?
             .map_err(spool_err(&path))?;
         crate::failpoint::hit("file.closed");
@@ -1402,12 +1397,7 @@ mod tests {
         f.append(vec![Bytes::from(torn.clone())]).await.unwrap();
         f.flush().await.unwrap();
         // Then the disk is full: /dev/full fails every write with ENOSPC.
-        f.file = Some(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/full")
-                .unwrap(),
-        );
+        f.fail_writes();
         f.append(vec![Bytes::from_static(b"more media")])
             .await
             .unwrap();
