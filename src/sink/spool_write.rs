@@ -1,14 +1,15 @@
 //! How a spool file's buffered bytes reach the disk: through the page cache, or around it
 //! with `O_DIRECT` (`[spool] direct_io`, issue 17).
 //!
-//! Why around it: a recorder writes every byte it receives and reads almost none of it
-//! back (local storage renames the finished file; only an S3 upload reads the spool).
-//! A buffered `write` copies each byte into a page-cache page the kernel must then find,
-//! dirty and write back; on the VMs we measure on that copy was 64 % of the daemon's
-//! samples at full speed, ~1.5 CPU-s per GB written whatever the write size (a first
-//! touch of guest memory per page). A direct write hands the device whole aligned blocks
-//! from one reused buffer: `dd` of 1 GiB costs 0.2 s of system time against 1.0-2.7 s
-//! buffered (benches/README.md, issue 17 step 6).
+//! Why around it: a recorder writes every byte it receives and, storing locally, reads
+//! none of it back (the finished file is renamed; only an S3 upload reads the spool). A
+//! buffered `write` copies each byte into a page-cache page the kernel must then find,
+//! dirty and write back; a direct write hands the device whole aligned blocks from one
+//! reused buffer. On the VMs we measure on, `dd` of 1 GiB costs 0.2 s of system time
+//! direct against 1.0-2.7 s buffered; at 100 hd streams with all four formats the
+//! daemon's CPU fell by 32 % (the machine's by 20 %), as fast as possible by 17 %; with
+//! FLV + HLS alone the machine's total stays the same, the daemon now paying for the
+//! writes the kernel's flusher threads did (benches/README.md, issue 17 step 6).
 //!
 //! Direct writes must start at, and be a multiple of, the device's block size, from
 //! memory aligned the same way; we use 4 KiB, which covers 512-byte and 4 KiB devices.
