@@ -1479,4 +1479,39 @@ mod tests {
         assert_eq!(sink.quota.used(), 0, "moved out of the spool");
         sink.end(rec).await;
     }
+
+    #[tokio::test]
+    async fn local_spool_files_bypass_the_page_cache_unless_direct_io_is_off() {
+        let mut resident = Vec::new();
+        for direct_io in [crate::config::DirectIo::Auto, crate::config::DirectIo::Off] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = Config::default();
+            config.spool.dir = dir.path().join("spool");
+            config.storage.root = dir.path().join("rec");
+            config.spool.direct_io = direct_io;
+            let sink = Sink::start(&config).await.expect("sink").0;
+            let meta = RecMeta {
+                domain: "d".into(),
+                app: "a".into(),
+                stream: "s".into(),
+                ext: "flv".into(),
+                file_name: "{StreamID}".into(),
+                task_id: String::new(),
+                storage_time: 0,
+                utc_offset_s: 0,
+                notice: None,
+                template: String::new(),
+            };
+            let rec = sink.begin(meta).await.unwrap();
+            let mut f = sink.create(&rec, 0, Utc::now(), None).await.unwrap();
+            let media = Bytes::from(vec![7u8; 3 * flush::FLUSH_BYTES + 100]);
+            f.append(vec![media.clone()]).await.unwrap();
+            f.flush().await.unwrap();
+            resident.push(spool_write::tests::resident_bytes(f.path()));
+            assert_eq!(std::fs::read(f.path()).unwrap(), media, "{direct_io:?}");
+        }
+        // Local storage by default: only the partial last block went through the cache.
+        assert!(resident[0] <= spool_write::ALIGN as u64, "{resident:?}");
+        assert!(resident[1] >= 3 * flush::FLUSH_BYTES as u64, "{resident:?}");
+    }
 }

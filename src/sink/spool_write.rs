@@ -209,7 +209,7 @@ pub(super) fn write_all_vectored(f: &mut File, bufs: &[Bytes]) -> std::io::Resul
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn scratch(name: &str) -> std::path::PathBuf {
@@ -279,7 +279,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn resident_bytes(path: &Path) -> u64 {
+    /// Bytes of `path` the page cache holds, as util-linux's `fincore` counts them.
+    pub(in crate::sink) fn resident_bytes(path: &Path) -> u64 {
         let out = std::process::Command::new("fincore")
             .args(["--bytes", "--noheadings", "--output", "RES"])
             .arg(path)
