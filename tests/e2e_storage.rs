@@ -175,6 +175,23 @@ fn s3_push_with_all_formats_lands_in_the_bucket() {
 
 #[test]
 fn s3_large_files_go_up_in_parts() {
+    large_file_goes_up_in_parts("");
+}
+
+/// `[spool] direct_io = "on"` with S3: the uploader reads each part of the spool file
+/// while the recorder writes its blocks around the page cache and its tail through it.
+#[test]
+fn s3_large_files_go_up_whole_when_spool_writes_are_direct() {
+    let d = large_file_goes_up_in_parts("[spool]\ndirect_io = \"on\"\n");
+    assert!(
+        d.log().contains("around the page cache (O_DIRECT)"),
+        "{}",
+        d.log()
+    );
+    assert!(!d.log().contains("direct I/O unavailable"), "{}", d.log());
+}
+
+fn large_file_goes_up_in_parts(spool: &str) -> Daemon {
     // A part size of 5 MiB (the S3 minimum) and a file bigger than that: multipart.
     let dir = tempfile::tempdir().expect("tempdir");
     let s3 = S3Server::start(&dir.path().join("s3"));
@@ -182,7 +199,7 @@ fn s3_large_files_go_up_in_parts() {
     let d = Daemon::start_full(
         "",
         Some(&storage),
-        "[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = { enable = true, record_interval = 600, file_name = \"{StreamID}\" }\n",
+        &format!("{spool}[record]\ndefault_template = 1\n[[template]]\nid = 1\nflv = {{ enable = true, record_interval = 600, file_name = \"{{StreamID}}\" }}\n"),
     );
     // ~12 MB: more than two parts, so parts go up while the file is still recorded.
     let opts = PublishOptions {
@@ -211,6 +228,7 @@ fn s3_large_files_go_up_in_parts() {
         "temporary upload keys left: {keys:?}"
     );
     assert_eq!(s3.open_multipart_uploads(), 0);
+    d
 }
 
 #[test]
