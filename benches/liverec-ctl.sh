@@ -14,7 +14,8 @@
 #      HLS_FRAGMENT (HLS segment_duration in seconds, default 4, like nginx-ctl.sh);
 #      an HLS recording is one playlist per push (record_interval 86400, as nginx's
 #      hls_playlist_length 24h),
-#      DIRECT_IO (`[spool] direct_io`: auto | on | off, default auto),
+#      DIRECT_IO (`[spool] direct_io`: auto | on | off; unset = the daemon's default,
+#      and a build older than the key runs too),
 #      LOG_LEVEL (default info), STOP_TIMEOUT (seconds to wait after SIGTERM, default 60),
 #      EXTRA_TOML (a file appended to the generated config, e.g. one holding
 #      `[ingest]` / `ring_seconds = 1.0`, for experiments; leave unset for comparisons).
@@ -69,7 +70,7 @@ root = "$WORKDIR/out"
 
 [spool]
 dir = "$WORKDIR/spool"
-direct_io = "${DIRECT_IO:-auto}"
+${DIRECT_IO:+direct_io = \"$DIRECT_IO\"}
 
 [record]
 default_template = 1

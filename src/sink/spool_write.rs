@@ -7,9 +7,10 @@
 //! dirty and write back; a direct write hands the device whole aligned blocks from one
 //! reused buffer. On the VMs we measure on, `dd` of 1 GiB costs 0.2 s of system time
 //! direct against 1.0-2.7 s buffered; at 100 hd streams with all four formats the
-//! daemon's CPU fell by 32 % (the machine's by 20 %), as fast as possible by 17 %; with
-//! FLV + HLS alone the machine's total stays the same, the daemon now paying for the
-//! writes the kernel's flusher threads did (benches/README.md, issue 17 step 6).
+//! daemon's CPU fell by 32 % (the machine's by 21 %), as fast as possible by 17 %, FLV +
+//! HLS by 11 %; at 50 streams of FLV + HLS the daemon pays 25 % more for the same machine
+//! total, doing the writeback the kernel's flusher threads did (benches/README.md, issue
+//! 17 step 6).
 //!
 //! Direct writes must start at, and be a multiple of, the device's block size, from
 //! memory aligned the same way; we use 4 KiB, which covers 512-byte and 4 KiB devices.
