@@ -1320,10 +1320,31 @@ mod tests {
     use super::*;
 
     async fn local_sink(dir: &Path) -> Arc<Sink> {
+        local_sink_with(dir, crate::config::DirectIo::default()).await
+    }
+
+    async fn local_sink_with(dir: &Path, direct_io: crate::config::DirectIo) -> Arc<Sink> {
         let mut config = Config::default();
         config.spool.dir = dir.join("spool");
         config.storage.root = dir.join("rec");
+        config.spool.direct_io = direct_io;
         Sink::start(&config).await.expect("sink").0
+    }
+
+    /// An FLV recording of stream d/a/s whose files are named by `file_name`.
+    fn flv_meta(file_name: &str) -> RecMeta {
+        RecMeta {
+            domain: "d".into(),
+            app: "a".into(),
+            stream: "s".into(),
+            ext: "flv".into(),
+            file_name: file_name.into(),
+            task_id: String::new(),
+            storage_time: 0,
+            utc_offset_s: 0,
+            notice: None,
+            template: String::new(),
+        }
     }
 
     fn id() -> StreamId {
@@ -1376,18 +1397,7 @@ mod tests {
     async fn a_failed_write_ends_the_file_at_its_last_complete_tag() {
         let dir = tempfile::tempdir().unwrap();
         let sink = local_sink(dir.path()).await;
-        let meta = RecMeta {
-            domain: "d".into(),
-            app: "a".into(),
-            stream: "s".into(),
-            ext: "flv".into(),
-            file_name: "{StreamID}-{Seq}".into(),
-            task_id: String::new(),
-            storage_time: 0,
-            utc_offset_s: 0,
-            notice: None,
-            template: String::new(),
-        };
+        let meta = flv_meta("{StreamID}-{Seq}");
         let rec = sink.begin(meta.clone()).await.unwrap();
         let started = Utc::now();
         let mut f = sink.create(&rec, 3, started, None).await.unwrap();
@@ -1447,18 +1457,7 @@ mod tests {
     async fn local_finish_moves_the_spool_file_by_rename() {
         let dir = tempfile::tempdir().unwrap();
         let sink = local_sink(dir.path()).await;
-        let meta = RecMeta {
-            domain: "d".into(),
-            app: "a".into(),
-            stream: "s".into(),
-            ext: "flv".into(),
-            file_name: "{StreamID}".into(),
-            task_id: String::new(),
-            storage_time: 0,
-            utc_offset_s: 0,
-            notice: None,
-            template: String::new(),
-        };
+        let meta = flv_meta("{StreamID}");
         let rec = sink.begin(meta.clone()).await.unwrap();
         let mut f = sink.create(&rec, 0, Utc::now(), None).await.unwrap();
         f.append(vec![Bytes::from_static(b"hello")]).await.unwrap();
@@ -1485,23 +1484,8 @@ mod tests {
         let mut resident = Vec::new();
         for direct_io in [crate::config::DirectIo::Auto, crate::config::DirectIo::Off] {
             let dir = tempfile::tempdir().unwrap();
-            let mut config = Config::default();
-            config.spool.dir = dir.path().join("spool");
-            config.storage.root = dir.path().join("rec");
-            config.spool.direct_io = direct_io;
-            let sink = Sink::start(&config).await.expect("sink").0;
-            let meta = RecMeta {
-                domain: "d".into(),
-                app: "a".into(),
-                stream: "s".into(),
-                ext: "flv".into(),
-                file_name: "{StreamID}".into(),
-                task_id: String::new(),
-                storage_time: 0,
-                utc_offset_s: 0,
-                notice: None,
-                template: String::new(),
-            };
+            let sink = local_sink_with(dir.path(), direct_io).await;
+            let meta = flv_meta("{StreamID}");
             let rec = sink.begin(meta).await.unwrap();
             let mut f = sink.create(&rec, 0, Utc::now(), None).await.unwrap();
             let media = Bytes::from(vec![7u8; 3 * flush::FLUSH_BYTES + 100]);

@@ -36,8 +36,8 @@ use tracing::warn;
 
 /// Offset and length granularity of a direct write.
 pub const ALIGN: usize = 4096;
-/// Bytes staged per direct write: one flush ([`super::flush::FLUSH_BYTES`]) in one call.
-const STAGE: usize = 256 * 1024;
+/// Bytes staged per direct write: a size-driven flush in one call.
+const STAGE: usize = super::flush::FLUSH_BYTES;
 
 thread_local! {
     /// The spool thread's staging buffer (`STAGE` + `ALIGN` bytes, allocated on the
@@ -71,26 +71,25 @@ impl SpoolWriter {
     /// A writer for the new, empty spool file `file` at `path`; direct when `direct` is
     /// asked for and the filesystem allows it.
     pub fn new(file: File, path: &Path, direct: bool) -> Self {
-        let direct = direct
-            .then(|| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(path)
-            })
-            .and_then(|r| match r {
-                Ok(fd) => Some(fd),
-                Err(e) => {
-                    warn_once(path, &e);
-                    None
-                }
-            })
-            .map(|fd| Direct {
+        let opened = direct.then(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+        });
+        let direct = match opened {
+            Some(Ok(fd)) => Some(Direct {
                 fd: Some(fd),
                 path: path.to_path_buf(),
                 at: 0,
                 tail: Vec::with_capacity(ALIGN),
-            });
+            }),
+            Some(Err(e)) => {
+                warn_once(path, &e);
+                None
+            }
+            None => None,
+        };
         Self { file, direct }
     }
 
@@ -181,7 +180,7 @@ fn warn_once(path: &Path, e: &std::io::Error) {
     }
 }
 
-pub(super) fn write_all_vectored(f: &mut File, bufs: &[Bytes]) -> std::io::Result<()> {
+fn write_all_vectored(f: &mut File, bufs: &[Bytes]) -> std::io::Result<()> {
     let mut idx = 0;
     let mut off = 0;
     while idx < bufs.len() {
